@@ -1,0 +1,111 @@
+//! Run identifiers and the layout of a run's objects in the bucket (or the embedded
+//! store, which mirrors it): `runs/<run_id>/run.json`, `runs/<run_id>/phases/<phase>.json`,
+//! `runs/<run_id>/artifacts/...`.
+
+use crate::phase::Phase;
+use std::fmt;
+
+/// A run's identifier: lowercase letters, digits and '-', 8 to 64 characters. Runners make
+/// them time-ordered (UUIDv7) so that listings sort newest last.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(String);
+
+/// The text is not a run identifier.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a run id (8-64 of a-z, 0-9, '-')")]
+pub struct InvalidRunId(String);
+
+impl RunId {
+    pub fn parse(id: &str) -> Result<Self, InvalidRunId> {
+        let ok = (8..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(RunId(id.to_owned()))
+        } else {
+            Err(InvalidRunId(id.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Every run's objects live under this prefix.
+pub const RUNS_PREFIX: &str = "runs/";
+
+pub fn run_prefix(run: &RunId) -> String {
+    format!("{RUNS_PREFIX}{run}/")
+}
+
+pub fn run_json(run: &RunId) -> String {
+    format!("{RUNS_PREFIX}{run}/run.json")
+}
+
+pub fn phase_json(run: &RunId, phase: Phase) -> String {
+    format!("{RUNS_PREFIX}{run}/phases/{phase}.json")
+}
+
+/// An artifact's key; `name` is a file name chosen by specrun, never by the agent.
+pub fn artifact(run: &RunId, phase: Option<Phase>, name: &str) -> String {
+    match phase {
+        Some(phase) => format!("{RUNS_PREFIX}{run}/artifacts/{phase}/{name}"),
+        None => format!("{RUNS_PREFIX}{run}/artifacts/{name}"),
+    }
+}
+
+/// A key is safe to map onto a filesystem path: relative, no empty, `.` or `..` segments.
+pub fn is_safe_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 1024
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'))
+        && !key.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_contract() {
+        let id = RunId::parse("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
+        let id = id.ok();
+        let keys = id.map(|id| {
+            (
+                run_json(&id),
+                phase_json(&id, Phase::PullRequest),
+                artifact(&id, Some(Phase::Plan), "stdout.log"),
+            )
+        });
+        assert_eq!(
+            keys,
+            Some((
+                "runs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/run.json".into(),
+                "runs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/phases/pull_request.json".into(),
+                "runs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/artifacts/plan/stdout.log".into(),
+            ))
+        );
+    }
+
+    #[test]
+    fn hostile_ids_and_keys_are_refused() {
+        for bad in ["../../etc", "short", "UPPER-CASE-ID", "a/b/c/d/e/f"] {
+            assert!(RunId::parse(bad).is_err(), "{bad}");
+        }
+        for bad in ["", "/abs", "a/../b", "a//b", "a/./b", "a\\b"] {
+            assert!(!is_safe_key(bad), "{bad}");
+        }
+        assert!(is_safe_key("runs/x/run.json"));
+    }
+}

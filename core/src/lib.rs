@@ -1,0 +1,21 @@
+//! The specrun domain, free of I/O: what a run request is and how it is validated, the run
+//! and phase model with its state machine, the versioned state JSON, the bucket key layout,
+//! agent profiles, secret redaction and the small traits (ports) adapters implement.
+//!
+//! Architecture invariant: nothing in this crate touches the network, the filesystem, a
+//! clock or a process. Callers pass time and bytes in; adapters live in other crates.
+
+pub mod agent;
+pub mod branch;
+pub mod clarify;
+pub mod feature;
+pub mod keys;
+pub mod phase;
+pub mod ports;
+pub mod redact;
+pub mod repo;
+pub mod request;
+pub mod state;
+
+pub use phase::{Phase, PhaseStatus, RunStatus};
+pub use request::{RunRequest, ValidatedRequest};

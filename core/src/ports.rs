@@ -1,0 +1,85 @@
+//! The small traits adapters implement: where state objects are kept ([`BlobStore`]) and
+//! where run requests wait ([`Queue`]). The embedded default implements both on the local
+//! filesystem; the serverless path on S3 and SQS.
+
+use async_trait::async_trait;
+use std::path::Path;
+use std::time::Duration;
+
+/// A storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no object at {0}")]
+    NotFound(String),
+    #[error("object at {0} already exists or changed")]
+    PreconditionFailed(String),
+    #[error("{0:?} is not a valid key")]
+    InvalidKey(String),
+    #[error("storage error at {key}: {source}")]
+    Backend {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    pub fn backend(
+        key: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Backend {
+            key: key.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Objects under keys such as `runs/<id>/run.json`, readable by any client of the store.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Writes (or replaces) an object.
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError>;
+
+    /// Writes an object only if none exists at `key` yet.
+    async fn put_new(&self, key: &str, body: Vec<u8>, content_type: &str)
+        -> Result<(), StoreError>;
+
+    /// Uploads a local file, streaming it rather than holding it in memory.
+    async fn put_file(&self, key: &str, path: &Path, content_type: &str)
+        -> Result<(), StoreError>;
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
+
+    /// Keys starting with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// A message taken from a queue; `receipt` acknowledges or extends it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub receipt: String,
+    pub body: Vec<u8>,
+    /// How many times this message has been handed out, this time included.
+    pub receive_count: u32,
+}
+
+/// At-least-once delivery of run requests.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError>;
+
+    /// Waits up to `wait` for at most `max` messages, hiding each for `visibility`.
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Received>, StoreError>;
+
+    /// Keeps a message hidden for `visibility` from now: the run is still going.
+    async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), StoreError>;
+
+    /// Acknowledges a message for good.
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
+}

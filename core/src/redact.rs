@@ -1,0 +1,218 @@
+//! Masking secrets in output, on the GitHub Actions runner's model: each secret and its
+//! encoded forms (base64 at the three byte alignments, URL-encoded, JSON-escaped) becomes
+//! `***`, also when a secret is split across two chunks of a stream. Redaction is a safety
+//! net; the design keeps the forge token out of the job container in the first place.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+/// What replaces a secret.
+pub const MASK: &[u8] = b"***";
+
+/// Secrets shorter than this are not masked: masking `a` would destroy every log.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// The patterns to mask, built once per run from its secrets.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    matcher: Option<AhoCorasick>,
+    longest: usize,
+}
+
+impl Redactor {
+    pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
+        let mut patterns: Vec<String> = Vec::new();
+        for secret in secrets {
+            let secret = secret.as_ref();
+            if secret.len() >= MIN_SECRET_LEN {
+                patterns.extend(encoded_forms(secret));
+            }
+        }
+        patterns.retain(|p| p.len() >= MIN_SECRET_LEN);
+        patterns.sort();
+        patterns.dedup();
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
+        let matcher = if patterns.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .ok()
+        };
+        Redactor { matcher, longest }
+    }
+
+    /// Masks every secret in a whole text.
+    pub fn redact_str(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.redact_bytes(text.as_bytes())).into_owned()
+    }
+
+    pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = self.stream();
+        let mut out = stream.push(bytes);
+        out.extend(stream.finish());
+        out
+    }
+
+    /// A redactor for one stream of chunks.
+    pub fn stream(&self) -> RedactingStream<'_> {
+        RedactingStream {
+            redactor: self,
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// Every form in which a secret may show up in output.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    let mut forms = vec![
+        secret.to_owned(),
+        utf8_percent_encode(secret, NON_ALPHANUMERIC).to_string(),
+    ];
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    forms.push(json.trim_matches('"').to_owned());
+    forms.extend(base64_forms(secret.as_bytes()));
+    forms
+}
+
+/// The base64 text that appears whatever the secret's offset inside a longer encoded
+/// value: encode with 0, 1 and 2 bytes of prefix and keep only the characters that do not
+/// depend on the neighbouring bytes.
+fn base64_forms(secret: &[u8]) -> Vec<String> {
+    (0..3)
+        .map(|offset| {
+            let mut padded = vec![0u8; offset];
+            padded.extend_from_slice(secret);
+            let encoded = STANDARD.encode(&padded);
+            // Characters covering the prefix are mixed with it: skip them.
+            let skip = match offset {
+                0 => 0,
+                1 => 2,
+                _ => 3,
+            };
+            // Trailing characters mix with whatever follows unless the length aligns.
+            let total_bits = padded.len() * 8;
+            let exact_chars = total_bits / 6;
+            let encoded = encoded.trim_end_matches('=');
+            let end = exact_chars.min(encoded.len());
+            encoded.get(skip..end).unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Redacts a stream chunk by chunk, holding back just enough bytes that a secret split
+/// across chunks is still whole when it is matched.
+#[derive(Debug)]
+pub struct RedactingStream<'a> {
+    redactor: &'a Redactor,
+    pending: Vec<u8>,
+}
+
+impl RedactingStream<'_> {
+    /// Adds a chunk and returns the output that is now safe to write.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let Some(matcher) = &self.redactor.matcher else {
+            return chunk.to_vec();
+        };
+        self.pending.extend_from_slice(chunk);
+        // A match that starts before `safe` is whole in `pending`; later bytes may be the
+        // start of a secret whose end has not arrived yet.
+        let safe = self
+            .pending
+            .len()
+            .saturating_sub(self.redactor.longest.saturating_sub(1));
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut copied = 0;
+        for found in matcher.find_iter(&self.pending) {
+            if found.start() >= safe {
+                break;
+            }
+            out.extend_from_slice(&self.pending[copied..found.start()]);
+            out.extend_from_slice(MASK);
+            copied = found.end();
+        }
+        let emit_to = safe.max(copied);
+        out.extend_from_slice(&self.pending[copied..emit_to]);
+        self.pending.drain(..emit_to);
+        out
+    }
+
+    /// The rest of the stream, once no more chunks come.
+    pub fn finish(mut self) -> Vec<u8> {
+        let Some(matcher) = &self.redactor.matcher else {
+            return std::mem::take(&mut self.pending);
+        };
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut copied = 0;
+        for found in matcher.find_iter(&self.pending) {
+            out.extend_from_slice(&self.pending[copied..found.start()]);
+            out.extend_from_slice(MASK);
+            copied = found.end();
+        }
+        out.extend_from_slice(&self.pending[copied..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "ghp_S3cr3t/Value+with&odd\"chars";
+
+    #[test]
+    fn masks_the_secret_and_its_encodings() {
+        let redactor = Redactor::new([SECRET]);
+        let json = serde_json::to_string(SECRET).unwrap_or_default();
+        let url = utf8_percent_encode(SECRET, NON_ALPHANUMERIC).to_string();
+        for text in [
+            format!("token={SECRET}!"),
+            format!("body {json}"),
+            format!("q={url}&x"),
+        ] {
+            let out = redactor.redact_str(&text);
+            assert!(out.contains("***") && !out.contains("S3cr3t"), "{text} -> {out}");
+        }
+    }
+
+    #[test]
+    fn masks_base64_at_every_alignment() {
+        let redactor = Redactor::new([SECRET]);
+        for prefix in ["", "a", "ab", "user:"] {
+            let encoded = STANDARD.encode(format!("{prefix}{SECRET}-tail"));
+            let input = format!("Authorization: Basic {encoded}");
+            let out = redactor.redact_str(&input);
+            // All but the few characters shared with neighbouring bytes are masked.
+            assert!(out.contains("***"), "prefix {prefix:?}: {out}");
+            assert!(out.len() + SECRET.len() < input.len(), "prefix {prefix:?}: {out}");
+        }
+    }
+
+    #[test]
+    fn masks_a_secret_split_across_chunks() {
+        let redactor = Redactor::new([SECRET, "another-secret-value"]);
+        let text = format!("start {SECRET} middle another-secret-value end");
+        for split in 1..text.len() {
+            let mut stream = redactor.stream();
+            let mut out = Vec::new();
+            for chunk in text.as_bytes().chunks(split) {
+                out.extend(stream.push(chunk));
+            }
+            out.extend(stream.finish());
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "start *** middle *** end",
+                "chunk size {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_or_no_secrets_leave_text_alone() {
+        assert_eq!(Redactor::new(["ab"]).redact_str("ab cd"), "ab cd");
+        assert_eq!(Redactor::new(Vec::<String>::new()).redact_str("x"), "x");
+    }
+}

@@ -1,0 +1,310 @@
+//! The run request (the body of `POST /runs`, a queue message, or a Celery task's kwargs)
+//! and its validation into types the rest of specrun can trust.
+
+use crate::branch::BranchName;
+use crate::repo::{RepoPolicy, RepoRef};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Longest specification text accepted, in bytes.
+pub const MAX_SPECIFY_TEXT: usize = 64 * 1024;
+
+/// What a run publishes when its phases produced changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Publish {
+    /// Push the branch and open or update a pull request.
+    #[default]
+    Pr,
+    /// Push the branch only.
+    Branch,
+    /// Dry run: commit locally, push nothing.
+    None,
+}
+
+impl Publish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Publish::Pr => "pr",
+            Publish::Branch => "branch",
+            Publish::None => "none",
+        }
+    }
+}
+
+/// The request exactly as it arrives on the wire (schema version 1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub repository: String,
+    pub specify_text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Options the chosen agent profile declares (for example the scripted agent's
+    /// `behaviour`); anything else is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_options: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Publish>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A request whose every field has been checked.
+#[derive(Debug, Clone)]
+pub struct ValidatedRequest {
+    pub repository: RepoRef,
+    pub specify_text: String,
+    pub base_branch: Option<BranchName>,
+    pub branch_name: Option<BranchName>,
+    pub agent: Option<String>,
+    pub agent_options: BTreeMap<String, String>,
+    pub publish: Publish,
+    pub draft: bool,
+    pub labels: Vec<String>,
+    pub external_ref: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A request field that was refused, and why. Shown to the client as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RequestError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn field_error(field: &str, reason: impl Into<String>) -> RequestError {
+    RequestError {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl RunRequest {
+    /// Parses and validates a JSON body in one step.
+    pub fn from_json(body: &[u8], policy: &RepoPolicy) -> Result<ValidatedRequest, RequestError> {
+        let request: RunRequest = serde_json::from_slice(body)
+            .map_err(|e| field_error("body", format!("not a valid run request: {e}")))?;
+        request.validate(policy)
+    }
+
+    pub fn validate(&self, policy: &RepoPolicy) -> Result<ValidatedRequest, RequestError> {
+        let repository = RepoRef::parse(&self.repository, policy)
+            .map_err(|e| field_error("repository", e.to_string()))?;
+        let branch = |field: &str, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(BranchName::parse)
+                .transpose()
+                .map_err(|e| field_error(field, format!("branch name {e}")))
+        };
+        Ok(ValidatedRequest {
+            repository,
+            specify_text: validate_text(&self.specify_text)?,
+            base_branch: branch("base_branch", &self.base_branch)?,
+            branch_name: branch("branch_name", &self.branch_name)?,
+            agent: self.agent.as_deref().map(validate_agent).transpose()?,
+            agent_options: validate_agent_options(&self.agent_options)?,
+            publish: self.publish.unwrap_or_default(),
+            draft: self.draft.unwrap_or(false),
+            labels: validate_labels(&self.labels)?,
+            external_ref: validate_short("external_ref", &self.external_ref, 200)?,
+            idempotency_key: validate_idempotency_key(&self.idempotency_key)?,
+        })
+    }
+}
+
+impl ValidatedRequest {
+    /// The wire form again, for storing beside the run.
+    pub fn to_wire(&self) -> RunRequest {
+        RunRequest {
+            repository: self.repository.to_string(),
+            specify_text: self.specify_text.clone(),
+            base_branch: self.base_branch.as_ref().map(|b| b.to_string()),
+            branch_name: self.branch_name.as_ref().map(|b| b.to_string()),
+            agent: self.agent.clone(),
+            agent_options: self.agent_options.clone(),
+            publish: Some(self.publish),
+            draft: Some(self.draft),
+            labels: self.labels.clone(),
+            external_ref: self.external_ref.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
+/// Format and bidirectional-override characters can make text read differently from what
+/// it is; they have no place in a spec request.
+fn is_deceptive(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+fn validate_text(text: &str) -> Result<String, RequestError> {
+    let field = "specify_text";
+    if text.trim().is_empty() {
+        return Err(field_error(field, "is empty: give the feature description to specify"));
+    }
+    if text.len() > MAX_SPECIFY_TEXT {
+        return Err(field_error(
+            field,
+            format!("is {} bytes; the limit is {MAX_SPECIFY_TEXT}", text.len()),
+        ));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|&c| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || is_deceptive(c))
+    {
+        return Err(field_error(
+            field,
+            format!("contains the control or format character U+{:04X}", c as u32),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn validate_agent(name: &str) -> Result<String, RequestError> {
+    let ok = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(field_error("agent", "must be 1-32 of a-z, 0-9, '-', starting with a letter"))
+    }
+}
+
+fn validate_agent_options(
+    options: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, RequestError> {
+    if options.len() > 16 {
+        return Err(field_error("agent_options", "at most 16 options"));
+    }
+    for (key, value) in options {
+        let key_ok = (1..=32).contains(&key.len())
+            && key.starts_with(|c: char| c.is_ascii_lowercase())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !key_ok {
+            return Err(field_error("agent_options", format!("option name {key:?} must be 1-32 of a-z, 0-9, '_'")));
+        }
+        if value.len() > 256 || value.chars().any(|c| c.is_control() || is_deceptive(c)) {
+            return Err(field_error("agent_options", format!("value of {key:?} must be at most 256 printable characters")));
+        }
+    }
+    Ok(options.clone())
+}
+
+fn validate_labels(labels: &[String]) -> Result<Vec<String>, RequestError> {
+    if labels.len() > 20 {
+        return Err(field_error("labels", "at most 20 labels"));
+    }
+    for label in labels {
+        let ok = !label.trim().is_empty()
+            && label.chars().count() <= 50
+            && !label.chars().any(|c| c.is_control() || is_deceptive(c) || c == ',');
+        if !ok {
+            return Err(field_error("labels", format!("label {label:?} must be 1-50 printable characters without ','")));
+        }
+    }
+    Ok(labels.to_vec())
+}
+
+fn validate_short(
+    field: &str,
+    value: &Option<String>,
+    max: usize,
+) -> Result<Option<String>, RequestError> {
+    match value {
+        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(|c| c.is_control() || is_deceptive(c)) => Err(
+            field_error(field, format!("must be 1-{max} printable characters")),
+        ),
+        other => Ok(other.clone()),
+    }
+}
+
+fn validate_idempotency_key(value: &Option<String>) -> Result<Option<String>, RequestError> {
+    match value {
+        Some(key)
+            if key.is_empty()
+                || key.len() > 128
+                || !key.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)) =>
+        {
+            Err(field_error("idempotency_key", "must be 1-128 of A-Z, a-z, 0-9, '.', '_', ':', '-'"))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RepoPolicy {
+        RepoPolicy::default()
+    }
+
+    fn parse(json: &str) -> Result<ValidatedRequest, RequestError> {
+        RunRequest::from_json(json.as_bytes(), &policy())
+    }
+
+    #[test]
+    fn a_minimal_request_gets_defaults() {
+        let req = parse(r#"{"repository":"octo/hello","specify_text":"Add login"}"#);
+        let req = req.ok();
+        assert_eq!(req.as_ref().map(|r| r.publish), Some(Publish::Pr));
+        assert_eq!(req.map(|r| r.draft), Some(false));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"repository":"octo/hello","specify_text":"x","colour":1}"#, "body"),
+            (r#"{"repository":"octo/hello""#, "body"),
+            (r#"{"repository":"file:///etc","specify_text":"x"}"#, "repository"),
+            (r#"{"repository":"octo/hello","specify_text":"  "}"#, "specify_text"),
+            (r#"{"repository":"octo/hello","specify_text":"a\u0000b"}"#, "specify_text"),
+            (r#"{"repository":"octo/hello","specify_text":"a\u202eb"}"#, "specify_text"),
+            (r#"{"repository":"octo/hello","specify_text":"x","branch_name":"a..b"}"#, "branch_name"),
+            (r#"{"repository":"octo/hello","specify_text":"x","base_branch":"-f"}"#, "base_branch"),
+            (r#"{"repository":"octo/hello","specify_text":"x","agent":"Codex!"}"#, "agent"),
+            (r#"{"repository":"octo/hello","specify_text":"x","publish":"force"}"#, "body"),
+            (r#"{"repository":"octo/hello","specify_text":"x","labels":["a,b"]}"#, "labels"),
+            (r#"{"repository":"octo/hello","specify_text":"x","idempotency_key":"a b"}"#, "idempotency_key"),
+            (r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"X":"1"}}"#, "agent_options"),
+        ];
+        for (json, field) in cases {
+            let err = parse(json).err();
+            assert_eq!(err.map(|e| e.field), Some(field.to_owned()), "{json}");
+        }
+    }
+
+    #[test]
+    fn oversized_text_is_refused_with_its_size() {
+        let text = "a".repeat(MAX_SPECIFY_TEXT + 1);
+        let json = serde_json::json!({"repository": "octo/hello", "specify_text": text}).to_string();
+        let err = parse(&json).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("65537 bytes"), "{err}");
+    }
+
+    #[test]
+    fn wire_form_round_trips() {
+        let json = r#"{"repository":"octo/hello","specify_text":"Add login","publish":"branch","labels":["spec"]}"#;
+        let req = parse(json).ok().map(|r| r.to_wire());
+        assert_eq!(req.as_ref().map(|r| r.publish), Some(Some(Publish::Branch)));
+        assert_eq!(req.map(|r| r.labels), Some(vec!["spec".to_owned()]));
+    }
+}

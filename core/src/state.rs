@@ -1,0 +1,398 @@
+//! The state objects every client reads: `run.json` (SpecAutomationRun) and
+//! `phases/<phase>.json` (SpecAutomationTaskState), schema version 1. The transition
+//! methods here are the only way a run's status changes, so illegal moves are caught in
+//! one place.
+
+use crate::phase::{Phase, PhaseStatus, RunStatus};
+use crate::request::Publish;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// Bumped when a field changes meaning or disappears; new optional fields do not bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// An RFC 3339 UTC timestamp.
+pub type Timestamp = OffsetDateTime;
+
+/// A stored output of a run: a log, a diff summary, an environment report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub name: String,
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: Timestamp,
+}
+
+/// Which agent ran the Spec Kit phases (AgentConfiguration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfiguration {
+    pub name: String,
+    /// What the agent reported with its version command, once the container was up.
+    #[serde(default)]
+    pub version: Option<String>,
+    pub image: String,
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// The Spec Kit integration used for `specify init`.
+    pub integration: String,
+    #[serde(default)]
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// What went wrong, and what an operator can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    /// A stable, machine-readable code such as `image_missing` or `clone_failed`.
+    pub code: String,
+    pub message: String,
+    pub remediation: String,
+    #[serde(default)]
+    pub phase: Option<Phase>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// The last lines of the failing step's output, redacted.
+    #[serde(default)]
+    pub log_excerpt: Option<String>,
+}
+
+/// One entry of a run's status history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub status: RunStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+}
+
+/// One phase's state: `phases/<phase>.json`, and its entry in run.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseState {
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub retry_count: u32,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRef>,
+    /// What happened, in a sentence: a skip's reason, a failure's cause, a result.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+fn schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+impl PhaseState {
+    pub fn pending(phase: Phase) -> Self {
+        PhaseState {
+            schema_version: SCHEMA_VERSION,
+            phase,
+            status: PhaseStatus::Pending,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+            retry_count: 0,
+            artifacts: Vec::new(),
+            message: None,
+        }
+    }
+}
+
+/// `run.json`: everything about one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema_version: u32,
+    pub run_id: String,
+    pub repository: String,
+    pub base_branch: Option<String>,
+    pub branch_name: Option<String>,
+    pub publish: Publish,
+    pub status: RunStatus,
+    /// Why the run ended as it did, in a sentence (for no_changes, the rationale: SC-004).
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    pub status_timeline: Vec<StatusEvent>,
+    pub phases: Vec<PhaseState>,
+    #[serde(default)]
+    pub pull_request_url: Option<String>,
+    #[serde(default)]
+    pub commit_sha: Option<String>,
+    pub agent: AgentConfiguration,
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRef>,
+    #[serde(default)]
+    pub error: Option<RunError>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default)]
+    pub runner_id: Option<String>,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub external_ref: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A status change the state machine does not allow.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("run cannot move from {from} to {to}")]
+    Run { from: RunStatus, to: RunStatus },
+    #[error("phase {phase} cannot move from {from} to {to}")]
+    Phase {
+        phase: Phase,
+        from: PhaseStatus,
+        to: PhaseStatus,
+    },
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseOutcome {
+    pub exit_code: Option<i64>,
+    pub message: Option<String>,
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+fn millis_between(from: Timestamp, to: Timestamp) -> u64 {
+    u64::try_from((to - from).whole_milliseconds()).unwrap_or(0)
+}
+
+impl RunRecord {
+    /// A run as the submitter records it, before any runner has taken it.
+    pub fn queued(
+        run_id: &str,
+        repository: &str,
+        publish: Publish,
+        agent: AgentConfiguration,
+        now: Timestamp,
+    ) -> Self {
+        RunRecord {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.to_owned(),
+            repository: repository.to_owned(),
+            base_branch: None,
+            branch_name: None,
+            publish,
+            status: RunStatus::Queued,
+            status_reason: None,
+            status_timeline: vec![StatusEvent {
+                status: RunStatus::Queued,
+                at: now,
+            }],
+            phases: Phase::ALL.into_iter().map(PhaseState::pending).collect(),
+            pull_request_url: None,
+            commit_sha: None,
+            agent,
+            artifacts: Vec::new(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            runner_id: None,
+            attempt: 0,
+            external_ref: None,
+            idempotency_key: None,
+        }
+    }
+
+    fn set_status(&mut self, to: RunStatus, now: Timestamp) -> Result<(), TransitionError> {
+        if !self.status.can_become(to) {
+            return Err(TransitionError::Run {
+                from: self.status,
+                to,
+            });
+        }
+        self.status = to;
+        self.status_timeline.push(StatusEvent { status: to, at: now });
+        Ok(())
+    }
+
+    /// A runner takes the run.
+    pub fn start(&mut self, runner_id: &str, now: Timestamp) -> Result<(), TransitionError> {
+        self.set_status(RunStatus::Running, now)?;
+        self.runner_id = Some(runner_id.to_owned());
+        self.attempt += 1;
+        self.started_at = Some(now);
+        Ok(())
+    }
+
+    /// The run ends with `status`; every phase still pending is skipped with `reason`.
+    pub fn finish(
+        &mut self,
+        status: RunStatus,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.set_status(status, now)?;
+        self.status_reason = reason;
+        self.finished_at = Some(now);
+        Ok(())
+    }
+
+    pub fn phase(&self, phase: Phase) -> &PhaseState {
+        // `queued` creates all nine and nothing removes one.
+        &self.phases[Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0)]
+    }
+
+    fn phase_mut(&mut self, phase: Phase) -> &mut PhaseState {
+        let index = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
+        &mut self.phases[index]
+    }
+
+    fn move_phase(
+        &mut self,
+        phase: Phase,
+        to: PhaseStatus,
+    ) -> Result<&mut PhaseState, TransitionError> {
+        let state = self.phase_mut(phase);
+        if !state.status.can_become(to) {
+            return Err(TransitionError::Phase {
+                phase,
+                from: state.status,
+                to,
+            });
+        }
+        state.status = to;
+        Ok(state)
+    }
+
+    pub fn begin_phase(&mut self, phase: Phase, now: Timestamp) -> Result<(), TransitionError> {
+        let state = self.move_phase(phase, PhaseStatus::Running)?;
+        state.started_at = Some(now);
+        Ok(())
+    }
+
+    /// Ends a running phase as succeeded or failed.
+    pub fn end_phase(
+        &mut self,
+        phase: Phase,
+        status: PhaseStatus,
+        outcome: PhaseOutcome,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        let state = self.move_phase(phase, status)?;
+        state.finished_at = Some(now);
+        state.duration_ms = state.started_at.map(|start| millis_between(start, now));
+        state.exit_code = outcome.exit_code;
+        state.message = outcome.message;
+        state.artifacts.extend(outcome.artifacts.iter().cloned());
+        self.artifacts.extend(outcome.artifacts);
+        Ok(())
+    }
+
+    /// Skips a phase that has not run, saying why.
+    pub fn skip_phase(
+        &mut self,
+        phase: Phase,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        let state = self.move_phase(phase, PhaseStatus::Skipped)?;
+        state.finished_at = Some(now);
+        state.message = Some(reason.to_owned());
+        Ok(())
+    }
+
+    /// Skips every phase from `from` onwards that is still pending, except `keep`.
+    pub fn skip_pending(&mut self, reason: &str, keep: &[Phase], now: Timestamp) {
+        for phase in Phase::ALL {
+            if self.phase(phase).status == PhaseStatus::Pending && !keep.contains(&phase) {
+                // Pending always may become skipped.
+                let _ = self.skip_phase(phase, reason, now);
+            }
+        }
+    }
+
+    /// An artifact that belongs to the run as a whole rather than one phase.
+    pub fn add_artifact(&mut self, artifact: ArtifactRef) {
+        self.artifacts.push(artifact);
+    }
+
+    /// The phase that failed, if any.
+    pub fn failed_phase(&self) -> Option<Phase> {
+        self.phases
+            .iter()
+            .find(|p| p.status == PhaseStatus::Failed)
+            .map(|p| p.phase)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn record() -> RunRecord {
+        RunRecord::queued(
+            "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            "octo/hello",
+            Publish::Branch,
+            AgentConfiguration::default(),
+            datetime!(2026-11-24 10:00 UTC),
+        )
+    }
+
+    #[test]
+    fn a_run_records_its_timeline_and_durations() -> Result<(), TransitionError> {
+        let mut run = record();
+        run.start("runner-1", datetime!(2026-11-24 10:00:01 UTC))?;
+        run.begin_phase(Phase::Prepare, datetime!(2026-11-24 10:00:01 UTC))?;
+        run.end_phase(
+            Phase::Prepare,
+            PhaseStatus::Succeeded,
+            PhaseOutcome::default(),
+            datetime!(2026-11-24 10:00:02.5 UTC),
+        )?;
+        run.skip_pending("no changes", &[Phase::Cleanup], datetime!(2026-11-24 10:00:03 UTC));
+        run.finish(RunStatus::NoChanges, Some("nothing".into()), datetime!(2026-11-24 10:00:04 UTC))?;
+        assert_eq!(run.phase(Phase::Prepare).duration_ms, Some(1500));
+        assert_eq!(run.phase(Phase::Push).status, PhaseStatus::Skipped);
+        assert_eq!(run.phase(Phase::Cleanup).status, PhaseStatus::Pending);
+        let statuses: Vec<_> = run.status_timeline.iter().map(|e| e.status).collect();
+        assert_eq!(statuses, [RunStatus::Queued, RunStatus::Running, RunStatus::NoChanges]);
+        assert_eq!(run.attempt, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn illegal_moves_are_errors() {
+        let mut run = record();
+        let now = datetime!(2026-11-24 10:00 UTC);
+        assert!(run.finish(RunStatus::Succeeded, None, now).is_err());
+        assert!(run
+            .end_phase(Phase::Plan, PhaseStatus::Succeeded, PhaseOutcome::default(), now)
+            .is_err());
+    }
+
+    #[test]
+    fn json_uses_contract_field_names_and_rfc3339() {
+        let json = serde_json::to_value(record()).unwrap_or_default();
+        assert_eq!(json["status"], "queued");
+        assert_eq!(json["created_at"], "2026-11-24T10:00:00Z");
+        assert_eq!(json["phases"][7]["phase"], "pull_request");
+        let back: Result<RunRecord, _> = serde_json::from_value(json);
+        assert_eq!(back.ok(), Some(record()));
+    }
+}

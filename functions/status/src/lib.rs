@@ -1,0 +1,1 @@
+//! The status function: placeholder until the serverless issue.

@@ -1,0 +1,1 @@
+//! The submit function: placeholder until the serverless issue.

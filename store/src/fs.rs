@@ -1,0 +1,314 @@
+//! The embedded default store: objects are files under a root directory at their key's
+//! path, so `runs/<id>/run.json` is a file an operator can `cat`; the queue is a spool of
+//! message files moved between `pending/` and `inflight/` by atomic renames.
+
+use async_trait::async_trait;
+use specrun_core::keys::is_safe_key;
+use specrun_core::ports::{BlobStore, Queue, Received, StoreError};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio::fs;
+
+/// Objects as files under `root`.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FsBlobStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file that holds `key`.
+    pub fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
+        if is_safe_key(key) {
+            Ok(self.root.join(key))
+        } else {
+            Err(StoreError::InvalidKey(key.to_owned()))
+        }
+    }
+
+    /// Writes through a temporary file and a rename, so readers never see half an object.
+    async fn write_atomic(&self, key: &str, body: &[u8], create_new: bool) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let err = |e: std::io::Error| StoreError::backend(key, e);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).await.map_err(err)?;
+        }
+        let tmp = temp_path(&path);
+        fs::write(&tmp, body).await.map_err(err)?;
+        if create_new {
+            // A hard link fails if the target exists: a conditional create.
+            let linked = fs::hard_link(&tmp, &path).await;
+            let _ = fs::remove_file(&tmp).await;
+            return match linked {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    Err(StoreError::PreconditionFailed(key.to_owned()))
+                }
+                Err(e) => Err(err(e)),
+            };
+        }
+        fs::rename(&tmp, &path).await.map_err(err)
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{}.tmp", uuid::Uuid::now_v7().simple()));
+    path.with_file_name(name)
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "tmp")
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn put(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), StoreError> {
+        self.write_atomic(key, &body, false).await
+    }
+
+    async fn put_new(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), StoreError> {
+        self.write_atomic(key, &body, true).await
+    }
+
+    async fn put_file(&self, key: &str, source: &Path, _content_type: &str) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let err = |e: std::io::Error| StoreError::backend(key, e);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).await.map_err(err)?;
+        }
+        let tmp = temp_path(&path);
+        fs::copy(source, &tmp).await.map_err(err)?;
+        fs::rename(&tmp, &path).await.map_err(err)
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(key)?;
+        match fs::read(&path).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::backend(prefix, e)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(|e| StoreError::backend(prefix, e))? {
+                let path = entry.path();
+                let kind = entry.file_type().await.map_err(|e| StoreError::backend(prefix, e))?;
+                let Ok(relative) = path.strip_prefix(&self.root) else { continue };
+                let key = relative.to_string_lossy().replace('\\', "/");
+                if kind.is_dir() {
+                    // Only descend where keys with the prefix can be.
+                    let as_prefix = format!("{key}/");
+                    if as_prefix.starts_with(prefix) || prefix.starts_with(&as_prefix) {
+                        dirs.push(path);
+                    }
+                } else if kind.is_file() && key.starts_with(prefix) && !is_temp(&path) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// A queue of message files. `receive` claims a message by renaming it from `pending/`
+/// into `inflight/`; the in-flight file's modification time is its visibility deadline, and
+/// an expired claim goes back to `pending/`. File names are `<id>.<receive count>`.
+#[derive(Debug, Clone)]
+pub struct FsQueue {
+    pending: PathBuf,
+    inflight: PathBuf,
+}
+
+fn queue_error(e: std::io::Error) -> StoreError {
+    StoreError::backend("queue", e)
+}
+
+impl FsQueue {
+    pub fn new(root: impl AsRef<Path>) -> Self {
+        FsQueue {
+            pending: root.as_ref().join("pending"),
+            inflight: root.as_ref().join("inflight"),
+        }
+    }
+
+    async fn ensure_dirs(&self) -> Result<(), StoreError> {
+        for dir in [&self.pending, &self.inflight] {
+            fs::create_dir_all(dir).await.map_err(queue_error)?;
+        }
+        Ok(())
+    }
+
+    /// Returns expired claims to `pending/`.
+    async fn requeue_expired(&self) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        for name in sorted_names(&self.inflight).await? {
+            let path = self.inflight.join(&name);
+            let Ok(meta) = fs::metadata(&path).await else { continue };
+            if meta.modified().map(|deadline| deadline <= now).unwrap_or(true) {
+                let _ = fs::rename(&path, self.pending.join(&name)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn inflight_path(&self, receipt: &str) -> Result<PathBuf, StoreError> {
+        match parse_name(receipt) {
+            Some(_) => Ok(self.inflight.join(receipt)),
+            None => Err(StoreError::InvalidKey(receipt.to_owned())),
+        }
+    }
+}
+
+/// `<id>.<count>` into its parts; anything else is not a message file.
+fn parse_name(name: &str) -> Option<(&str, u32)> {
+    let (id, count) = name.rsplit_once('.')?;
+    let valid_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid_id.then_some(())?;
+    Some((id, count.parse().ok()?))
+}
+
+async fn set_deadline(path: &Path, visibility: Duration) -> Result<(), StoreError> {
+    let file = fs::File::options().write(true).open(path).await.map_err(queue_error)?;
+    let file = file.into_std().await;
+    let deadline = SystemTime::now() + visibility;
+    tokio::task::spawn_blocking(move || file.set_modified(deadline))
+        .await
+        .map_err(|e| StoreError::backend("queue", e))?
+        .map_err(queue_error)
+}
+
+async fn sorted_names(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    let mut entries = fs::read_dir(dir).await.map_err(queue_error)?;
+    while let Some(entry) = entries.next_entry().await.map_err(queue_error)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if parse_name(&name).is_some() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[async_trait]
+impl Queue for FsQueue {
+    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+        self.ensure_dirs().await?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let tmp = self.pending.join(format!("{id}.tmp"));
+        fs::write(&tmp, body).await.map_err(queue_error)?;
+        fs::rename(&tmp, self.pending.join(format!("{id}.0"))).await.map_err(queue_error)?;
+        Ok(id)
+    }
+
+    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>, StoreError> {
+        self.ensure_dirs().await?;
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            self.requeue_expired().await?;
+            let mut received = Vec::new();
+            for name in sorted_names(&self.pending).await? {
+                if received.len() >= max {
+                    break;
+                }
+                let Some((id, count)) = parse_name(&name) else { continue };
+                let receipt = format!("{id}.{}", count + 1);
+                let target = self.inflight.join(&receipt);
+                // Losing the rename means another receiver claimed it first.
+                if fs::rename(self.pending.join(&name), &target).await.is_err() {
+                    continue;
+                }
+                set_deadline(&target, visibility).await?;
+                let body = fs::read(&target).await.map_err(queue_error)?;
+                received.push(Received { receipt, body, receive_count: count + 1 });
+            }
+            if !received.is_empty() || tokio::time::Instant::now() >= give_up {
+                return Ok(received);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), StoreError> {
+        let path = self.inflight_path(receipt)?;
+        set_deadline(&path, visibility)
+            .await
+            .map_err(|_| StoreError::NotFound(receipt.to_owned()))
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
+        let path = self.inflight_path(receipt)?;
+        fs::remove_file(path).await.map_err(|_| StoreError::NotFound(receipt.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn objects_round_trip_and_list_by_prefix() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        store.put("runs/a1/run.json", b"{}".to_vec(), "application/json").await?;
+        store.put("runs/a1/phases/plan.json", b"1".to_vec(), "application/json").await?;
+        store.put("runs/b2/run.json", b"2".to_vec(), "application/json").await?;
+        assert_eq!(store.get("runs/a1/run.json").await?, b"{}");
+        assert_eq!(store.list("runs/a1/").await?, ["runs/a1/phases/plan.json", "runs/a1/run.json"]);
+        assert!(matches!(store.get("runs/zz/run.json").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.get("../etc/passwd").await, Err(StoreError::InvalidKey(_))));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn put_new_refuses_to_overwrite() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        store.put_new("k/v", b"first".to_vec(), "text/plain").await?;
+        let second = store.put_new("k/v", b"second".to_vec(), "text/plain").await;
+        assert!(matches!(second, Err(StoreError::PreconditionFailed(_))));
+        assert_eq!(store.get("k/v").await?, b"first");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_message_comes_back_after_its_visibility_unless_deleted() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let queue = FsQueue::new(dir.path());
+        queue.send(b"run-1".to_vec()).await?;
+        let short = Duration::from_millis(50);
+        let first = queue.receive(10, Duration::ZERO, short).await?;
+        assert_eq!(first.len(), 1);
+        assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let again = queue.receive(10, Duration::from_millis(200), Duration::from_secs(60)).await?;
+        assert_eq!((again.len(), again[0].receive_count), (1, 2));
+        queue.extend(&again[0].receipt, Duration::from_secs(60)).await?;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
+        queue.delete(&again[0].receipt).await?;
+        assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
+        Ok(())
+    }
+}
