@@ -66,7 +66,10 @@ impl AgentProfile {
             })?;
         Ok(template
             .iter()
-            .map(|arg| arg.replace("{text}", text).replace("{phase}", phase.as_str()))
+            .map(|arg| {
+                arg.replace("{text}", text)
+                    .replace("{phase}", phase.as_str())
+            })
             .collect())
     }
 
@@ -108,9 +111,12 @@ impl AgentProfile {
                 .collect(),
             env: BTreeMap::new(),
             secret_env: Vec::new(),
-            options: [("behaviour".to_owned(), "SPECRUN_SCRIPTED_BEHAVIOUR".to_owned())]
-                .into_iter()
-                .collect(),
+            options: [(
+                "behaviour".to_owned(),
+                "SPECRUN_SCRIPTED_BEHAVIOUR".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
             network: Network::None,
         }
     }
@@ -158,7 +164,11 @@ impl AgentProfile {
     /// A built-in profile by name.
     pub fn builtin(name: &str) -> Result<AgentProfile, AgentError> {
         let all = AgentProfile::builtins();
-        let known = all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+        let known = all
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         all.iter()
             .find(|p| p.name == name)
             .cloned()
@@ -187,13 +197,17 @@ mod tests {
     #[test]
     fn options_map_to_declared_variables_only() {
         let scripted = AgentProfile::scripted();
-        let ok = [("behaviour".to_owned(), "clarify".to_owned())].into_iter().collect();
+        let ok = [("behaviour".to_owned(), "clarify".to_owned())]
+            .into_iter()
+            .collect();
         let env = scripted.option_env(&ok).ok();
         assert_eq!(
             env.and_then(|e| e.get("SPECRUN_SCRIPTED_BEHAVIOUR").cloned()),
             Some("clarify".to_owned())
         );
-        let bad = [("ld_preload".to_owned(), "x".to_owned())].into_iter().collect();
+        let bad = [("ld_preload".to_owned(), "x".to_owned())]
+            .into_iter()
+            .collect();
         assert!(scripted.option_env(&bad).is_err());
     }
 

@@ -72,7 +72,13 @@ mod tests {
 
     #[test]
     fn accepts_spec_kit_names() {
-        for ok in ["001-user-auth", "main", "feature/x.y", "20260319-143022-auth", "a_b"] {
+        for ok in [
+            "001-user-auth",
+            "main",
+            "feature/x.y",
+            "20260319-143022-auth",
+            "a_b",
+        ] {
             assert!(BranchName::parse(ok).is_ok(), "{ok}");
         }
     }
@@ -80,8 +86,29 @@ mod tests {
     #[test]
     fn refuses_what_git_refuses() {
         for bad in [
-            "", "-x", "a..b", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "/a", "a/",
-            "a.", "a//b", ".hidden", "x/.y", "a.lock", "a@{1}", "@", "HEAD", "é", "a\u{7f}",
+            "",
+            "-x",
+            "a..b",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "/a",
+            "a/",
+            "a.",
+            "a//b",
+            ".hidden",
+            "x/.y",
+            "a.lock",
+            "a@{1}",
+            "@",
+            "HEAD",
+            "é",
+            "a\u{7f}",
             "tab\there",
         ] {
             assert!(BranchName::parse(bad).is_err(), "{bad:?}");

@@ -51,7 +51,12 @@ mod tests {
                     plain line\n- open [NEEDS CLARIFICATION: unterminated";
         assert_eq!(
             find_questions(text),
-            vec!["which provider?", "retention?", "(no question given)", "unterminated"]
+            vec![
+                "which provider?",
+                "retention?",
+                "(no question given)",
+                "unterminated"
+            ]
         );
     }
 

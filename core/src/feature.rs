@@ -87,7 +87,15 @@ mod tests {
 
     #[test]
     fn refuses_paths_leaving_the_repository() {
-        for bad in ["/etc", "../x", "specs/../../x", "", "specs/.git", "a\\b", "specs//x"] {
+        for bad in [
+            "/etc",
+            "../x",
+            "specs/../../x",
+            "",
+            "specs/.git",
+            "a\\b",
+            "specs//x",
+        ] {
             assert!(FeatureDir::parse(bad).is_err(), "{bad:?}");
         }
         assert!(FeatureDir::from_feature_json(b"{}").is_err());

@@ -46,8 +46,7 @@ pub trait BlobStore: Send + Sync {
         -> Result<(), StoreError>;
 
     /// Uploads a local file, streaming it rather than holding it in memory.
-    async fn put_file(&self, key: &str, path: &Path, content_type: &str)
-        -> Result<(), StoreError>;
+    async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<(), StoreError>;
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
 

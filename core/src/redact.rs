@@ -58,9 +58,9 @@ impl Redactor {
     }
 
     /// A redactor for one stream of chunks.
-    pub fn stream(&self) -> RedactingStream<'_> {
+    pub fn stream(&self) -> RedactingStream {
         RedactingStream {
-            redactor: self,
+            redactor: self.clone(),
             pending: Vec::new(),
         }
     }
@@ -106,12 +106,12 @@ fn base64_forms(secret: &[u8]) -> Vec<String> {
 /// Redacts a stream chunk by chunk, holding back just enough bytes that a secret split
 /// across chunks is still whole when it is matched.
 #[derive(Debug)]
-pub struct RedactingStream<'a> {
-    redactor: &'a Redactor,
+pub struct RedactingStream {
+    redactor: Redactor,
     pending: Vec<u8>,
 }
 
-impl RedactingStream<'_> {
+impl RedactingStream {
     /// Adds a chunk and returns the output that is now safe to write.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let Some(matcher) = &self.redactor.matcher else {
@@ -141,7 +141,7 @@ impl RedactingStream<'_> {
     }
 
     /// The rest of the stream, once no more chunks come.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(&mut self) -> Vec<u8> {
         let Some(matcher) = &self.redactor.matcher else {
             return std::mem::take(&mut self.pending);
         };
@@ -174,7 +174,10 @@ mod tests {
             format!("q={url}&x"),
         ] {
             let out = redactor.redact_str(&text);
-            assert!(out.contains("***") && !out.contains("S3cr3t"), "{text} -> {out}");
+            assert!(
+                out.contains("***") && !out.contains("S3cr3t"),
+                "{text} -> {out}"
+            );
         }
     }
 
@@ -187,7 +190,10 @@ mod tests {
             let out = redactor.redact_str(&input);
             // All but the few characters shared with neighbouring bytes are masked.
             assert!(out.contains("***"), "prefix {prefix:?}: {out}");
-            assert!(out.len() + SECRET.len() < input.len(), "prefix {prefix:?}: {out}");
+            assert!(
+                out.len() + SECRET.len() < input.len(),
+                "prefix {prefix:?}: {out}"
+            );
         }
     }
 

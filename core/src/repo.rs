@@ -21,8 +21,8 @@ pub enum RepoRef {
 pub struct RepoPolicy {
     /// `host` or `host:port` entries a full URL may point at.
     pub allowed_hosts: Vec<String>,
-    /// Local paths and `file://` URLs: only for the operator's own command line.
-    pub allow_local: bool,
+    /// The operator's own command line: local paths, `file://` URLs and any URL host.
+    pub trusted: bool,
 }
 
 /// Why a repository identifier was refused.
@@ -45,7 +45,7 @@ impl RepoRef {
         if input.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return refuse("may not contain spaces or control characters");
         }
-        if policy.allow_local && looks_local(input) {
+        if policy.trusted && looks_local(input) {
             return Ok(RepoRef::Local(input.to_owned()));
         }
         if input.contains("::") {
@@ -62,7 +62,10 @@ impl RepoRef {
     pub fn clone_url(&self, forge_git_base: &str) -> String {
         match self {
             RepoRef::Forge { owner, name } => {
-                format!("{}/{owner}/{name}.git", forge_git_base.trim_end_matches('/'))
+                format!(
+                    "{}/{owner}/{name}.git",
+                    forge_git_base.trim_end_matches('/')
+                )
             }
             RepoRef::Url(url) => url.to_string(),
             RepoRef::Local(path) => path.clone(),
@@ -101,7 +104,9 @@ fn valid_owner(owner: &str) -> bool {
     let bytes = owner.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 39
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
         && !owner.contains("--")
@@ -148,10 +153,10 @@ fn parse_url(input: &str, policy: &RepoPolicy) -> Result<RepoRef, InvalidRepo> {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     };
-    let allowed = policy
-        .allowed_hosts
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(&host_port) || h.eq_ignore_ascii_case(&host.to_string()));
+    let allowed = policy.trusted
+        || policy.allowed_hosts.iter().any(|h| {
+            h.eq_ignore_ascii_case(&host_port) || h.eq_ignore_ascii_case(&host.to_string())
+        });
     if !allowed {
         return refuse(format!(
             "host {host_port:?} is not on the allow-list of repository hosts"
@@ -196,7 +201,7 @@ mod tests {
     fn policy() -> RepoPolicy {
         RepoPolicy {
             allowed_hosts: vec!["git.example.com".into(), "127.0.0.1:8080".into()],
-            allow_local: false,
+            trusted: false,
         }
     }
 
@@ -204,13 +209,22 @@ mod tests {
     fn owner_name_builds_the_forge_url() {
         let repo = RepoRef::parse("octo-org/hello.world", &policy());
         let url = repo.map(|r| r.clone_url("https://github.com/"));
-        assert_eq!(url.ok().as_deref(), Some("https://github.com/octo-org/hello.world.git"));
+        assert_eq!(
+            url.ok().as_deref(),
+            Some("https://github.com/octo-org/hello.world.git")
+        );
     }
 
     #[test]
     fn allowed_urls_pass() {
-        for ok in ["https://git.example.com/a/b.git", "http://127.0.0.1:8080/r/x.git"] {
-            assert!(matches!(RepoRef::parse(ok, &policy()), Ok(RepoRef::Url(_))), "{ok}");
+        for ok in [
+            "https://git.example.com/a/b.git",
+            "http://127.0.0.1:8080/r/x.git",
+        ] {
+            assert!(
+                matches!(RepoRef::parse(ok, &policy()), Ok(RepoRef::Url(_))),
+                "{ok}"
+            );
         }
     }
 
@@ -243,9 +257,22 @@ mod tests {
 
     #[test]
     fn local_paths_only_when_trusted() {
-        let trusted = RepoPolicy { allow_local: true, ..policy() };
-        assert!(matches!(RepoRef::parse("/srv/repo", &trusted), Ok(RepoRef::Local(_))));
-        assert!(matches!(RepoRef::parse("file:///srv/r.git", &trusted), Ok(RepoRef::Local(_))));
+        let trusted = RepoPolicy {
+            trusted: true,
+            ..policy()
+        };
+        assert!(matches!(
+            RepoRef::parse("/srv/repo", &trusted),
+            Ok(RepoRef::Local(_))
+        ));
+        assert!(matches!(
+            RepoRef::parse("https://other.example/a/b", &trusted),
+            Ok(RepoRef::Url(_))
+        ));
+        assert!(matches!(
+            RepoRef::parse("file:///srv/r.git", &trusted),
+            Ok(RepoRef::Local(_))
+        ));
         assert!(RepoRef::parse("-x", &trusted).is_err());
     }
 }

@@ -153,7 +153,10 @@ fn is_deceptive(c: char) -> bool {
 fn validate_text(text: &str) -> Result<String, RequestError> {
     let field = "specify_text";
     if text.trim().is_empty() {
-        return Err(field_error(field, "is empty: give the feature description to specify"));
+        return Err(field_error(
+            field,
+            "is empty: give the feature description to specify",
+        ));
     }
     if text.len() > MAX_SPECIFY_TEXT {
         return Err(field_error(
@@ -167,7 +170,10 @@ fn validate_text(text: &str) -> Result<String, RequestError> {
     {
         return Err(field_error(
             field,
-            format!("contains the control or format character U+{:04X}", c as u32),
+            format!(
+                "contains the control or format character U+{:04X}",
+                c as u32
+            ),
         ));
     }
     Ok(text.to_owned())
@@ -182,7 +188,10 @@ fn validate_agent(name: &str) -> Result<String, RequestError> {
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(field_error("agent", "must be 1-32 of a-z, 0-9, '-', starting with a letter"))
+        Err(field_error(
+            "agent",
+            "must be 1-32 of a-z, 0-9, '-', starting with a letter",
+        ))
     }
 }
 
@@ -199,10 +208,16 @@ fn validate_agent_options(
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !key_ok {
-            return Err(field_error("agent_options", format!("option name {key:?} must be 1-32 of a-z, 0-9, '_'")));
+            return Err(field_error(
+                "agent_options",
+                format!("option name {key:?} must be 1-32 of a-z, 0-9, '_'"),
+            ));
         }
         if value.len() > 256 || value.chars().any(|c| c.is_control() || is_deceptive(c)) {
-            return Err(field_error("agent_options", format!("value of {key:?} must be at most 256 printable characters")));
+            return Err(field_error(
+                "agent_options",
+                format!("value of {key:?} must be at most 256 printable characters"),
+            ));
         }
     }
     Ok(options.clone())
@@ -215,9 +230,14 @@ fn validate_labels(labels: &[String]) -> Result<Vec<String>, RequestError> {
     for label in labels {
         let ok = !label.trim().is_empty()
             && label.chars().count() <= 50
-            && !label.chars().any(|c| c.is_control() || is_deceptive(c) || c == ',');
+            && !label
+                .chars()
+                .any(|c| c.is_control() || is_deceptive(c) || c == ',');
         if !ok {
-            return Err(field_error("labels", format!("label {label:?} must be 1-50 printable characters without ','")));
+            return Err(field_error(
+                "labels",
+                format!("label {label:?} must be 1-50 printable characters without ','"),
+            ));
         }
     }
     Ok(labels.to_vec())
@@ -229,9 +249,16 @@ fn validate_short(
     max: usize,
 ) -> Result<Option<String>, RequestError> {
     match value {
-        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(|c| c.is_control() || is_deceptive(c)) => Err(
-            field_error(field, format!("must be 1-{max} printable characters")),
-        ),
+        Some(v)
+            if v.is_empty()
+                || v.chars().count() > max
+                || v.chars().any(|c| c.is_control() || is_deceptive(c)) =>
+        {
+            Err(field_error(
+                field,
+                format!("must be 1-{max} printable characters"),
+            ))
+        }
         other => Ok(other.clone()),
     }
 }
@@ -241,9 +268,14 @@ fn validate_idempotency_key(value: &Option<String>) -> Result<Option<String>, Re
         Some(key)
             if key.is_empty()
                 || key.len() > 128
-                || !key.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)) =>
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)) =>
         {
-            Err(field_error("idempotency_key", "must be 1-128 of A-Z, a-z, 0-9, '.', '_', ':', '-'"))
+            Err(field_error(
+                "idempotency_key",
+                "must be 1-128 of A-Z, a-z, 0-9, '.', '_', ':', '-'",
+            ))
         }
         other => Ok(other.clone()),
     }
@@ -272,19 +304,55 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases = [
-            (r#"{"repository":"octo/hello","specify_text":"x","colour":1}"#, "body"),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","colour":1}"#,
+                "body",
+            ),
             (r#"{"repository":"octo/hello""#, "body"),
-            (r#"{"repository":"file:///etc","specify_text":"x"}"#, "repository"),
-            (r#"{"repository":"octo/hello","specify_text":"  "}"#, "specify_text"),
-            (r#"{"repository":"octo/hello","specify_text":"a\u0000b"}"#, "specify_text"),
-            (r#"{"repository":"octo/hello","specify_text":"a\u202eb"}"#, "specify_text"),
-            (r#"{"repository":"octo/hello","specify_text":"x","branch_name":"a..b"}"#, "branch_name"),
-            (r#"{"repository":"octo/hello","specify_text":"x","base_branch":"-f"}"#, "base_branch"),
-            (r#"{"repository":"octo/hello","specify_text":"x","agent":"Codex!"}"#, "agent"),
-            (r#"{"repository":"octo/hello","specify_text":"x","publish":"force"}"#, "body"),
-            (r#"{"repository":"octo/hello","specify_text":"x","labels":["a,b"]}"#, "labels"),
-            (r#"{"repository":"octo/hello","specify_text":"x","idempotency_key":"a b"}"#, "idempotency_key"),
-            (r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"X":"1"}}"#, "agent_options"),
+            (
+                r#"{"repository":"file:///etc","specify_text":"x"}"#,
+                "repository",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"  "}"#,
+                "specify_text",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"a\u0000b"}"#,
+                "specify_text",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"a\u202eb"}"#,
+                "specify_text",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","branch_name":"a..b"}"#,
+                "branch_name",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","base_branch":"-f"}"#,
+                "base_branch",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","agent":"Codex!"}"#,
+                "agent",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","publish":"force"}"#,
+                "body",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","labels":["a,b"]}"#,
+                "labels",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","idempotency_key":"a b"}"#,
+                "idempotency_key",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"X":"1"}}"#,
+                "agent_options",
+            ),
         ];
         for (json, field) in cases {
             let err = parse(json).err();
@@ -295,8 +363,12 @@ mod tests {
     #[test]
     fn oversized_text_is_refused_with_its_size() {
         let text = "a".repeat(MAX_SPECIFY_TEXT + 1);
-        let json = serde_json::json!({"repository": "octo/hello", "specify_text": text}).to_string();
-        let err = parse(&json).err().map(|e| e.to_string()).unwrap_or_default();
+        let json =
+            serde_json::json!({"repository": "octo/hello", "specify_text": text}).to_string();
+        let err = parse(&json)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("65537 bytes"), "{err}");
     }
 

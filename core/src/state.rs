@@ -225,7 +225,10 @@ impl RunRecord {
             });
         }
         self.status = to;
-        self.status_timeline.push(StatusEvent { status: to, at: now });
+        self.status_timeline.push(StatusEvent {
+            status: to,
+            at: now,
+        });
         Ok(())
     }
 
@@ -365,13 +368,24 @@ mod tests {
             PhaseOutcome::default(),
             datetime!(2026-11-24 10:00:02.5 UTC),
         )?;
-        run.skip_pending("no changes", &[Phase::Cleanup], datetime!(2026-11-24 10:00:03 UTC));
-        run.finish(RunStatus::NoChanges, Some("nothing".into()), datetime!(2026-11-24 10:00:04 UTC))?;
+        run.skip_pending(
+            "no changes",
+            &[Phase::Cleanup],
+            datetime!(2026-11-24 10:00:03 UTC),
+        );
+        run.finish(
+            RunStatus::NoChanges,
+            Some("nothing".into()),
+            datetime!(2026-11-24 10:00:04 UTC),
+        )?;
         assert_eq!(run.phase(Phase::Prepare).duration_ms, Some(1500));
         assert_eq!(run.phase(Phase::Push).status, PhaseStatus::Skipped);
         assert_eq!(run.phase(Phase::Cleanup).status, PhaseStatus::Pending);
         let statuses: Vec<_> = run.status_timeline.iter().map(|e| e.status).collect();
-        assert_eq!(statuses, [RunStatus::Queued, RunStatus::Running, RunStatus::NoChanges]);
+        assert_eq!(
+            statuses,
+            [RunStatus::Queued, RunStatus::Running, RunStatus::NoChanges]
+        );
         assert_eq!(run.attempt, 1);
         Ok(())
     }
@@ -382,7 +396,12 @@ mod tests {
         let now = datetime!(2026-11-24 10:00 UTC);
         assert!(run.finish(RunStatus::Succeeded, None, now).is_err());
         assert!(run
-            .end_phase(Phase::Plan, PhaseStatus::Succeeded, PhaseOutcome::default(), now)
+            .end_phase(
+                Phase::Plan,
+                PhaseStatus::Succeeded,
+                PhaseOutcome::default(),
+                now
+            )
             .is_err());
     }
 

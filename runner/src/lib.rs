@@ -1,1 +1,20 @@
-//! runner
+//! The specrun runner: executes run requests through the nine phases in an ephemeral
+//! Docker job container, with git2 on the host side of the workspace.
+//!
+//! Map: [`config`] (plain settings) → [`pipeline`] (order, state, cleanup) → `phases`
+//! (one function per phase) → adapters [`docker`], [`git`], [`workspace`], [`artifacts`].
+//! [`cli`] is the `specrun` command line; `main.rs` only wires it.
+
+pub mod artifacts;
+pub mod cli;
+pub mod config;
+pub mod docker;
+mod failure;
+pub mod git;
+mod phases;
+pub mod pipeline;
+pub mod progress;
+pub mod workspace;
+
+pub use config::RunnerConfig;
+pub use pipeline::Pipeline;

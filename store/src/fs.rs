@@ -35,7 +35,12 @@ impl FsBlobStore {
     }
 
     /// Writes through a temporary file and a rename, so readers never see half an object.
-    async fn write_atomic(&self, key: &str, body: &[u8], create_new: bool) -> Result<(), StoreError> {
+    async fn write_atomic(
+        &self,
+        key: &str,
+        body: &[u8],
+        create_new: bool,
+    ) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let err = |e: std::io::Error| StoreError::backend(key, e);
         if let Some(parent) = path.parent() {
@@ -60,7 +65,10 @@ impl FsBlobStore {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".{}.tmp", uuid::Uuid::now_v7().simple()));
     path.with_file_name(name)
 }
@@ -75,11 +83,21 @@ impl BlobStore for FsBlobStore {
         self.write_atomic(key, &body, false).await
     }
 
-    async fn put_new(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), StoreError> {
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        _content_type: &str,
+    ) -> Result<(), StoreError> {
         self.write_atomic(key, &body, true).await
     }
 
-    async fn put_file(&self, key: &str, source: &Path, _content_type: &str) -> Result<(), StoreError> {
+    async fn put_file(
+        &self,
+        key: &str,
+        source: &Path,
+        _content_type: &str,
+    ) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let err = |e: std::io::Error| StoreError::backend(key, e);
         if let Some(parent) = path.parent() {
@@ -108,10 +126,19 @@ impl BlobStore for FsBlobStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(StoreError::backend(prefix, e)),
             };
-            while let Some(entry) = entries.next_entry().await.map_err(|e| StoreError::backend(prefix, e))? {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| StoreError::backend(prefix, e))?
+            {
                 let path = entry.path();
-                let kind = entry.file_type().await.map_err(|e| StoreError::backend(prefix, e))?;
-                let Ok(relative) = path.strip_prefix(&self.root) else { continue };
+                let kind = entry
+                    .file_type()
+                    .await
+                    .map_err(|e| StoreError::backend(prefix, e))?;
+                let Ok(relative) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let key = relative.to_string_lossy().replace('\\', "/");
                 if kind.is_dir() {
                     // Only descend where keys with the prefix can be.
@@ -162,8 +189,14 @@ impl FsQueue {
         let now = SystemTime::now();
         for name in sorted_names(&self.inflight).await? {
             let path = self.inflight.join(&name);
-            let Ok(meta) = fs::metadata(&path).await else { continue };
-            if meta.modified().map(|deadline| deadline <= now).unwrap_or(true) {
+            let Ok(meta) = fs::metadata(&path).await else {
+                continue;
+            };
+            if meta
+                .modified()
+                .map(|deadline| deadline <= now)
+                .unwrap_or(true)
+            {
                 let _ = fs::rename(&path, self.pending.join(&name)).await;
             }
         }
@@ -187,7 +220,11 @@ fn parse_name(name: &str) -> Option<(&str, u32)> {
 }
 
 async fn set_deadline(path: &Path, visibility: Duration) -> Result<(), StoreError> {
-    let file = fs::File::options().write(true).open(path).await.map_err(queue_error)?;
+    let file = fs::File::options()
+        .write(true)
+        .open(path)
+        .await
+        .map_err(queue_error)?;
     let file = file.into_std().await;
     let deadline = SystemTime::now() + visibility;
     tokio::task::spawn_blocking(move || file.set_modified(deadline))
@@ -216,11 +253,18 @@ impl Queue for FsQueue {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let tmp = self.pending.join(format!("{id}.tmp"));
         fs::write(&tmp, body).await.map_err(queue_error)?;
-        fs::rename(&tmp, self.pending.join(format!("{id}.0"))).await.map_err(queue_error)?;
+        fs::rename(&tmp, self.pending.join(format!("{id}.0")))
+            .await
+            .map_err(queue_error)?;
         Ok(id)
     }
 
-    async fn receive(&self, max: usize, wait: Duration, visibility: Duration) -> Result<Vec<Received>, StoreError> {
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+        visibility: Duration,
+    ) -> Result<Vec<Received>, StoreError> {
         self.ensure_dirs().await?;
         let give_up = tokio::time::Instant::now() + wait;
         loop {
@@ -230,7 +274,9 @@ impl Queue for FsQueue {
                 if received.len() >= max {
                     break;
                 }
-                let Some((id, count)) = parse_name(&name) else { continue };
+                let Some((id, count)) = parse_name(&name) else {
+                    continue;
+                };
                 let receipt = format!("{id}.{}", count + 1);
                 let target = self.inflight.join(&receipt);
                 // Losing the rename means another receiver claimed it first.
@@ -239,7 +285,11 @@ impl Queue for FsQueue {
                 }
                 set_deadline(&target, visibility).await?;
                 let body = fs::read(&target).await.map_err(queue_error)?;
-                received.push(Received { receipt, body, receive_count: count + 1 });
+                received.push(Received {
+                    receipt,
+                    body,
+                    receive_count: count + 1,
+                });
             }
             if !received.is_empty() || tokio::time::Instant::now() >= give_up {
                 return Ok(received);
@@ -257,7 +307,9 @@ impl Queue for FsQueue {
 
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
         let path = self.inflight_path(receipt)?;
-        fs::remove_file(path).await.map_err(|_| StoreError::NotFound(receipt.to_owned()))
+        fs::remove_file(path)
+            .await
+            .map_err(|_| StoreError::NotFound(receipt.to_owned()))
     }
 }
 
@@ -271,13 +323,32 @@ mod tests {
     async fn objects_round_trip_and_list_by_prefix() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = FsBlobStore::new(dir.path());
-        store.put("runs/a1/run.json", b"{}".to_vec(), "application/json").await?;
-        store.put("runs/a1/phases/plan.json", b"1".to_vec(), "application/json").await?;
-        store.put("runs/b2/run.json", b"2".to_vec(), "application/json").await?;
+        store
+            .put("runs/a1/run.json", b"{}".to_vec(), "application/json")
+            .await?;
+        store
+            .put(
+                "runs/a1/phases/plan.json",
+                b"1".to_vec(),
+                "application/json",
+            )
+            .await?;
+        store
+            .put("runs/b2/run.json", b"2".to_vec(), "application/json")
+            .await?;
         assert_eq!(store.get("runs/a1/run.json").await?, b"{}");
-        assert_eq!(store.list("runs/a1/").await?, ["runs/a1/phases/plan.json", "runs/a1/run.json"]);
-        assert!(matches!(store.get("runs/zz/run.json").await, Err(StoreError::NotFound(_))));
-        assert!(matches!(store.get("../etc/passwd").await, Err(StoreError::InvalidKey(_))));
+        assert_eq!(
+            store.list("runs/a1/").await?,
+            ["runs/a1/phases/plan.json", "runs/a1/run.json"]
+        );
+        assert!(matches!(
+            store.get("runs/zz/run.json").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.get("../etc/passwd").await,
+            Err(StoreError::InvalidKey(_))
+        ));
         Ok(())
     }
 
@@ -285,7 +356,9 @@ mod tests {
     async fn put_new_refuses_to_overwrite() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = FsBlobStore::new(dir.path());
-        store.put_new("k/v", b"first".to_vec(), "text/plain").await?;
+        store
+            .put_new("k/v", b"first".to_vec(), "text/plain")
+            .await?;
         let second = store.put_new("k/v", b"second".to_vec(), "text/plain").await;
         assert!(matches!(second, Err(StoreError::PreconditionFailed(_))));
         assert_eq!(store.get("k/v").await?, b"first");
@@ -302,9 +375,13 @@ mod tests {
         assert_eq!(first.len(), 1);
         assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let again = queue.receive(10, Duration::from_millis(200), Duration::from_secs(60)).await?;
+        let again = queue
+            .receive(10, Duration::from_millis(200), Duration::from_secs(60))
+            .await?;
         assert_eq!((again.len(), again[0].receive_count), (1, 2));
-        queue.extend(&again[0].receipt, Duration::from_secs(60)).await?;
+        queue
+            .extend(&again[0].receipt, Duration::from_secs(60))
+            .await?;
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
         queue.delete(&again[0].receipt).await?;

@@ -1,0 +1,442 @@
+//! The `specrun` command line: `run` executes one pipeline in-process against the
+//! embedded store; `status` and `logs` read the store. Output for people goes to stderr
+//! while a run works and to stdout at the end; `--json` keeps stdout machine-readable.
+
+use crate::config::{RunnerConfig, Secret, MIN_RETENTION_DAYS};
+use crate::pipeline::Pipeline;
+use crate::progress::{Progress, ProgressEvent};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use specrun_core::keys::{self, RunId};
+use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::repo::RepoPolicy;
+use specrun_core::request::{Publish, RunRequest};
+use specrun_core::state::RunRecord;
+use specrun_core::{Phase, PhaseStatus, RunStatus};
+use specrun_store::FsBlobStore;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// specrun: Spec Kit automation. Runs an AI agent through specify, plan and tasks in an
+/// ephemeral Docker container and pushes the result to a feature branch.
+#[derive(Debug, Parser)]
+#[command(name = "specrun", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Directory of the embedded state store (mirrors the bucket layout).
+    #[arg(
+        long,
+        global = true,
+        env = "SPECRUN_STATE_DIR",
+        default_value = ".specrun/state"
+    )]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one pipeline now, in this process.
+    Run(Box<RunArgs>),
+    /// Show a run's status, phase by phase.
+    Status {
+        run_id: String,
+        /// Print run.json instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's logs.
+    Logs {
+        run_id: String,
+        /// Only this phase's logs.
+        #[arg(long)]
+        phase: Option<Phase>,
+    },
+}
+
+/// `specrun run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Repository: a git URL, a local path, or owner/name on the forge.
+    #[arg(long)]
+    pub repo: String,
+    /// The feature description for the specify phase ('-' reads standard input).
+    #[arg(long, required_unless_present = "text_file")]
+    pub text: Option<String>,
+    /// Read the feature description from a file.
+    #[arg(long, conflicts_with = "text")]
+    pub text_file: Option<PathBuf>,
+    #[arg(long)]
+    pub base_branch: Option<String>,
+    /// Branch to publish to (default: the feature directory's name, NNN-short-name).
+    #[arg(long)]
+    pub branch_name: Option<String>,
+    /// Agent to run (default: SPECRUN_DEFAULT_AGENT).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// An agent option, KEY=VALUE (repeatable), e.g. behaviour=clarify for `scripted`.
+    #[arg(long = "agent-option", value_parser = parse_key_value)]
+    pub agent_options: Vec<(String, String)>,
+    /// pr (default), branch (push only) or none (dry run).
+    #[arg(long, value_parser = parse_publish)]
+    pub publish: Option<Publish>,
+    /// Print the final run.json on stdout and nothing else there.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+}
+
+/// How the runner executes: image, agent, forge, limits.
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// Where run workspaces are made (each is removed after its run).
+    #[arg(long, env = "SPECRUN_WORK_DIR", default_value = ".specrun/work")]
+    pub work_dir: PathBuf,
+    /// The job image.
+    #[arg(long, env = "SPECRUN_IMAGE", default_value = "specrun-job:latest")]
+    pub image: String,
+    /// The agent for requests that name none.
+    #[arg(long, env = "SPECRUN_DEFAULT_AGENT", default_value = "codex")]
+    pub default_agent: String,
+    /// The forge's git base URL, for owner/name repositories.
+    #[arg(long, env = "SPECRUN_FORGE_URL", default_value = "https://github.com")]
+    pub forge_url: String,
+    /// Days artifacts are kept; at least 7.
+    #[arg(long, env = "SPECRUN_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
+    /// Time limit of one agent phase, in seconds.
+    #[arg(long, env = "SPECRUN_PHASE_TIMEOUT_SECS", default_value_t = 1200)]
+    pub phase_timeout_secs: u64,
+    /// This runner's name in run.json and on container labels.
+    #[arg(long, env = "SPECRUN_RUNNER_ID")]
+    pub runner_id: Option<String>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn parse_publish(text: &str) -> Result<Publish, String> {
+    match text {
+        "pr" => Ok(Publish::Pr),
+        "branch" => Ok(Publish::Branch),
+        "none" => Ok(Publish::None),
+        other => Err(format!("{other:?} is not one of pr, branch, none")),
+    }
+}
+
+impl RunnerArgs {
+    /// The configuration, with the forge token taken from the environment only: a flag
+    /// would show in process listings.
+    pub fn to_config(&self) -> anyhow::Result<RunnerConfig> {
+        if self.retention_days < MIN_RETENTION_DAYS {
+            bail!("--retention-days {} is below the minimum of {MIN_RETENTION_DAYS} days that run artifacts are promised to stay readable", self.retention_days);
+        }
+        let mut config = RunnerConfig::with_work_root(absolute(&self.work_dir)?);
+        config.image = self.image.clone();
+        config.default_agent = self.default_agent.clone();
+        config.forge_git_base = self.forge_url.clone();
+        config.forge_token = std::env::var("SPECRUN_GIT_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(Secret::new);
+        config.retention_days = self.retention_days;
+        config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
+        config.runner_id = self.runner_id.clone().unwrap_or_else(default_runner_id);
+        Ok(config)
+    }
+}
+
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(path))
+}
+
+fn default_runner_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Exit codes: 0 succeeded or no_changes, 1 failed, 3 needs_clarification, 4 cancelled.
+pub fn exit_code(status: RunStatus) -> i32 {
+    match status {
+        RunStatus::Succeeded | RunStatus::NoChanges => 0,
+        RunStatus::NeedsClarification => 3,
+        RunStatus::Cancelled => 4,
+        _ => 1,
+    }
+}
+
+/// Runs the command line and returns the process's exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(absolute(&cli.global.state_dir)?));
+    match cli.command {
+        Command::Run(args) => run(*args, store, &cli.global.state_dir).await,
+        Command::Status { run_id, json } => status(&run_id, json, store.as_ref()).await,
+        Command::Logs { run_id, phase } => logs(&run_id, phase, store.as_ref()).await,
+    }
+}
+
+fn read_text(args: &RunArgs) -> anyhow::Result<String> {
+    match (&args.text, &args.text_file) {
+        (Some(text), _) if text == "-" => std::io::read_to_string(std::io::stdin())
+            .context("reading the text from standard input"),
+        (Some(text), _) => Ok(text.clone()),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        }
+        (None, None) => bail!("give the feature description with --text or --text-file"),
+    }
+}
+
+async fn run(
+    args: RunArgs,
+    store: Arc<dyn BlobStore>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<i32> {
+    let config = args.runner.to_config()?;
+    let request = RunRequest {
+        repository: args.repo.clone(),
+        specify_text: read_text(&args)?,
+        base_branch: args.base_branch.clone(),
+        branch_name: args.branch_name.clone(),
+        agent: args.agent.clone(),
+        agent_options: args
+            .agent_options
+            .iter()
+            .cloned()
+            .collect::<BTreeMap<_, _>>(),
+        publish: args.publish,
+        ..Default::default()
+    };
+    let policy = RepoPolicy {
+        allowed_hosts: Vec::new(),
+        trusted: true,
+    };
+    let request = request
+        .validate(&policy)
+        .map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
+    let progress = Arc::new(ConsoleProgress::new());
+    let pipeline = Pipeline::new(config, store, progress);
+    let run_id = Pipeline::new_run_id();
+    let record = pipeline
+        .enqueue_record(&run_id, &request)
+        .await
+        .with_context(|| {
+            format!(
+                "writing the run to the state store at {}",
+                state_dir.display()
+            )
+        })?;
+    eprintln!(
+        "specrun: run {run_id} for {} (agent {}, publish {})",
+        record.repository,
+        record.agent.name,
+        request.publish.as_str()
+    );
+    let record = pipeline
+        .execute(record, request)
+        .await
+        .context("recording the run's final state")?;
+    if args.json {
+        print_summary(&mut std::io::stderr(), &record, state_dir);
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print_summary(&mut std::io::stdout(), &record, state_dir);
+    }
+    Ok(exit_code(record.status))
+}
+
+async fn load(run_id: &str, store: &dyn BlobStore) -> anyhow::Result<RunRecord> {
+    let id = RunId::parse(run_id)?;
+    let bytes = match store.get(&keys::run_json(&id)).await {
+        Err(StoreError::NotFound(_)) => {
+            bail!("no run {run_id} in this state store (check --state-dir / SPECRUN_STATE_DIR)")
+        }
+        other => other?,
+    };
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("run.json of {run_id} is not a valid run record"))
+}
+
+async fn status(run_id: &str, json: bool, store: &dyn BlobStore) -> anyhow::Result<i32> {
+    let record = load(run_id, store).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print_status(&mut std::io::stdout(), &record);
+    }
+    Ok(0)
+}
+
+async fn logs(run_id: &str, phase: Option<Phase>, store: &dyn BlobStore) -> anyhow::Result<i32> {
+    let record = load(run_id, store).await?;
+    let logs: Vec<_> = record
+        .artifacts
+        .iter()
+        .filter(|a| a.name.ends_with(".log") && (phase.is_none() || a.phase == phase))
+        .collect();
+    if logs.is_empty() {
+        eprintln!(
+            "no logs{} for run {run_id}",
+            phase.map(|p| format!(" for phase {p}")).unwrap_or_default()
+        );
+        return Ok(1);
+    }
+    let mut out = std::io::stdout().lock();
+    for artifact in logs {
+        writeln!(out, "==> {} ({} bytes) <==", artifact.key, artifact.size)?;
+        out.write_all(&store.get(&artifact.key).await?)?;
+        writeln!(out)?;
+    }
+    Ok(0)
+}
+
+fn format_ms(ms: Option<u64>) -> String {
+    ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn print_phase_table(out: &mut dyn std::io::Write, record: &RunRecord) {
+    let _ = writeln!(
+        out,
+        "  PHASE         STATUS     STARTED               DURATION  DETAIL"
+    );
+    for phase in &record.phases {
+        let started = phase
+            .started_at
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .map(|t| t.chars().take(20).collect::<String>())
+            .unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(
+            out,
+            "  {:<13} {:<10} {:<21} {:>8}  {}",
+            phase.phase.as_str(),
+            phase.status.as_str(),
+            started,
+            format_ms(phase.duration_ms),
+            phase.message.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
+    let _ = writeln!(out, "run {}  {}", record.run_id, record.status);
+    if let Some(reason) = &record.status_reason {
+        let _ = writeln!(out, "  {reason}");
+    }
+    let _ = writeln!(
+        out,
+        "  repository {}  base {}  branch {}",
+        record.repository,
+        record.base_branch.as_deref().unwrap_or("-"),
+        record.branch_name.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "  agent {} {}  image {}",
+        record.agent.name,
+        record.agent.version.as_deref().unwrap_or(""),
+        record.agent.image
+    );
+    print_phase_table(out, record);
+    if let Some(sha) = &record.commit_sha {
+        let _ = writeln!(out, "  commit {sha}");
+    }
+    if let Some(error) = &record.error {
+        let _ = writeln!(out, "\n  error {}: {}", error.code, error.message);
+        let _ = writeln!(out, "  fix: {}", error.remediation);
+        if let Some(excerpt) = error
+            .log_excerpt
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+        {
+            let _ = writeln!(out, "  last output:");
+            for line in excerpt.lines() {
+                let _ = writeln!(out, "    | {line}");
+            }
+        }
+    }
+}
+
+fn print_summary(out: &mut dyn std::io::Write, record: &RunRecord, state_dir: &std::path::Path) {
+    let _ = writeln!(out);
+    print_status(out, record);
+    let _ = writeln!(
+        out,
+        "  logs   {}/runs/{}/artifacts/  (specrun logs {} [--phase P])",
+        state_dir.display(),
+        record.run_id,
+        record.run_id
+    );
+}
+
+/// Prints each phase as it starts and ends, with the time since the run started.
+pub struct ConsoleProgress {
+    started: Instant,
+}
+
+impl ConsoleProgress {
+    pub fn new() -> Self {
+        ConsoleProgress {
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Default for ConsoleProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for ConsoleProgress {
+    fn event(&self, event: ProgressEvent) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        match event {
+            ProgressEvent::RunStarted { .. } => {}
+            ProgressEvent::PhaseStarted { phase } => {
+                eprintln!("[{elapsed:6.1}s] {:<13} running", phase.as_str())
+            }
+            ProgressEvent::PhaseEnded {
+                phase,
+                status,
+                duration_ms,
+                message,
+            } => {
+                let duration = if status == PhaseStatus::Skipped {
+                    String::new()
+                } else {
+                    format!(" in {}", format_ms(duration_ms))
+                };
+                eprintln!(
+                    "[{elapsed:6.1}s] {:<13} {status}{duration}  {}",
+                    phase.as_str(),
+                    message.unwrap_or_default()
+                );
+            }
+        }
+    }
+}

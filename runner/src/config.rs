@@ -1,0 +1,95 @@
+//! The runner's configuration: where state and workspaces live, which image and agent to
+//! use, the forge, limits and retention. Built from flags and `SPECRUN_*` variables by the
+//! binary; everything here is plain data.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret value that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Resource limits of a job container.
+#[derive(Debug, Clone)]
+pub struct ContainerLimits {
+    pub memory_bytes: i64,
+    pub pids: i64,
+    pub nano_cpus: i64,
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        ContainerLimits {
+            memory_bytes: 4 * 1024 * 1024 * 1024,
+            pids: 512,
+            nano_cpus: 2_000_000_000,
+        }
+    }
+}
+
+/// Everything a runner needs to execute runs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Where run workspaces are created (and removed after each run).
+    pub work_root: PathBuf,
+    /// The job image, e.g. `specrun-job:latest`.
+    pub image: String,
+    /// The agent used when a request names none.
+    pub default_agent: String,
+    /// The forge's git base URL, e.g. `https://github.com`, for `owner/name` requests.
+    pub forge_git_base: String,
+    /// Token for clone and push; it never enters the job container.
+    pub forge_token: Option<Secret>,
+    /// Days run artifacts are kept (at least 7: SC-002).
+    pub retention_days: u32,
+    /// Longest time one agent phase may take.
+    pub phase_timeout: Duration,
+    /// How long to wait for the Docker engine to answer.
+    pub docker_timeout: Duration,
+    /// This runner's name in run.json and on container labels.
+    pub runner_id: String,
+    pub limits: ContainerLimits,
+    /// Author and committer of the spec commit.
+    pub commit_name: String,
+    pub commit_email: String,
+}
+
+/// The shortest retention the platform promises.
+pub const MIN_RETENTION_DAYS: u32 = 7;
+
+impl RunnerConfig {
+    /// Defaults for everything but the paths.
+    pub fn with_work_root(work_root: PathBuf) -> Self {
+        RunnerConfig {
+            work_root,
+            image: "specrun-job:latest".to_owned(),
+            default_agent: "codex".to_owned(),
+            forge_git_base: "https://github.com".to_owned(),
+            forge_token: None,
+            retention_days: 30,
+            phase_timeout: Duration::from_secs(20 * 60),
+            docker_timeout: Duration::from_secs(10),
+            runner_id: "specrun-local".to_owned(),
+            limits: ContainerLimits::default(),
+            commit_name: "specrun".to_owned(),
+            commit_email: "specrun@users.noreply.localhost".to_owned(),
+        }
+    }
+}

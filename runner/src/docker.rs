@@ -1,0 +1,338 @@
+//! The job container, through bollard: check the engine and the image, start one
+//! container per run, run each phase as an exec in it with output streamed to a sink, and
+//! remove it. Secrets go into each exec's environment, never the container's, so
+//! `docker inspect` never shows them.
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Labels every job container carries, so that orphans can be found and removed.
+pub const LABEL_MANAGED: &str = "io.specrun.managed";
+pub const LABEL_RUN: &str = "io.specrun.run-id";
+pub const LABEL_RUNNER: &str = "io.specrun.runner-id";
+
+/// What can go wrong talking to Docker.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("the Docker engine is not reachable: {0}")]
+    Unreachable(String),
+    #[error("the job image {0} is not present on this Docker engine")]
+    ImageMissing(String),
+    #[error("the job container is gone: {0}")]
+    ContainerGone(String),
+    #[error("Docker API error while {doing}: {source}")]
+    Api {
+        doing: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+fn api(doing: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    move |source| DockerError::Api { doing, source }
+}
+
+/// The image as the engine knows it.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    pub digest: Option<String>,
+}
+
+/// How to start a run's container.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub image: String,
+    pub run_id: String,
+    pub runner_id: String,
+    /// `(host path, container path, read_only)`
+    pub mounts: Vec<(PathBuf, String, bool)>,
+    pub user: String,
+    pub network: specrun_core::agent::Network,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    pub nano_cpus: i64,
+}
+
+/// One command to run in the container.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+    pub user: String,
+}
+
+/// Which output stream bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where an exec's output goes as it arrives.
+#[async_trait]
+pub trait OutputSink: Send {
+    async fn write(&mut self, stream: Stream, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecEnd {
+    Exited(i64),
+    TimedOut,
+}
+
+/// A connected, version-negotiated Docker client.
+#[derive(Debug, Clone)]
+pub struct DockerClient {
+    client: bollard::Docker,
+}
+
+impl DockerClient {
+    /// Connects (DOCKER_HOST or the local socket), negotiates the API version (Debian's
+    /// engine speaks 1.41 at most) and pings, all within `timeout`.
+    pub async fn connect(timeout: Duration) -> Result<Self, DockerError> {
+        let unreachable = |e: &dyn std::fmt::Display| DockerError::Unreachable(e.to_string());
+        let client = bollard::Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
+        let connect = async {
+            let client = client
+                .negotiate_version()
+                .await
+                .map_err(|e| unreachable(&e))?;
+            client.ping().await.map_err(|e| unreachable(&e))?;
+            Ok(DockerClient { client })
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| DockerError::Unreachable(format!("no answer within {timeout:?}")))?
+    }
+
+    /// The engine's version, for the environment report.
+    pub async fn engine_version(&self) -> Result<String, DockerError> {
+        let version = self
+            .client
+            .version()
+            .await
+            .map_err(api("reading the engine version"))?;
+        Ok(format!(
+            "{} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
+    pub async fn image(&self, image: &str) -> Result<ImageInfo, DockerError> {
+        match self.client.inspect_image(image).await {
+            Ok(info) => Ok(ImageInfo {
+                id: info.id.unwrap_or_default(),
+                digest: info.repo_digests.and_then(|d| d.into_iter().next()),
+            }),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(DockerError::ImageMissing(image.to_owned())),
+            Err(e) => Err(api("inspecting the job image")(e)),
+        }
+    }
+
+    /// Creates and starts the run's container, hardened: no capabilities, no new
+    /// privileges, read-only root, bounded pids, memory and CPU.
+    pub async fn start_job(&self, spec: &JobSpec) -> Result<String, DockerError> {
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_RUN.to_owned(), spec.run_id.clone()),
+            (LABEL_RUNNER.to_owned(), spec.runner_id.clone()),
+        ]);
+        let binds = spec
+            .mounts
+            .iter()
+            .map(|(host, inside, ro)| {
+                format!(
+                    "{}:{inside}:{}",
+                    host.display(),
+                    if *ro { "ro" } else { "rw" }
+                )
+            })
+            .collect();
+        let network = match spec.network {
+            specrun_core::agent::Network::None => "none",
+            specrun_core::agent::Network::Bridge => "bridge",
+        };
+        let host_config = HostConfig {
+            binds: Some(binds),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                "rw,nosuid,nodev,size=256m".to_owned(),
+            )])),
+            pids_limit: Some(spec.pids_limit),
+            memory: Some(spec.memory_bytes),
+            nano_cpus: Some(spec.nano_cpus),
+            network_mode: Some(network.to_owned()),
+            init: Some(true),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
+            user: Some(spec.user.clone()),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            network_disabled: Some(spec.network == specrun_core::agent::Network::None),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .map_err(api("creating the job container"))?;
+        if let Err(e) = self
+            .client
+            .start_container(
+                created.id.as_str(),
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            let _ = self.remove(&created.id).await;
+            return Err(api("starting the job container")(e));
+        }
+        Ok(created.id)
+    }
+
+    /// Runs one command to its end (or `limit`), streaming its output into `sink`.
+    pub async fn exec(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        sink: &mut dyn OutputSink,
+        limit: Duration,
+    ) -> Result<ExecEnd, DockerError> {
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let options = CreateExecOptions {
+            attach_stdin: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            env: Some(env),
+            cmd: Some(spec.argv.clone()),
+            user: Some(spec.user.clone()),
+            working_dir: Some(spec.workdir.clone()),
+            ..Default::default()
+        };
+        let exec = self
+            .client
+            .create_exec(container, options)
+            .await
+            .map_err(|e| self.gone_or(e, container, "creating an exec"))?;
+        let start = StartExecOptions {
+            detach: false,
+            tty: false,
+            output_capacity: None,
+        };
+        let started = self
+            .client
+            .start_exec(&exec.id, Some(start))
+            .await
+            .map_err(api("starting an exec"))?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(DockerError::ContainerGone(
+                "exec started detached".to_owned(),
+            ));
+        };
+        let pump = async {
+            while let Some(item) = output.next().await {
+                let (stream, bytes) = match item.map_err(api("reading exec output"))? {
+                    LogOutput::StdErr { message } => (Stream::Stderr, message),
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (Stream::Stdout, message)
+                    }
+                    LogOutput::StdIn { .. } => continue,
+                };
+                sink.write(stream, &bytes).await.map_err(|e| {
+                    DockerError::ContainerGone(format!("writing the phase log failed: {e}"))
+                })?;
+            }
+            Ok::<(), DockerError>(())
+        };
+        match tokio::time::timeout(limit, pump).await {
+            Err(_) => return Ok(ExecEnd::TimedOut),
+            Ok(result) => result?,
+        }
+        let inspected = self
+            .client
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(api("reading the exec's exit code"))?;
+        match inspected.exit_code {
+            Some(code) => Ok(ExecEnd::Exited(code)),
+            None => Err(DockerError::ContainerGone(
+                "the command ended without an exit code; the container was probably stopped"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    fn gone_or(
+        &self,
+        e: bollard::errors::Error,
+        container: &str,
+        doing: &'static str,
+    ) -> DockerError {
+        match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                message,
+            } => DockerError::ContainerGone(format!("{container}: {message}")),
+            other => api(doing)(other),
+        }
+    }
+
+    /// Force-removes a container and its anonymous volumes; an already-gone one is fine.
+    pub async fn remove(&self, container: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.client.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(api("removing the job container")(e)),
+        }
+    }
+
+    /// IDs of job containers labelled with a run id (all of them when `run_id` is None).
+    pub async fn containers_of(&self, run_id: Option<&str>) -> Result<Vec<String>, DockerError> {
+        let label = match run_id {
+            Some(id) => format!("{LABEL_RUN}={id}"),
+            None => format!("{LABEL_MANAGED}=true"),
+        };
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&HashMap::from([("label".to_owned(), vec![label])]))
+            .build();
+        let list = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(api("listing job containers"))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+}

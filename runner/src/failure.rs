@@ -1,0 +1,122 @@
+//! Turning what went wrong into a [`RunError`]: a stable code, the message, and the
+//! remediation an operator can act on without shell access.
+
+use crate::docker::DockerError;
+use crate::git::GitError;
+use specrun_core::ports::StoreError;
+use specrun_core::state::RunError;
+use specrun_core::Phase;
+
+/// Builds a run error for `phase`.
+pub fn error(
+    phase: Phase,
+    code: &str,
+    message: impl Into<String>,
+    remediation: impl Into<String>,
+) -> RunError {
+    RunError {
+        code: code.to_owned(),
+        message: message.into(),
+        remediation: remediation.into(),
+        phase: Some(phase),
+        exit_code: None,
+        log_excerpt: None,
+    }
+}
+
+pub fn docker(phase: Phase, e: &DockerError, image: &str) -> RunError {
+    match e {
+        DockerError::Unreachable(_) => error(
+            phase,
+            "docker_unreachable",
+            e.to_string(),
+            "Start the Docker engine (scripts/ensure-docker.sh installs and starts one) or point \
+             DOCKER_HOST at a running engine, then submit the run again.",
+        ),
+        DockerError::ImageMissing(_) => error(
+            phase,
+            "image_missing",
+            e.to_string(),
+            format!("Build the job image with `scripts/build-image.sh --tag {image}`, or set SPECRUN_IMAGE to an image this engine has."),
+        ),
+        DockerError::ContainerGone(_) => error(
+            phase,
+            "container_crashed",
+            e.to_string(),
+            "The job container stopped during the phase (killed from outside, out of memory, or the engine restarted). Check `docker events` and the container limits, then submit the run again.",
+        ),
+        DockerError::Api { .. } => error(
+            phase,
+            "docker_error",
+            e.to_string(),
+            "Check the Docker engine's log and free resources, then submit the run again.",
+        ),
+    }
+}
+
+pub fn git(phase: Phase, e: &GitError, repository: &str) -> RunError {
+    let (code, remediation) = match e {
+        GitError::Permission(_) => (
+            format!("{phase}_permission_denied"),
+            format!("Give the configured token (SPECRUN_GIT_TOKEN) {} access to {repository}, or check that it has not expired.", if phase == Phase::Push { "write" } else { "read" }),
+        ),
+        GitError::NotFound(_) => (
+            "repository_not_found".to_owned(),
+            format!("Check the repository name {repository:?}; a private repository also looks missing when the token cannot read it."),
+        ),
+        GitError::BaseBranchMissing(_) => (
+            "base_branch_missing".to_owned(),
+            "Name an existing branch in base_branch (--base-branch), or leave it out to use the repository's default branch.".to_owned(),
+        ),
+        GitError::EmptyRemote => (
+            "empty_repository".to_owned(),
+            "Push an initial commit to the repository, then submit the run again.".to_owned(),
+        ),
+        GitError::PushRejected { .. } => (
+            "push_rejected".to_owned(),
+            "The branch may be protected or already exist with other history: choose another branch_name, delete the stale branch, or allow the token to push to it.".to_owned(),
+        ),
+        GitError::Other { .. } => (
+            format!("{phase}_failed"),
+            "Check the phase's log artifact; if the remote is unreachable, check the network and the repository URL.".to_owned(),
+        ),
+    };
+    error(phase, &code, e.to_string(), remediation)
+}
+
+pub fn store(phase: Phase, e: &StoreError) -> RunError {
+    error(
+        phase,
+        "state_store_error",
+        e.to_string(),
+        "Check that the state store (state directory or bucket) is writable and reachable.",
+    )
+}
+
+pub fn io(phase: Phase, doing: &str, e: &std::io::Error) -> RunError {
+    error(
+        phase,
+        "workspace_error",
+        format!("{doing}: {e}"),
+        "Check free space and permissions of the work directory (SPECRUN_WORK_DIR).",
+    )
+}
+
+/// A failed agent command: its exit code says how.
+pub fn agent_exit(phase: Phase, agent: &str, exit_code: i64, excerpt: String) -> RunError {
+    let remediation = if exit_code == 137 {
+        "The agent was killed (signal 9): it crashed or hit the container's memory limit. Read the phase's stderr log; raise the limit or retry the run.".to_owned()
+    } else {
+        format!("Read the {phase} phase's stdout and stderr logs for the agent's reason; check the agent's credentials and model access.")
+    };
+    RunError {
+        exit_code: Some(exit_code),
+        log_excerpt: Some(excerpt),
+        ..error(
+            phase,
+            "agent_phase_failed",
+            format!("agent {agent} exited with code {exit_code} in the {phase} phase"),
+            remediation,
+        )
+    }
+}

@@ -1,0 +1,856 @@
+//! What each phase does. Each function takes the run's context, does its one job, and
+//! says whether the run goes on, stops with an outcome, or failed and why.
+
+// A failure carries its artifacts and a full error report; it is the cold path, so its
+// size does not matter.
+#![allow(clippy::result_large_err)]
+
+use crate::artifacts::{CommandLogs, WrittenLog};
+use crate::docker::{DockerClient, ExecEnd, ExecSpec, JobSpec};
+use crate::failure;
+use crate::git;
+use crate::pipeline::{Failure, RunContext, Step, StepResult};
+use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
+use specrun_core::agent::AgentProfile;
+use specrun_core::clarify;
+use specrun_core::feature::FeatureDir;
+use specrun_core::redact::Redactor;
+use specrun_core::state::{ArtifactRef, PhaseOutcome};
+use specrun_core::{Phase, RunStatus};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const REPO_IN_CONTAINER: &str = "/workspace/repo";
+const HOME_IN_CONTAINER: &str = "/workspace/home";
+/// Spec Kit files larger than this are not read back.
+const MAX_SPEC_FILE: u64 = 4 * 1024 * 1024;
+
+fn message(text: impl Into<String>) -> PhaseOutcome {
+    PhaseOutcome {
+        message: Some(text.into()),
+        ..Default::default()
+    }
+}
+
+fn store_failure(phase: Phase) -> impl Fn(specrun_core::ports::StoreError) -> Failure {
+    move |e| failure::store(phase, &e).into()
+}
+
+fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).unwrap_or_default()
+}
+
+/// Checks Docker and the image, makes the workspace, starts the container, records the
+/// environment.
+pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
+    let phase = Phase::Prepare;
+    let agent_name = ctx.record.agent.name.clone();
+    let profile = AgentProfile::builtin(&agent_name).map_err(|e| {
+        failure::error(
+            phase,
+            "unknown_agent",
+            e.to_string(),
+            "Name one of the known agents in `agent` (--agent).",
+        )
+    })?;
+    let option_env = profile
+        .option_env(&ctx.request.agent_options)
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "unknown_agent_option",
+                e.to_string(),
+                "Remove the option or choose an agent that has it.",
+            )
+        })?;
+    let mut secrets = BTreeMap::new();
+    for name in &profile.secret_env {
+        match std::env::var(name) {
+            Ok(value) if !value.is_empty() => {
+                secrets.insert(name.clone(), value);
+            }
+            _ => {
+                return Err(failure::error(
+                    phase,
+                    "agent_secret_missing",
+                    format!("agent {agent_name} needs the secret {name}, which the runner's environment does not set"),
+                    format!("Export {name} for the runner, or run with the offline agent (--agent scripted)."),
+                )
+                .into())
+            }
+        }
+    }
+    let mut all_secrets: Vec<String> = secrets.values().cloned().collect();
+    all_secrets.extend(ctx.config.forge_token.iter().map(|t| t.expose().to_owned()));
+    ctx.redactor = Redactor::new(&all_secrets);
+
+    let image = ctx.config.image.clone();
+    let docker = DockerClient::connect(ctx.config.docker_timeout)
+        .await
+        .map_err(|e| failure::docker(phase, &e, &image))?;
+    let image_info = docker
+        .image(&image)
+        .await
+        .map_err(|e| failure::docker(phase, &e, &image))?;
+    let engine = docker
+        .engine_version()
+        .await
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    ctx.docker = Some(docker.clone());
+
+    let work_root = ctx.config.work_root.clone();
+    let run_id = ctx.run_id.to_string();
+    let workspace = tokio::task::spawn_blocking(move || Workspace::create(&work_root, &run_id))
+        .await
+        .map_err(|e| failure::error(phase, "workspace_error", e.to_string(), "Retry the run."))?
+        .map_err(|e| failure::io(phase, "creating the run workspace", &e))?;
+    ctx.workspace = Some(workspace.clone());
+
+    let spec = JobSpec {
+        name: format!("specrun-{}", ctx.run_id),
+        image: image.clone(),
+        run_id: ctx.run_id.to_string(),
+        runner_id: ctx.config.runner_id.clone(),
+        mounts: vec![
+            (workspace.repo.clone(), REPO_IN_CONTAINER.to_owned(), false),
+            (
+                workspace.git.clone(),
+                format!("{REPO_IN_CONTAINER}/.git"),
+                true,
+            ),
+            (workspace.home.clone(), HOME_IN_CONTAINER.to_owned(), false),
+        ],
+        user: format!("{AGENT_UID}:{AGENT_GID}"),
+        network: profile.network,
+        memory_bytes: ctx.config.limits.memory_bytes,
+        pids_limit: ctx.config.limits.pids,
+        nano_cpus: ctx.config.limits.nano_cpus,
+    };
+    let container = docker
+        .start_job(&spec)
+        .await
+        .map_err(|e| failure::docker(phase, &e, &image))?;
+    ctx.container = Some(container.clone());
+
+    ctx.agent_env = agent_env(&profile, option_env, secrets);
+    let (version, mut artifacts) = agent_version(ctx, &profile).await?;
+    ctx.record.agent.version = version.clone();
+    ctx.record.agent.integration = profile.integration.clone();
+    ctx.record.agent.image_digest = image_info
+        .digest
+        .clone()
+        .or_else(|| Some(image_info.id.clone()));
+
+    let environment = serde_json::json!({
+        "runner_id": ctx.config.runner_id,
+        "docker_engine": engine,
+        "image": image,
+        "image_id": image_info.id,
+        "image_digest": image_info.digest,
+        "container": container,
+        "agent": {
+            "name": profile.name,
+            "version": version,
+            "integration": profile.integration,
+            "network": format!("{:?}", profile.network).to_lowercase(),
+            "secrets_passed": profile.secret_env,
+        },
+        "limits": {
+            "memory_bytes": ctx.config.limits.memory_bytes,
+            "pids": ctx.config.limits.pids,
+            "nano_cpus": ctx.config.limits.nano_cpus,
+            "phase_timeout_seconds": ctx.config.phase_timeout.as_secs(),
+        },
+    });
+    let redacted = ctx.redactor.redact_bytes(&json_bytes(&environment));
+    artifacts.push(
+        ctx.artifacts
+            .put_bytes(
+                Some(phase),
+                "environment.json",
+                redacted,
+                "application/json",
+            )
+            .await
+            .map_err(store_failure(phase))?,
+    );
+    let request = serde_json::to_value(ctx.request.to_wire()).unwrap_or_default();
+    let redacted = ctx.redactor.redact_bytes(&json_bytes(&request));
+    artifacts.push(
+        ctx.artifacts
+            .put_bytes(None, "request.json", redacted, "application/json")
+            .await
+            .map_err(store_failure(phase))?,
+    );
+    ctx.profile = Some(profile);
+    Ok(Step::Continue(PhaseOutcome {
+        message: Some(format!(
+            "container {} started from {image}",
+            short(&container)
+        )),
+        artifacts,
+        ..Default::default()
+    }))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn agent_env(
+    profile: &AgentProfile,
+    options: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = [
+        ("HOME", HOME_IN_CONTAINER),
+        // The git directory belongs to the runner; let tools inside read it.
+        ("GIT_CONFIG_COUNT", "1"),
+        ("GIT_CONFIG_KEY_0", "safe.directory"),
+        ("GIT_CONFIG_VALUE_0", "*"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.extend(profile.env.clone());
+    env.extend(options);
+    env.extend(secrets);
+    env
+}
+
+async fn agent_version(
+    ctx: &mut RunContext,
+    profile: &AgentProfile,
+) -> Result<(Option<String>, Vec<ArtifactRef>), Failure> {
+    let run = run_command(
+        ctx,
+        Phase::Prepare,
+        "agent-version",
+        profile.version_command.clone(),
+        BTreeMap::new(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let version = match run.end {
+        ExecEnd::Exited(0) => std::fs::read_to_string(&run.stdout.path)
+            .ok()
+            .and_then(|out| out.lines().next().map(|l| l.trim().to_owned())),
+        _ => None,
+    };
+    Ok((version, run.artifacts))
+}
+
+/// One command's result: how it ended, its logs and their artifacts.
+struct CommandRun {
+    end: ExecEnd,
+    stdout: WrittenLog,
+    stderr: WrittenLog,
+    artifacts: Vec<ArtifactRef>,
+}
+
+impl CommandRun {
+    fn excerpt(&self) -> String {
+        let pick = if self.stderr.tail.trim().is_empty() {
+            &self.stdout.tail
+        } else {
+            &self.stderr.tail
+        };
+        let lines: Vec<&str> = pick.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// Runs a command in the job container, its output streamed into redacted logs that are
+/// stored as the phase's artifacts.
+async fn run_command(
+    ctx: &mut RunContext,
+    phase: Phase,
+    stem: &str,
+    argv: Vec<String>,
+    extra_env: BTreeMap<String, String>,
+    limit: Duration,
+) -> Result<CommandRun, Failure> {
+    let (Some(docker), Some(container), Some(workspace)) =
+        (&ctx.docker, &ctx.container, &ctx.workspace)
+    else {
+        return Err(failure::error(
+            phase,
+            "internal_error",
+            "no job container",
+            "Report this as a bug.",
+        )
+        .into());
+    };
+    let mut env = ctx.agent_env.clone();
+    env.extend(extra_env);
+    let spec = ExecSpec {
+        argv,
+        env,
+        workdir: REPO_IN_CONTAINER.to_owned(),
+        user: format!("{AGENT_UID}:{AGENT_GID}"),
+    };
+    let mut logs = CommandLogs::create(&workspace.logs, &format!("{phase}-{stem}"), &ctx.redactor)
+        .await
+        .map_err(|e| failure::io(phase, "creating the phase logs", &e))?;
+    let ended = docker.exec(container, &spec, &mut logs, limit).await;
+    let (stdout, stderr) = logs
+        .finish()
+        .await
+        .map_err(|e| failure::io(phase, "writing the phase logs", &e))?;
+    let mut artifacts = Vec::new();
+    for (name, log) in [
+        (format!("{stem}.stdout.log"), &stdout),
+        (format!("{stem}.stderr.log"), &stderr),
+    ] {
+        artifacts.push(
+            ctx.artifacts
+                .put_log(Some(phase), &name, log)
+                .await
+                .map_err(store_failure(phase))?,
+        );
+    }
+    let image = ctx.config.image.clone();
+    match ended {
+        Ok(end) => Ok(CommandRun {
+            end,
+            stdout,
+            stderr,
+            artifacts,
+        }),
+        Err(e) => Err(Failure {
+            error: failure::docker(phase, &e, &image),
+            artifacts,
+        }),
+    }
+}
+
+/// Turns an agent command's end into a failure unless it exited 0.
+fn require_success(
+    ctx: &RunContext,
+    phase: Phase,
+    run: CommandRun,
+    code: &str,
+) -> Result<Vec<ArtifactRef>, Failure> {
+    let agent = ctx.record.agent.name.clone();
+    match run.end {
+        ExecEnd::Exited(0) => Ok(run.artifacts),
+        ExecEnd::Exited(exit) => {
+            let mut error = failure::agent_exit(phase, &agent, exit, run.excerpt());
+            error.code = code.to_owned();
+            Err(Failure { error, artifacts: run.artifacts })
+        }
+        ExecEnd::TimedOut => Err(Failure {
+            error: specrun_core::state::RunError {
+                log_excerpt: Some(run.excerpt()),
+                ..failure::error(
+                    phase,
+                    "phase_timeout",
+                    format!("the {phase} phase did not finish within {:?}", ctx.config.phase_timeout),
+                    "Raise the phase time limit (SPECRUN_PHASE_TIMEOUT_SECS) or make the specification smaller.",
+                )
+            },
+            artifacts: run.artifacts,
+        }),
+    }
+}
+
+/// Clones the base branch into the workspace with the runner's credentials, then hands
+/// the worktree to the agent's user.
+pub(crate) async fn clone(ctx: &mut RunContext) -> StepResult {
+    let phase = Phase::Clone;
+    let Some(workspace) = ctx.workspace.clone() else {
+        return Err(failure::error(
+            phase,
+            "internal_error",
+            "no workspace",
+            "Report this as a bug.",
+        )
+        .into());
+    };
+    let url = ctx.clone_url.clone();
+    let base = ctx.request.base_branch.as_ref().map(ToString::to_string);
+    let token = ctx
+        .config
+        .forge_token
+        .as_ref()
+        .map(|t| t.expose().to_owned());
+    let ws = workspace.clone();
+    let cloned = tokio::task::spawn_blocking(move || {
+        let cloned = git::clone(&url, base.as_deref(), &ws.git, &ws.repo, token.as_deref())?;
+        Ok::<_, git::GitError>((cloned, list_specs(&ws)))
+    })
+    .await
+    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?;
+    let repository = ctx.record.repository.clone();
+    let (cloned, specs_before) = match cloned {
+        Ok(done) => done,
+        Err(e) => {
+            let mut error = failure::git(phase, &e, &repository);
+            error.message = ctx.redactor.redact_str(&error.message);
+            return Err(error.into());
+        }
+    };
+    ctx.specs_before = specs_before;
+    ctx.record.base_branch = Some(cloned.base_branch.clone());
+    let ws = workspace.clone();
+    tokio::task::spawn_blocking(move || ws.hand_to_agent())
+        .await
+        .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?
+        .map_err(|e| failure::io(phase, "handing the workspace to the agent user", &e))?;
+    Ok(Step::Continue(message(format!(
+        "cloned {} at {} ({})",
+        ctx.record.repository,
+        cloned.base_branch,
+        short(&cloned.base_commit)
+    ))))
+}
+
+/// Names of the directories under `specs/` (symlinks are not directories here).
+fn list_specs(workspace: &Workspace) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(workspace.repo.join("specs"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Initialises Spec Kit when the repository lacks it, runs the agent's specify command,
+/// then finds the feature directory and any open questions.
+pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
+    let phase = Phase::Specify;
+    let Some(profile) = ctx.profile.clone() else {
+        return Err(failure::error(
+            phase,
+            "internal_error",
+            "no agent profile",
+            "Report this as a bug.",
+        )
+        .into());
+    };
+    let mut artifacts = Vec::new();
+    let mut notes = Vec::new();
+    if !is_real_dir(ctx, ".specify") {
+        let argv = [
+            "specify",
+            "init",
+            "--here",
+            "--force",
+            "--integration",
+            &profile.integration,
+            "--script",
+            "sh",
+            "--non-interactive",
+            "--ignore-agent-tools",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let run = run_command(
+            ctx,
+            phase,
+            "speckit-init",
+            argv,
+            BTreeMap::new(),
+            ctx.config.phase_timeout,
+        )
+        .await?;
+        artifacts.extend(require_success(ctx, phase, run, "speckit_init_failed")?);
+        notes.push(format!(
+            "initialised Spec Kit ({} integration)",
+            profile.integration
+        ));
+    }
+    let argv = profile
+        .phase_argv(phase, &ctx.request.specify_text)
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "agent_misconfigured",
+                e.to_string(),
+                "Fix the agent profile.",
+            )
+        })?;
+    let run = run_command(
+        ctx,
+        phase,
+        "agent",
+        argv,
+        BTreeMap::new(),
+        ctx.config.phase_timeout,
+    )
+    .await
+    .map_err(|mut f| {
+        f.artifacts.splice(0..0, artifacts.clone());
+        f
+    })?;
+    artifacts.extend(require_success(ctx, phase, run, "agent_phase_failed")?);
+
+    let feature = match find_feature(ctx) {
+        Ok(Some(feature)) => feature,
+        Ok(None) => {
+            return Ok(Step::Stop {
+                outcome: PhaseOutcome { artifacts, message: Some("the agent wrote no specification".to_owned()), ..Default::default() },
+                status: RunStatus::NoChanges,
+                reason: "the specify phase wrote no specification (no .specify/feature.json and no new directory under specs/), so there is nothing to publish".to_owned(),
+            })
+        }
+        Err(error) => return Err(Failure { error, artifacts }),
+    };
+    let spec_path = feature.file("spec.md");
+    let Some(spec) = read_output(ctx, phase, &spec_path, &mut artifacts)? else {
+        return Err(Failure {
+            error: failure::error(
+                phase,
+                "phase_output_missing",
+                format!("the specify phase did not write {spec_path}"),
+                "Read the specify phase's logs for the agent's reason.",
+            ),
+            artifacts,
+        });
+    };
+    let branch = match &ctx.request.branch_name {
+        Some(branch) => branch.clone(),
+        None => feature.branch_name().map_err(|e| Failure {
+            error: failure::error(
+                phase,
+                "invalid_branch_name",
+                e.to_string(),
+                "Give a branch_name (--branch-name) in the request.",
+            ),
+            artifacts: artifacts.clone(),
+        })?,
+    };
+    ctx.record.branch_name = Some(branch.to_string());
+    ctx.branch = Some(branch);
+    ctx.feature = Some(feature.clone());
+    if let Some(stop) = clarification_stop(ctx, phase, &spec_path, &spec, &mut artifacts).await? {
+        return Ok(stop);
+    }
+    notes.push(format!("wrote {spec_path}"));
+    Ok(Step::Continue(PhaseOutcome {
+        artifacts,
+        message: Some(notes.join("; ")),
+        ..Default::default()
+    }))
+}
+
+fn is_real_dir(ctx: &RunContext, relative: &str) -> bool {
+    ctx.workspace
+        .as_ref()
+        .and_then(|ws| std::fs::symlink_metadata(ws.repo.join(relative)).ok())
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+}
+
+/// The feature directory from `.specify/feature.json`, or else the one new directory
+/// under `specs/`.
+fn find_feature(ctx: &RunContext) -> Result<Option<FeatureDir>, specrun_core::state::RunError> {
+    let phase = Phase::Specify;
+    let Some(workspace) = &ctx.workspace else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| {
+        failure::error(
+            phase,
+            "invalid_feature_directory",
+            reason,
+            "Read the specify phase's logs; the agent wrote an unusable .specify/feature.json.",
+        )
+    };
+    match workspace.read_repo_file(".specify/feature.json", 64 * 1024) {
+        Ok(Some(bytes)) => {
+            return FeatureDir::from_feature_json(&bytes)
+                .map(Some)
+                .map_err(|e| invalid(e.to_string()))
+        }
+        Ok(None) => {}
+        Err(e) => return Err(invalid(e.to_string())),
+    }
+    let new: Vec<String> = list_specs(workspace)
+        .into_iter()
+        .filter(|d| !ctx.specs_before.contains(d))
+        .collect();
+    match new.as_slice() {
+        [] => Ok(None),
+        [one] => FeatureDir::parse(&format!("specs/{one}"))
+            .map(Some)
+            .map_err(|e| invalid(e.to_string())),
+        many => Err(invalid(format!(
+            "the agent created several feature directories ({}) and no .specify/feature.json",
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Reads a file the agent wrote, as text, refusing symlinks.
+fn read_output(
+    ctx: &RunContext,
+    phase: Phase,
+    relative: &str,
+    artifacts: &mut Vec<ArtifactRef>,
+) -> Result<Option<String>, Failure> {
+    let Some(workspace) = &ctx.workspace else {
+        return Ok(None);
+    };
+    match workspace.read_repo_file(relative, MAX_SPEC_FILE) {
+        Ok(bytes) => Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        Err(e) => Err(Failure {
+            error: failure::error(
+                phase,
+                "unsafe_output",
+                format!("{relative} could not be read safely: {e}"),
+                "The agent wrote a symbolic link or an oversized file; check the phase's logs.",
+            ),
+            artifacts: std::mem::take(artifacts),
+        }),
+    }
+}
+
+/// When `text` holds `[NEEDS CLARIFICATION]` markers, stores the questions and stops.
+async fn clarification_stop(
+    ctx: &RunContext,
+    phase: Phase,
+    file: &str,
+    text: &str,
+    artifacts: &mut Vec<ArtifactRef>,
+) -> Result<Option<Step>, Failure> {
+    let questions = clarify::find_questions(text);
+    if questions.is_empty() {
+        return Ok(None);
+    }
+    let markdown = ctx
+        .redactor
+        .redact_bytes(clarify::questions_markdown(file, &questions).as_bytes());
+    artifacts.push(
+        ctx.artifacts
+            .put_bytes(
+                None,
+                "clarifications.md",
+                markdown,
+                "text/markdown; charset=utf-8",
+            )
+            .await
+            .map_err(store_failure(phase))?,
+    );
+    let json = ctx.redactor.redact_bytes(&json_bytes(
+        &serde_json::json!({ "file": file, "questions": questions }),
+    ));
+    artifacts.push(
+        ctx.artifacts
+            .put_bytes(None, "clarifications.json", json, "application/json")
+            .await
+            .map_err(store_failure(phase))?,
+    );
+    let reason = format!("{file} has {} open question(s) marked [NEEDS CLARIFICATION]; answer them in the specification text and submit again (see artifacts/clarifications.md)", questions.len());
+    Ok(Some(Step::Stop {
+        outcome: PhaseOutcome {
+            artifacts: std::mem::take(artifacts),
+            message: Some(format!("{} open question(s) in {file}", questions.len())),
+            ..Default::default()
+        },
+        status: RunStatus::NeedsClarification,
+        reason,
+    }))
+}
+
+/// Runs the agent's plan or tasks command for the feature and checks its output file.
+pub(crate) async fn plan_or_tasks(ctx: &mut RunContext, phase: Phase) -> StepResult {
+    let (Some(profile), Some(feature)) = (ctx.profile.clone(), ctx.feature.clone()) else {
+        return Err(failure::error(
+            phase,
+            "internal_error",
+            "no agent or feature",
+            "Report this as a bug.",
+        )
+        .into());
+    };
+    let argv = profile
+        .phase_argv(phase, &ctx.request.specify_text)
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "agent_misconfigured",
+                e.to_string(),
+                "Fix the agent profile.",
+            )
+        })?;
+    let env = BTreeMap::from([(
+        "SPECIFY_FEATURE_DIRECTORY".to_owned(),
+        feature.as_str().to_owned(),
+    )]);
+    let run = run_command(ctx, phase, "agent", argv, env, ctx.config.phase_timeout).await?;
+    let mut artifacts = require_success(ctx, phase, run, "agent_phase_failed")?;
+    let file = feature.file(&format!("{phase}.md"));
+    let Some(text) = read_output(ctx, phase, &file, &mut artifacts)? else {
+        return Err(Failure {
+            error: failure::error(
+                phase,
+                "phase_output_missing",
+                format!("the {phase} phase did not write {file}"),
+                format!("Read the {phase} phase's logs for the agent's reason."),
+            ),
+            artifacts,
+        });
+    };
+    if let Some(stop) = clarification_stop(ctx, phase, &file, &text, &mut artifacts).await? {
+        return Ok(stop);
+    }
+    Ok(Step::Continue(PhaseOutcome {
+        artifacts,
+        message: Some(format!("wrote {file}")),
+        ..Default::default()
+    }))
+}
+
+/// Commits every change on the feature branch, or stops with no_changes.
+pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
+    let phase = Phase::Commit;
+    let (Some(workspace), Some(branch)) = (ctx.workspace.clone(), ctx.branch.clone()) else {
+        return Err(failure::error(
+            phase,
+            "internal_error",
+            "no workspace or branch",
+            "Report this as a bug.",
+        )
+        .into());
+    };
+    let message = commit_message(ctx);
+    let (name, email) = (
+        ctx.config.commit_name.clone(),
+        ctx.config.commit_email.clone(),
+    );
+    let repository = ctx.record.repository.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        workspace
+            .take_back()
+            .map_err(|e| failure::io(phase, "taking the workspace back from the agent user", &e))?;
+        let repo = git::open(&workspace.git, &workspace.repo)
+            .map_err(|e| failure::git(phase, &e, &repository))?;
+        let changes = git::changes(&repo).map_err(|e| failure::git(phase, &e, &repository))?;
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let author = git2::Signature::now(&name, &email).map_err(|e| {
+            failure::error(
+                phase,
+                "commit_failed",
+                e.to_string(),
+                "Check SPECRUN_COMMIT_NAME and SPECRUN_COMMIT_EMAIL.",
+            )
+        })?;
+        let sha = git::commit_all(&repo, branch.as_str(), &message, &author)
+            .map_err(|e| failure::git(phase, &e, &repository))?;
+        let summary =
+            git::diff_summary(&repo, &sha).map_err(|e| failure::git(phase, &e, &repository))?;
+        Ok::<_, specrun_core::state::RunError>(Some((sha, summary, changes)))
+    })
+    .await
+    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))??;
+    let Some((sha, summary, changes)) = committed else {
+        return Ok(Step::Stop {
+            outcome: message_only("no repository changes"),
+            status: RunStatus::NoChanges,
+            reason: "the phases produced no repository changes; no branch was pushed and no pull request was opened".to_owned(),
+        });
+    };
+    let mut artifacts = Vec::new();
+    let summary = ctx.redactor.redact_bytes(summary.as_bytes());
+    artifacts.push(
+        ctx.artifacts
+            .put_bytes(
+                Some(phase),
+                "diff-summary.txt",
+                summary,
+                "text/plain; charset=utf-8",
+            )
+            .await
+            .map_err(store_failure(phase))?,
+    );
+    let status = serde_json::json!({
+        "commit": sha,
+        "branch": ctx.branch.as_ref().map(ToString::to_string),
+        "base_branch": ctx.record.base_branch,
+        "files": changes.iter().map(|c| serde_json::json!({"path": c.path, "change": c.kind})).collect::<Vec<_>>(),
+        "pushed": false,
+    });
+    let status = ctx.redactor.redact_bytes(&json_bytes(&status));
+    artifacts.push(
+        ctx.artifacts
+            .put_bytes(Some(phase), "commit.json", status, "application/json")
+            .await
+            .map_err(store_failure(phase))?,
+    );
+    ctx.record.commit_sha = Some(sha.clone());
+    Ok(Step::Continue(PhaseOutcome {
+        artifacts,
+        message: Some(format!(
+            "committed {} file(s) as {} on {}",
+            changes.len(),
+            short(&sha),
+            ctx.record.branch_name.clone().unwrap_or_default()
+        )),
+        ..Default::default()
+    }))
+}
+
+fn message_only(text: &str) -> PhaseOutcome {
+    message(text)
+}
+
+fn commit_message(ctx: &RunContext) -> String {
+    let feature = ctx
+        .feature
+        .as_ref()
+        .map(|f| f.as_str().to_owned())
+        .unwrap_or_default();
+    format!(
+        "docs(spec): add Spec Kit specification, plan and tasks for {feature}\n\n\
+         Generated by specrun with the {agent} agent: Spec Kit specify, plan and tasks.\n\n\
+         Specrun-Run-Id: {run}\n",
+        agent = ctx.record.agent.name,
+        run = ctx.run_id,
+    )
+}
+
+/// Pushes the feature branch to the run's own remote URL.
+pub(crate) async fn push(ctx: &mut RunContext) -> StepResult {
+    let phase = Phase::Push;
+    let (Some(workspace), Some(branch)) = (ctx.workspace.clone(), ctx.branch.clone()) else {
+        return Err(failure::error(
+            phase,
+            "internal_error",
+            "no workspace or branch",
+            "Report this as a bug.",
+        )
+        .into());
+    };
+    let url = ctx.clone_url.clone();
+    let token = ctx
+        .config
+        .forge_token
+        .as_ref()
+        .map(|t| t.expose().to_owned());
+    let repository = ctx.record.repository.clone();
+    let branch_name = branch.to_string();
+    tokio::task::spawn_blocking(move || {
+        let repo = git::open(&workspace.git, &workspace.repo)?;
+        git::push(&repo, &url, &branch_name, token.as_deref())
+    })
+    .await
+    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?
+    .map_err(|e| {
+        let mut error = failure::git(phase, &e, &repository);
+        error.message = ctx.redactor.redact_str(&error.message);
+        error
+    })?;
+    Ok(Step::Continue(message(format!(
+        "pushed {branch} to {}",
+        ctx.record.repository
+    ))))
+}

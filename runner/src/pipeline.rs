@@ -1,0 +1,384 @@
+//! The pipeline: one run from `queued` to a final status. It walks the nine phases in
+//! order, persists run.json and the phase JSON at every change, stops early on a failure
+//! or an outcome that publishes nothing, and always runs cleanup.
+//!
+//! Architecture invariant: the only place a run's status changes is here, through the
+//! transition methods of [`RunRecord`]; every change is written to the store before the
+//! next phase starts, so a reader never sees a phase that ran but was not recorded.
+
+use crate::artifacts::ArtifactStore;
+use crate::config::RunnerConfig;
+use crate::docker::DockerClient;
+use crate::phases;
+use crate::progress::{Progress, ProgressEvent};
+use crate::workspace::Workspace;
+use specrun_core::agent::AgentProfile;
+use specrun_core::branch::BranchName;
+use specrun_core::feature::FeatureDir;
+use specrun_core::keys::{self, RunId};
+use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::redact::Redactor;
+use specrun_core::request::{Publish, ValidatedRequest};
+use specrun_core::state::{ArtifactRef, PhaseOutcome, RunError, RunRecord};
+use specrun_core::{Phase, PhaseStatus, RunStatus};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Runs pipelines against one store with one configuration.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub(crate) config: Arc<RunnerConfig>,
+    pub(crate) store: Arc<dyn BlobStore>,
+    progress: Arc<dyn Progress>,
+}
+
+/// How a phase that did its work ended.
+pub(crate) enum Step {
+    /// Go on with the next phase.
+    Continue(PhaseOutcome),
+    /// The run is over, successfully, with nothing more to do (no changes, questions).
+    Stop {
+        outcome: PhaseOutcome,
+        status: RunStatus,
+        reason: String,
+    },
+}
+
+/// A phase failed: why, and the artifacts it left for investigation.
+pub(crate) struct Failure {
+    pub error: RunError,
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+impl From<RunError> for Failure {
+    fn from(error: RunError) -> Self {
+        Failure {
+            error,
+            artifacts: Vec::new(),
+        }
+    }
+}
+
+pub(crate) type StepResult = Result<Step, Failure>;
+
+/// Everything one run carries between phases.
+pub(crate) struct RunContext {
+    pub config: Arc<RunnerConfig>,
+    pub run_id: RunId,
+    pub request: ValidatedRequest,
+    pub record: RunRecord,
+    pub artifacts: ArtifactStore,
+    pub redactor: Redactor,
+    pub clone_url: String,
+    pub profile: Option<AgentProfile>,
+    /// Variables every agent exec gets, secrets included; never persisted.
+    pub agent_env: BTreeMap<String, String>,
+    pub docker: Option<DockerClient>,
+    pub container: Option<String>,
+    pub workspace: Option<Workspace>,
+    pub specs_before: Vec<String>,
+    pub feature: Option<FeatureDir>,
+    pub branch: Option<BranchName>,
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Pipeline {
+    pub fn new(
+        config: RunnerConfig,
+        store: Arc<dyn BlobStore>,
+        progress: Arc<dyn Progress>,
+    ) -> Self {
+        Pipeline {
+            config: Arc::new(config),
+            store,
+            progress,
+        }
+    }
+
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
+    /// A new run id: time-ordered, so listings sort by creation.
+    pub fn new_run_id() -> RunId {
+        // A UUIDv7's text form is always a valid run id.
+        RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Records a request as a queued run and returns the record.
+    pub async fn enqueue_record(
+        &self,
+        run_id: &RunId,
+        request: &ValidatedRequest,
+    ) -> Result<RunRecord, StoreError> {
+        let agent = request
+            .agent
+            .clone()
+            .unwrap_or_else(|| self.config.default_agent.clone());
+        let mut record = RunRecord::queued(
+            run_id.as_str(),
+            &request.repository.to_string(),
+            request.publish,
+            specrun_core::state::AgentConfiguration {
+                name: agent,
+                image: self.config.image.clone(),
+                overrides: request.agent_options.clone(),
+                ..Default::default()
+            },
+            now(),
+        );
+        record.base_branch = request.base_branch.as_ref().map(ToString::to_string);
+        record.branch_name = request.branch_name.as_ref().map(ToString::to_string);
+        record.external_ref = request.external_ref.clone();
+        record.idempotency_key = request.idempotency_key.clone();
+        self.store
+            .put_new(&keys::run_json(run_id), to_json(&record), JSON)
+            .await?;
+        Ok(record)
+    }
+
+    /// Executes a queued run to its final status. The returned record is what run.json
+    /// holds; an `Err` means the store could not be written at the end.
+    pub async fn execute(
+        &self,
+        record: RunRecord,
+        request: ValidatedRequest,
+    ) -> Result<RunRecord, StoreError> {
+        let run_id =
+            RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+        let secrets: Vec<String> = self
+            .config
+            .forge_token
+            .iter()
+            .map(|t| t.expose().to_owned())
+            .collect();
+        let mut ctx = RunContext {
+            config: self.config.clone(),
+            artifacts: ArtifactStore::new(
+                self.store.clone(),
+                run_id.clone(),
+                self.config.retention_days,
+            ),
+            redactor: Redactor::new(&secrets),
+            clone_url: request.repository.clone_url(&self.config.forge_git_base),
+            run_id,
+            request,
+            record,
+            profile: None,
+            agent_env: BTreeMap::new(),
+            docker: None,
+            container: None,
+            workspace: None,
+            specs_before: Vec::new(),
+            feature: None,
+            branch: None,
+        };
+        self.progress.event(ProgressEvent::RunStarted {
+            run_id: ctx.run_id.to_string(),
+        });
+        if let Err(e) = ctx.record.start(&self.config.runner_id, now()) {
+            tracing::warn!(error = %e, "run was not queued; running it anyway");
+        }
+        let (status, reason) = match self.persist(&ctx).await {
+            Ok(()) => self.run_phases(&mut ctx).await,
+            Err(e) => {
+                ctx.record.error = Some(crate::failure::store(Phase::Prepare, &e));
+                (RunStatus::Failed, Some(e.to_string()))
+            }
+        };
+        self.cleanup(&mut ctx).await;
+        if let Err(e) = ctx.record.finish(status, reason, now()) {
+            tracing::warn!(error = %e, "unexpected final transition");
+        }
+        self.persist(&ctx).await?;
+        Ok(ctx.record)
+    }
+
+    async fn run_phases(&self, ctx: &mut RunContext) -> (RunStatus, Option<String>) {
+        for phase in Phase::ALL {
+            if phase == Phase::Cleanup {
+                break;
+            }
+            if let Some(reason) = skip_reason(phase, ctx.request.publish) {
+                let _ = ctx.record.skip_phase(phase, &reason, now());
+                self.phase_ended(ctx, phase).await;
+                continue;
+            }
+            if self.begin(ctx, phase).await.is_err() {
+                return (
+                    RunStatus::Failed,
+                    Some("the state store could not be written".to_owned()),
+                );
+            }
+            let result = match phase {
+                Phase::Prepare => phases::prepare(ctx).await,
+                Phase::Clone => phases::clone(ctx).await,
+                Phase::Specify => phases::specify(ctx).await,
+                Phase::Plan | Phase::Tasks => phases::plan_or_tasks(ctx, phase).await,
+                Phase::Commit => phases::commit(ctx).await,
+                Phase::Push => phases::push(ctx).await,
+                Phase::PullRequest | Phase::Cleanup => Ok(Step::Continue(PhaseOutcome::default())),
+            };
+            match result {
+                Ok(Step::Continue(outcome)) => {
+                    self.end(ctx, phase, PhaseStatus::Succeeded, outcome).await
+                }
+                Ok(Step::Stop {
+                    outcome,
+                    status,
+                    reason,
+                }) => {
+                    self.end(ctx, phase, PhaseStatus::Succeeded, outcome).await;
+                    self.skip_rest(ctx, &format!("skipped: {reason}")).await;
+                    return (status, Some(reason));
+                }
+                Err(failure) => {
+                    let outcome = PhaseOutcome {
+                        exit_code: failure.error.exit_code,
+                        message: Some(failure.error.message.clone()),
+                        artifacts: failure.artifacts,
+                    };
+                    self.end(ctx, phase, PhaseStatus::Failed, outcome).await;
+                    let reason = format!("{phase} failed: {}", failure.error.message);
+                    ctx.record.error = Some(failure.error);
+                    self.skip_rest(ctx, &format!("skipped: the {phase} phase failed"))
+                        .await;
+                    return (RunStatus::Failed, Some(reason));
+                }
+            }
+        }
+        (RunStatus::Succeeded, Some(success_reason(ctx)))
+    }
+
+    async fn skip_rest(&self, ctx: &mut RunContext, reason: &str) {
+        let pending: Vec<Phase> = Phase::ALL
+            .into_iter()
+            .filter(|p| *p != Phase::Cleanup && ctx.record.phase(*p).status == PhaseStatus::Pending)
+            .collect();
+        ctx.record.skip_pending(reason, &[Phase::Cleanup], now());
+        for phase in pending {
+            self.phase_ended(ctx, phase).await;
+        }
+    }
+
+    /// Removes the container and the workspace on every path, recording whether it worked.
+    async fn cleanup(&self, ctx: &mut RunContext) {
+        if self.begin(ctx, Phase::Cleanup).await.is_err() {
+            tracing::warn!("could not record the cleanup phase's start");
+        }
+        let mut problems = Vec::new();
+        let mut done = Vec::new();
+        if let (Some(docker), Some(container)) = (&ctx.docker, ctx.container.take()) {
+            match docker.remove(&container).await {
+                Ok(()) => done.push("container removed"),
+                Err(e) => problems.push(format!("container {container} not removed: {e}")),
+            }
+        }
+        if let Some(workspace) = ctx.workspace.take() {
+            let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
+            match removed {
+                Ok(Ok(())) => done.push("workspace removed"),
+                Ok(Err(e)) => problems.push(format!("workspace not removed: {e}")),
+                Err(e) => problems.push(format!("workspace not removed: {e}")),
+            }
+        }
+        let (status, message) = if problems.is_empty() {
+            let message = if done.is_empty() {
+                "nothing to clean up".to_owned()
+            } else {
+                done.join(", ")
+            };
+            (PhaseStatus::Succeeded, message)
+        } else {
+            (PhaseStatus::Failed, problems.join("; "))
+        };
+        let outcome = PhaseOutcome {
+            message: Some(message),
+            ..Default::default()
+        };
+        self.end(ctx, Phase::Cleanup, status, outcome).await;
+    }
+
+    async fn begin(&self, ctx: &mut RunContext, phase: Phase) -> Result<(), StoreError> {
+        let _ = ctx.record.begin_phase(phase, now());
+        self.progress.event(ProgressEvent::PhaseStarted { phase });
+        self.persist_phase(ctx, phase).await
+    }
+
+    async fn end(
+        &self,
+        ctx: &mut RunContext,
+        phase: Phase,
+        status: PhaseStatus,
+        outcome: PhaseOutcome,
+    ) {
+        if let Err(e) = ctx.record.end_phase(phase, status, outcome, now()) {
+            tracing::warn!(error = %e, "unexpected phase transition");
+        }
+        self.phase_ended(ctx, phase).await;
+    }
+
+    async fn phase_ended(&self, ctx: &RunContext, phase: Phase) {
+        let state = ctx.record.phase(phase);
+        self.progress.event(ProgressEvent::PhaseEnded {
+            phase,
+            status: state.status,
+            duration_ms: state.duration_ms,
+            message: state.message.clone(),
+        });
+        if let Err(e) = self.persist_phase(ctx, phase).await {
+            tracing::warn!(error = %e, %phase, "could not record the phase");
+        }
+    }
+
+    async fn persist_phase(&self, ctx: &RunContext, phase: Phase) -> Result<(), StoreError> {
+        let key = keys::phase_json(&ctx.run_id, phase);
+        self.store
+            .put(&key, to_json(ctx.record.phase(phase)), JSON)
+            .await?;
+        self.persist(ctx).await
+    }
+
+    async fn persist(&self, ctx: &RunContext) -> Result<(), StoreError> {
+        self.store
+            .put(&keys::run_json(&ctx.run_id), to_json(&ctx.record), JSON)
+            .await
+    }
+}
+
+const JSON: &str = "application/json";
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The state types serialise infallibly: plain structs, string keys.
+    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+fn skip_reason(phase: Phase, publish: Publish) -> Option<String> {
+    match (phase, publish) {
+        (Phase::Push, Publish::None) => Some("dry run (publish: none): nothing is pushed".to_owned()),
+        (Phase::PullRequest, Publish::None) => Some("dry run (publish: none): no pull request".to_owned()),
+        (Phase::PullRequest, Publish::Branch) => Some("publish: branch: the branch is pushed without a pull request".to_owned()),
+        (Phase::PullRequest, Publish::Pr) => Some(
+            "opening pull requests is not available in this version of specrun yet; the branch was pushed".to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+fn success_reason(ctx: &RunContext) -> String {
+    let branch = ctx
+        .branch
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    match ctx.request.publish {
+        Publish::None => format!("dry run: committed {branch} in the workspace, nothing pushed"),
+        _ => format!("pushed branch {branch}"),
+    }
+}
