@@ -13,9 +13,13 @@
 #                            it is missing it is created once with debootstrap
 #                            + `docker import` (no container registry needed).
 #
-# The job image carries the label io.specrun.image.inputs=<sha256 of
-# image/Dockerfile, image/specrun-scripted-agent and this script>; when the
-# tagged image already has the current hash the build is skipped.
+# The job image carries the label io.specrun.image.inputs=<inputs hash>; when
+# the tagged image already has the current hash the build is skipped. The
+# inputs hash is the sha256 (hex) of the text `sha256sum` prints for
+#   image/Dockerfile image/specrun-scripted-agent scripts/build-image.sh
+# run from the repository root, i.e. of "<hex>  image/Dockerfile\n<hex>  ..."
+# (three lines, in that order). The CA bundle is not part of it: use --force
+# after changing the bundle.
 set -euo pipefail
 
 START_TS=$(date +%s)
@@ -30,7 +34,7 @@ BASE_IMAGE="${SPECRUN_BASE_IMAGE:-specrun-base:bookworm}"
 FORCE=0
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
 }
 
 while [ $# -gt 0 ]; do

@@ -144,6 +144,18 @@ fn parse_owner_name(input: &str) -> Result<RepoRef, InvalidRepo> {
 }
 
 fn parse_url(input: &str, policy: &RepoPolicy) -> Result<RepoRef, InvalidRepo> {
+    // URL parsing folds `..` away; refuse it before that hides a traversal attempt.
+    let after_scheme = input
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(input);
+    let traversal = after_scheme.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if traversal {
+        return refuse("URL path may not contain '.' or '..' segments");
+    }
     let url = Url::parse(input).or_else(|e| refuse(format!("is not a valid URL: {e}")))?;
     let host = match url.host() {
         Some(host) => host,
@@ -175,13 +187,13 @@ fn parse_url(input: &str, policy: &RepoPolicy) -> Result<RepoRef, InvalidRepo> {
         return refuse("URL may not have a query or fragment");
     }
     let segments: Vec<&str> = url.path().trim_matches('/').split('/').collect();
-    let path_ok = segments.len() >= 2
+    let path_ok = !segments.is_empty()
         && segments.iter().all(|s| {
             let s = s.strip_suffix(".git").unwrap_or(s);
             valid_name(s) && !s.starts_with('-')
         });
     if !path_ok {
-        return refuse("URL path must be '/owner/name' made of letters, digits, '.', '_', '-'");
+        return refuse("URL path must be segments such as '/owner/name.git' made of letters, digits, '.', '_', '-'");
     }
     Ok(RepoRef::Url(url))
 }
@@ -243,6 +255,8 @@ mod tests {
             "https://user:pw@git.example.com/a/b",
             "https://git.example.com/../../etc",
             "https://git.example.com/a/b?x=1",
+            "https://git.example.com/a/%2E%2E/b",
+            "https://git.example.com/",
             "a/..",
             "a/.",
             "-a/b",

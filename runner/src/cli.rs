@@ -121,6 +121,9 @@ pub struct RunnerArgs {
     /// This runner's name in run.json and on container labels.
     #[arg(long, env = "SPECRUN_RUNNER_ID")]
     pub runner_id: Option<String>,
+    /// The Docker engine: unix:///path or tcp://host:port (default: the local socket).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -156,6 +159,7 @@ impl RunnerArgs {
         config.retention_days = self.retention_days;
         config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
         config.runner_id = self.runner_id.clone().unwrap_or_else(default_runner_id);
+        config.docker_host = self.docker_host.clone();
         Ok(config)
     }
 }
@@ -322,13 +326,11 @@ fn print_phase_table(out: &mut dyn std::io::Write, record: &RunRecord) {
         "  PHASE         STATUS     STARTED               DURATION  DETAIL"
     );
     for phase in &record.phases {
+        let format =
+            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
         let started = phase
             .started_at
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .map(|t| t.chars().take(20).collect::<String>())
+            .and_then(|t| t.format(&format).ok())
             .unwrap_or_else(|| "-".to_owned());
         let _ = writeln!(
             out,

@@ -61,6 +61,8 @@ pub struct RunnerConfig {
     pub retention_days: u32,
     /// Longest time one agent phase may take.
     pub phase_timeout: Duration,
+    /// The Docker engine (`unix://...` or `tcp://...`); None: `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
     /// How long to wait for the Docker engine to answer.
     pub docker_timeout: Duration,
     /// This runner's name in run.json and on container labels.
@@ -85,6 +87,7 @@ impl RunnerConfig {
             forge_token: None,
             retention_days: 30,
             phase_timeout: Duration::from_secs(20 * 60),
+            docker_host: None,
             docker_timeout: Duration::from_secs(10),
             runner_id: "specrun-local".to_owned(),
             limits: ContainerLimits::default(),

@@ -102,9 +102,19 @@ pub struct DockerClient {
 impl DockerClient {
     /// Connects (DOCKER_HOST or the local socket), negotiates the API version (Debian's
     /// engine speaks 1.41 at most) and pings, all within `timeout`.
-    pub async fn connect(timeout: Duration) -> Result<Self, DockerError> {
+    /// `host` is a `unix://` path or an `http://`/`tcp://` address; None means
+    /// `DOCKER_HOST` or the local socket.
+    pub async fn connect(host: Option<&str>, timeout: Duration) -> Result<Self, DockerError> {
         let unreachable = |e: &dyn std::fmt::Display| DockerError::Unreachable(e.to_string());
-        let client = bollard::Docker::connect_with_defaults().map_err(|e| unreachable(&e))?;
+        let secs = timeout.as_secs().max(1);
+        let client = match host {
+            None => bollard::Docker::connect_with_defaults(),
+            Some(h) if h.starts_with("unix://") => {
+                bollard::Docker::connect_with_unix(h, secs, bollard::API_DEFAULT_VERSION)
+            }
+            Some(h) => bollard::Docker::connect_with_http(h, secs, bollard::API_DEFAULT_VERSION),
+        }
+        .map_err(|e| unreachable(&e))?;
         let connect = async {
             let client = client
                 .negotiate_version()

@@ -85,9 +85,10 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
     ctx.redactor = Redactor::new(&all_secrets);
 
     let image = ctx.config.image.clone();
-    let docker = DockerClient::connect(ctx.config.docker_timeout)
-        .await
-        .map_err(|e| failure::docker(phase, &e, &image))?;
+    let docker =
+        DockerClient::connect(ctx.config.docker_host.as_deref(), ctx.config.docker_timeout)
+            .await
+            .map_err(|e| failure::docker(phase, &e, &image))?;
     let image_info = docker
         .image(&image)
         .await

@@ -1,3 +1,6 @@
-//! Helpers that start and stop the real services the end-to-end tests run against.
+//! Helpers that start and stop the real services the end-to-end tests run against: a git
+//! smart-HTTP server ([`git_http`]) and a pipeline harness on a real Docker engine with
+//! the real job image ([`harness`]).
 
 pub mod git_http;
+pub mod harness;

@@ -1,0 +1,169 @@
+//! A pipeline on a real Docker engine with the real job image, an embedded state store in
+//! a temporary directory, and a token-protected git server on loopback. Each test gets its
+//! own harness, so tests run in parallel without sharing anything but the engine.
+
+use crate::git_http::GitHttpServer;
+use specrun_core::keys::{self, RunId};
+use specrun_core::ports::BlobStore;
+use specrun_core::repo::RepoPolicy;
+use specrun_core::request::{Publish, RunRequest};
+use specrun_core::state::RunRecord;
+use specrun_runner::config::Secret;
+use specrun_runner::docker::DockerClient;
+use specrun_runner::progress::TracingProgress;
+use specrun_runner::{Pipeline, RunnerConfig};
+use specrun_store::FsBlobStore;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The job image the tests use; `scripts/build-image.sh` builds it.
+pub fn job_image() -> String {
+    std::env::var("SPECRUN_IMAGE").unwrap_or_else(|_| "specrun-job:latest".to_owned())
+}
+
+/// A token that must never show up anywhere but in the git server's checks.
+pub const CANARY_TOKEN: &str = "specrun-canary-token-5f1d2c9e7a";
+
+/// One test's world.
+pub struct Harness {
+    pub git: GitHttpServer,
+    pub state: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+    pub store: Arc<FsBlobStore>,
+    pub config: RunnerConfig,
+}
+
+impl Harness {
+    /// Starts a git server that requires [`CANARY_TOKEN`] and a runner configured with it.
+    pub async fn start() -> anyhow::Result<Self> {
+        require_image().await?;
+        let git = GitHttpServer::start(Some(CANARY_TOKEN))?;
+        let state = tempfile::tempdir()?;
+        let work = tempfile::tempdir()?;
+        let store = Arc::new(FsBlobStore::new(state.path()));
+        let mut config = RunnerConfig::with_work_root(work.path().to_path_buf());
+        config.image = job_image();
+        config.default_agent = "scripted".to_owned();
+        config.forge_git_base = git.base_url();
+        config.forge_token = Some(Secret::new(CANARY_TOKEN));
+        config.runner_id = "test-runner".to_owned();
+        config.phase_timeout = Duration::from_secs(120);
+        Ok(Harness {
+            git,
+            state,
+            work,
+            store,
+            config,
+        })
+    }
+
+    /// A request for `repo_url` with the scripted agent, publishing the branch only.
+    pub fn request(&self, repo_url: &str, text: &str) -> RunRequest {
+        RunRequest {
+            repository: repo_url.to_owned(),
+            specify_text: text.to_owned(),
+            agent: Some("scripted".to_owned()),
+            publish: Some(Publish::Branch),
+            ..Default::default()
+        }
+    }
+
+    /// Validates the request as the operator's CLI would and runs it to its end.
+    pub async fn run(&self, request: RunRequest) -> anyhow::Result<RunRecord> {
+        self.run_with(self.config.clone(), request).await
+    }
+
+    pub async fn run_with(
+        &self,
+        config: RunnerConfig,
+        request: RunRequest,
+    ) -> anyhow::Result<RunRecord> {
+        let policy = RepoPolicy {
+            allowed_hosts: Vec::new(),
+            trusted: true,
+        };
+        let request = request.validate(&policy)?;
+        let pipeline = Pipeline::new(config, self.store.clone(), Arc::new(TracingProgress));
+        let run_id = Pipeline::new_run_id();
+        let record = pipeline.enqueue_record(&run_id, &request).await?;
+        Ok(pipeline.execute(record, request).await?)
+    }
+
+    /// run.json as a client would read it from the store.
+    pub async fn stored_run(&self, run_id: &str) -> anyhow::Result<RunRecord> {
+        let bytes = self
+            .store
+            .get(&keys::run_json(&RunId::parse(run_id)?))
+            .await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// An artifact's text by name (`clarifications.md`, `agent.stderr.log` of a phase...).
+    pub async fn artifact(
+        &self,
+        record: &RunRecord,
+        phase: Option<specrun_core::Phase>,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        let artifact = record
+            .artifacts
+            .iter()
+            .find(|a| a.name == name && a.phase == phase)
+            .ok_or_else(|| anyhow::anyhow!("run has no artifact {name} for {phase:?}"))?;
+        Ok(String::from_utf8(self.store.get(&artifact.key).await?)?)
+    }
+
+    /// Asserts the run left no container and no workspace behind.
+    pub async fn assert_clean(&self, record: &RunRecord) -> anyhow::Result<()> {
+        let docker = DockerClient::connect(None, Duration::from_secs(10)).await?;
+        let left = docker.containers_of(Some(&record.run_id)).await?;
+        anyhow::ensure!(
+            left.is_empty(),
+            "containers left behind for run {}: {left:?}",
+            record.run_id
+        );
+        let workspace = self.work.path().join(&record.run_id);
+        anyhow::ensure!(
+            !workspace.exists(),
+            "workspace left behind: {}",
+            workspace.display()
+        );
+        Ok(())
+    }
+
+    /// Every file of the state store, for leak checks.
+    pub fn state_files(&self) -> Vec<PathBuf> {
+        files_under(self.state.path())
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Fails with the command that fixes it when the engine or the image is missing.
+pub async fn require_image() -> anyhow::Result<()> {
+    let docker = DockerClient::connect(None, Duration::from_secs(10))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("{e}: run scripts/ensure-docker.sh (the README's test command does)")
+        })?;
+    docker.image(&job_image()).await.map_err(|e| {
+        anyhow::anyhow!("{e}: run scripts/build-image.sh (the README's test command does)")
+    })?;
+    Ok(())
+}
