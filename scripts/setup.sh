@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine for specrun: the system packages the build and the tests
+# need, a running Docker engine, and the job image. Idempotent; every other script
+# calls it first.
+#
+#   scripts/setup.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log() { echo "setup: $*" >&2; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+# Build: git2 links OpenSSL through pkg-config. Tests: git (http-backend), GNU time.
+missing=()
+for pkg in pkg-config libssl-dev git time debootstrap; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest >&2
+fi
+
+"$ROOT/scripts/ensure-docker.sh"
+"$ROOT/scripts/build-image.sh"
