@@ -167,3 +167,33 @@ pub async fn require_image() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+/// The `specrun` binary, built once per test process (cargo's lock serialises builds
+/// across processes).
+pub fn specrun_bin() -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = std::process::Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "specrun-runner",
+                    "--bin",
+                    "specrun",
+                ])
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of specrun failed: {status}"));
+            }
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            Ok(target.join("debug/specrun"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Benchmark `specrun run` end to end with the scripted agent.
+#
+#   scripts/bench.sh [--runs N] [--keep]
+#
+#   --runs N   counted runs (default 5), after one warm-up run that is not counted
+#   --keep     keep the temporary directory (repo, run.json files, logs)
+#
+# Set-up (idempotent, quiet unless it fails): scripts/ensure-docker.sh,
+# scripts/build-image.sh, `cargo build --release -p specrun-runner`, and
+# /usr/bin/time (Debian package `time`) when missing. A small bare git repo is
+# made in a temp dir; every run pushes its own branch (bench-1 .. bench-N) to
+# it with `--publish branch`. Each run is measured with /usr/bin/time (peak RSS
+# of the runner, wall seconds) and its run.json (phase durations, in-run total).
+# The floor is measured in the same invocation, N times each: a bare
+# `docker run --rm --network none IMAGE true`, a `git clone` of the repo and a
+# `git push` of a new branch with one small commit.
+#
+# Prints a table and writes the same data as JSON to target/bench/latest.json.
+# Exit status: 0 when every run succeeded, 1 when any did not (each failure is
+# printed with its run.json error), 2 on a usage error.
+#
+# Environment: SPECRUN_IMAGE (default specrun-job:latest), CARGO (default cargo).
+set -euo pipefail
+
+BENCH_START_US=""
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUNS=5
+KEEP=0
+IMAGE="${SPECRUN_IMAGE:-specrun-job:latest}"
+CARGO="${CARGO:-cargo}"
+
+usage() {
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) [ $# -ge 2 ] || { usage >&2; exit 2; }; RUNS="$2"; shift 2 ;;
+        --runs=*) RUNS="${1#*=}"; shift ;;
+        --keep) KEEP=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "bench: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$RUNS" in
+    ''|*[!0-9]*) echo "bench: --runs needs a positive integer, got '$RUNS'" >&2; exit 2 ;;
+esac
+[ "$RUNS" -ge 1 ] || { echo "bench: --runs must be at least 1" >&2; exit 2; }
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: ERROR: $*" >&2; exit 1; }
+
+# Microseconds since the epoch, without forking (bash 5 EPOCHREALTIME; the
+# decimal separator depends on the locale, so keep digits only).
+now_us() {
+    if [ -n "${EPOCHREALTIME:-}" ]; then
+        local t="${EPOCHREALTIME//[!0-9]/}"
+        echo "$((10#$t))"
+    else
+        echo "$(( $(date +%s%N) / 1000 ))"
+    fi
+}
+BENCH_START_US="$(now_us)"
+elapsed_s() { awk -v a="$1" -v b="$(now_us)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+# --- temp dir -----------------------------------------------------------------
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/specrun-bench.XXXXXX")"
+cleanup() {
+    local rc=$?
+    if [ "$KEEP" -eq 1 ]; then
+        log "kept $TMP"
+    else
+        rm -rf --one-file-system "$TMP" 2>/dev/null || $SUDO rm -rf --one-file-system "$TMP" || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+mkdir -p "$TMP/setup" "$TMP/runs" "$TMP/floor"
+
+# Run a set-up step with its output in a log; show the log only if it fails.
+quiet_step() {
+    local name="$1"; shift
+    local logf="$TMP/setup/$name.log" t0 rc=0
+    t0="$(now_us)"
+    "$@" >"$logf" 2>&1 </dev/null || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "bench: set-up step '$name' failed (exit $rc): $*" >&2
+        sed 's/^/    | /' "$logf" | tail -n 60 >&2
+        exit 1
+    fi
+    echo "$name $(elapsed_s "$t0")" >>"$TMP/setup/durations.txt"
+    log "$name ok ($(elapsed_s "$t0") s)"
+}
+
+# --- set-up -------------------------------------------------------------------
+cd "$ROOT"
+log "set-up (temp dir $TMP)"
+quiet_step ensure-docker "$ROOT/scripts/ensure-docker.sh"
+quiet_step build-image "$ROOT/scripts/build-image.sh" --tag "$IMAGE"
+
+install_time() {
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time
+}
+if [ ! -x /usr/bin/time ]; then
+    command -v apt-get >/dev/null 2>&1 || die "/usr/bin/time is missing and apt-get is not available to install it"
+    quiet_step install-time install_time
+    [ -x /usr/bin/time ] || die "/usr/bin/time still missing after installing the 'time' package"
+fi
+command -v python3 >/dev/null 2>&1 || die "python3 is needed for the report (scripts/bench_report.py)"
+command -v git >/dev/null 2>&1 || die "git is needed"
+
+quiet_step cargo-build "$CARGO" build --release -p specrun-runner
+TARGET_DIR="$ROOT/target"
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    case "$CARGO_TARGET_DIR" in /*) TARGET_DIR="$CARGO_TARGET_DIR" ;; *) TARGET_DIR="$ROOT/$CARGO_TARGET_DIR" ;; esac
+fi
+SPECRUN="$TARGET_DIR/release/specrun"
+[ -x "$SPECRUN" ] || die "release binary not found at $SPECRUN"
+SPECRUN_VERSION="$("$SPECRUN" --version 2>/dev/null || echo unknown)"
+
+IMAGE_ID="$(docker image inspect -f '{{ .Id }}' "$IMAGE")" || die "image $IMAGE not found after build-image.sh"
+
+# --- the repository -------------------------------------------------------------
+# Hermetic git: no user/system config, fixed author and dates.
+hgit() {
+    env GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
+        GIT_AUTHOR_NAME="specrun bench" GIT_AUTHOR_EMAIL="bench@specrun.invalid" \
+        GIT_COMMITTER_NAME="specrun bench" GIT_COMMITTER_EMAIL="bench@specrun.invalid" \
+        GIT_AUTHOR_DATE="2024-01-01T00:00:00Z" GIT_COMMITTER_DATE="2024-01-01T00:00:00Z" \
+        git "$@"
+}
+
+SEED="$TMP/seed"
+REMOTE="$TMP/remote.git"
+mkdir -p "$SEED/src"
+cat >"$SEED/README.md" <<'EOF'
+# bench-app
+
+A tiny example application used by the specrun benchmark.
+EOF
+cat >"$SEED/src/app.py" <<'EOF'
+from src.util import greet
+
+
+def main() -> None:
+    print(greet("world"))
+
+
+if __name__ == "__main__":
+    main()
+EOF
+cat >"$SEED/src/util.py" <<'EOF'
+def greet(name: str) -> str:
+    return f"hello, {name}"
+EOF
+printf '__pycache__/\n*.pyc\n' >"$SEED/.gitignore"
+hgit -C "$SEED" init -q -b main
+hgit -C "$SEED" add -A
+hgit -C "$SEED" commit -q -m "Initial commit"
+hgit clone -q --bare "$SEED" "$REMOTE"
+REPO_FILES="$(hgit -C "$REMOTE" ls-tree -r --name-only main | wc -l | tr -d ' ')"
+log "repo $REMOTE (main, $REPO_FILES files)"
+
+# --- the runs -----------------------------------------------------------------
+FEATURE_TEXT="Add user login with email and password, a logout button, and a session that expires after 30 minutes of inactivity."
+
+# run_one NAME BRANCH: one `specrun run` under /usr/bin/time, never aborts the script.
+run_one() {
+    local name="$1" branch="$2" dir="$TMP/runs/$1" rc=0
+    mkdir -p "$dir"
+    /usr/bin/time -f '%M %e' -o "$dir/time.txt" \
+        "$SPECRUN" run --repo "$REMOTE" --text "$FEATURE_TEXT" --agent scripted \
+        --publish branch --branch-name "$branch" --json \
+        --state-dir "$TMP/state" --work-dir "$TMP/work" --image "$IMAGE" \
+        >"$dir/run.json" 2>"$dir/stderr.log" </dev/null || rc=$?
+    echo "$rc" >"$dir/exit_code"
+    echo "$branch" >"$dir/branch"
+    return 0
+}
+
+log "warm-up run (not counted)"
+t0="$(now_us)"
+run_one warmup bench-warmup
+WARMUP_RC="$(cat "$TMP/runs/warmup/exit_code")"
+log "warm-up finished, exit $WARMUP_RC ($(elapsed_s "$t0") s)"
+
+for i in $(seq 1 "$RUNS"); do
+    t0="$(now_us)"
+    run_one "run-$i" "bench-$i"
+    log "run $i/$RUNS finished, exit $(cat "$TMP/runs/run-$i/exit_code") ($(elapsed_s "$t0") s)"
+done
+
+# --- the floor ----------------------------------------------------------------
+# time_ms FILE CMD...: append CMD's wall time in ms to FILE; abort if CMD fails.
+time_ms() {
+    local out="$1"; shift
+    local t0 t1 rc=0
+    t0="$(now_us)"
+    "$@" >/dev/null 2>"$TMP/floor/last.err" </dev/null || rc=$?
+    t1="$(now_us)"
+    if [ "$rc" -ne 0 ]; then
+        echo "bench: floor command failed (exit $rc): $*" >&2
+        sed 's/^/    | /' "$TMP/floor/last.err" >&2
+        exit 1
+    fi
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$out"
+}
+
+log "floor: docker run --rm --network none $IMAGE true (x$RUNS)"
+: >"$TMP/floor/docker_run.txt"
+for i in $(seq 1 "$RUNS"); do
+    time_ms "$TMP/floor/docker_run.txt" docker run --rm --network none "$IMAGE" true
+done
+
+log "floor: git clone (x$RUNS)"
+: >"$TMP/floor/git_clone.txt"
+for i in $(seq 1 "$RUNS"); do
+    time_ms "$TMP/floor/git_clone.txt" hgit clone -q "$REMOTE" "$TMP/floor/clone-$i"
+done
+
+log "floor: git push of a new branch with one commit (x$RUNS)"
+: >"$TMP/floor/git_push.txt"
+PUSHER="$TMP/floor/pusher"
+hgit clone -q "$REMOTE" "$PUSHER"
+for i in $(seq 1 "$RUNS"); do
+    hgit -C "$PUSHER" checkout -q -b "floor-push-$i" main
+    echo "floor push $i" >"$PUSHER/floor-$i.txt"
+    hgit -C "$PUSHER" add "floor-$i.txt"
+    hgit -C "$PUSHER" commit -q -m "floor push $i"
+    time_ms "$TMP/floor/git_push.txt" hgit -C "$PUSHER" push -q origin "floor-push-$i"
+done
+
+# --- report -------------------------------------------------------------------
+report_rc=0
+python3 "$ROOT/scripts/bench_report.py" \
+    --tmp "$TMP" --runs "$RUNS" --image "$IMAGE" --image-id "$IMAGE_ID" \
+    --repo-files "$REPO_FILES" --specrun-version "$SPECRUN_VERSION" \
+    --bench-start-us "$BENCH_START_US" --bench-now-us "$(now_us)" \
+    --out "$TARGET_DIR/bench/latest.json" || report_rc=$?
+
+echo "bench took $(elapsed_s "$BENCH_START_US") s in all; JSON: $TARGET_DIR/bench/latest.json"
+exit "$report_rc"

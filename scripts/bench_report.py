@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Aggregate the files scripts/bench.sh leaves in its temp dir into a plain-text
+table (stdout) and a JSON document (--out). Standard library only.
+
+Layout read under --tmp:
+  runs/warmup/, runs/run-1/ .. runs/run-N/   run.json, time.txt, exit_code, branch,
+                                             stderr.log
+  floor/docker_run.txt, floor/git_clone.txt, floor/git_push.txt   one ms value a line
+  setup/durations.txt                                             "step seconds" lines
+
+Exit status: 0 when the warm-up and every counted run succeeded, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+from datetime import datetime, timedelta, timezone
+
+PHASES = [
+    "prepare",
+    "clone",
+    "specify",
+    "plan",
+    "tasks",
+    "commit",
+    "push",
+    "pull_request",
+    "cleanup",
+]
+
+FLOORS = [
+    ("docker_run", "docker run --rm true", "docker run --rm --network none {image} true"),
+    ("git_clone", "git clone", "git clone of the bench repo into a temp dir"),
+    ("git_push", "git push", "git push of a new branch with one small commit"),
+]
+
+RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+)
+
+
+def parse_ts(text):
+    """RFC 3339 timestamp -> aware datetime (microsecond precision)."""
+    if not text:
+        return None
+    m = RFC3339.match(text.strip())
+    if not m:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    frac = m.group(7) or ""
+    micro = int((frac + "000000")[:6])
+    if m.group(8):
+        tz = timezone.utc
+    else:
+        sign = -1 if m.group(9) == "-" else 1
+        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
+    return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
+
+
+def read_text(path, default=None):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return default
+
+
+def load_run(run_dir):
+    """One run's measurements; never raises for a broken run."""
+    run = {
+        "name": os.path.basename(run_dir),
+        "branch": (read_text(os.path.join(run_dir, "branch"), "") or "").strip(),
+        "exit_code": None,
+        "status": None,
+        "run_id": None,
+        "error": None,
+        "peak_rss_kib": None,
+        "wall_ms": None,
+        "in_run_total_ms": None,
+        "phases": {},
+    }
+    code = (read_text(os.path.join(run_dir, "exit_code"), "") or "").strip()
+    run["exit_code"] = int(code) if code.lstrip("-").isdigit() else None
+
+    # /usr/bin/time -o: may add "Command exited with non-zero status N" first;
+    # the figures are on the last line.
+    lines = [l for l in (read_text(os.path.join(run_dir, "time.txt"), "") or "").splitlines() if l.strip()]
+    if lines:
+        parts = lines[-1].split()
+        if len(parts) == 2:
+            try:
+                run["peak_rss_kib"] = int(parts[0])
+                run["wall_ms"] = float(parts[1]) * 1000.0
+            except ValueError:
+                pass
+
+    raw = read_text(os.path.join(run_dir, "run.json"), "") or ""
+    record = None
+    try:
+        record = json.loads(raw) if raw.strip() else None
+    except json.JSONDecodeError:
+        record = None
+    if record is None:
+        tail = (read_text(os.path.join(run_dir, "stderr.log"), "") or "").strip().splitlines()[-15:]
+        run["error"] = {
+            "code": "no_run_json",
+            "message": "specrun printed no valid run.json; last stderr lines:\n" + "\n".join(tail),
+        }
+        return run
+
+    run["status"] = record.get("status")
+    run["run_id"] = record.get("run_id")
+    run["error"] = record.get("error")
+    try:
+        started = parse_ts(record.get("started_at"))
+        finished = parse_ts(record.get("finished_at"))
+        if started and finished:
+            run["in_run_total_ms"] = (finished - started).total_seconds() * 1000.0
+    except ValueError:
+        pass
+    for phase in record.get("phases") or []:
+        run["phases"][phase.get("phase")] = {
+            "status": phase.get("status"),
+            "duration_ms": phase.get("duration_ms"),
+        }
+    return run
+
+
+def succeeded(run):
+    return run["exit_code"] == 0 and run["status"] == "succeeded"
+
+
+def read_floor(path):
+    values = []
+    for line in (read_text(path, "") or "").splitlines():
+        line = line.strip()
+        if line:
+            values.append(float(line))
+    return values
+
+
+def fmt_ms(value):
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def row(label, st, note=""):
+    if st is None:
+        return f"{label:<28}{'-':>9}{'-':>9}{'-':>9}{'-':>9}  {note}".rstrip()
+    cells = "".join(f"{fmt_ms(st[k]):>9}" for k in ("mean", "median", "min", "max"))
+    return f"{label:<28}{cells}  {note}".rstrip()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tmp", required=True)
+    ap.add_argument("--runs", type=int, required=True)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--image-id", required=True)
+    ap.add_argument("--repo-files", type=int, required=True)
+    ap.add_argument("--specrun-version", default="unknown")
+    ap.add_argument("--bench-start-us", type=int, default=None)
+    ap.add_argument("--bench-now-us", type=int, default=None)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    runs_dir = os.path.join(args.tmp, "runs")
+    warmup = load_run(os.path.join(runs_dir, "warmup"))
+    runs = [load_run(os.path.join(runs_dir, f"run-{i}")) for i in range(1, args.runs + 1)]
+    good = [r for r in runs if succeeded(r)]
+    failed = [r for r in [warmup] + runs if not succeeded(r)]
+
+    phase_stats = {}
+    phase_status = {}
+    for phase in PHASES:
+        phase_stats[phase] = stats([r["phases"].get(phase, {}).get("duration_ms") for r in good])
+        statuses = sorted({r["phases"].get(phase, {}).get("status") or "missing" for r in good})
+        phase_status[phase] = statuses
+    phase_sum = stats(
+        [sum((p.get("duration_ms") or 0) for p in r["phases"].values()) for r in good]
+    )
+    in_run = stats([r["in_run_total_ms"] for r in good])
+    wall = stats([r["wall_ms"] for r in good])
+    rss_mib = [r["peak_rss_kib"] / 1024.0 for r in good if r["peak_rss_kib"] is not None]
+
+    floors = {}
+    for key, _, desc in FLOORS:
+        floors[key] = stats(read_floor(os.path.join(args.tmp, "floor", f"{key}.txt")))
+        if floors[key] is not None:
+            floors[key]["command"] = desc.format(image=args.image)
+
+    setup = {}
+    for line in (read_text(os.path.join(args.tmp, "setup", "durations.txt"), "") or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            setup[parts[0]] = float(parts[1])
+
+    image_short = args.image_id.split(":", 1)[-1][:12]
+    out = sys.stdout
+    print(
+        f"specrun benchmark: {args.runs} runs, scripted agent, image {args.image} "
+        f"(id {image_short}), repo with {args.repo_files} files",
+        file=out,
+    )
+    print(
+        f"{args.specrun_version}; publish branch; 1 warm-up run not counted; "
+        f"{len(good)}/{len(runs)} runs succeeded",
+        file=out,
+    )
+    print(file=out)
+    print(f"{'phase':<28}{'mean':>9}{'median':>9}{'min':>9}{'max':>9}  (ms)", file=out)
+    for phase in PHASES:
+        statuses = phase_status[phase]
+        note = "" if statuses == ["succeeded"] else "/".join(statuses)
+        print(row(phase, phase_stats[phase], note), file=out)
+    print(row("sum of phases", phase_sum), file=out)
+    print(row("in-run total", in_run, "finished_at - started_at"), file=out)
+    print(row("run wall", wall, "/usr/bin/time, whole process"), file=out)
+    if rss_mib:
+        print(
+            f"runner peak RSS: max {max(rss_mib):.1f} MiB, mean {statistics.fmean(rss_mib):.1f} MiB",
+            file=out,
+        )
+    else:
+        print("runner peak RSS: -", file=out)
+    print(file=out)
+    print(f"{'floor (x' + str(args.runs) + ')':<28}{'mean':>9}{'median':>9}{'min':>9}{'max':>9}  (ms)", file=out)
+    for key, label, _ in FLOORS:
+        print(row(f"floor: {label}", floors[key]), file=out)
+
+    if setup:
+        print(file=out)
+        print("set-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in setup.items()), file=out)
+
+    if failed:
+        print(file=out)
+        print(f"FAILED: {len(failed)} run(s) did not succeed:", file=out)
+        for r in failed:
+            err = r["error"] or {}
+            what = "warm-up" if r["name"] == "warmup" else r["name"]
+            print(
+                f"  {what} (branch {r['branch']}, run {r['run_id'] or '-'}): "
+                f"status {r['status'] or '-'}, exit {r['exit_code']}",
+                file=out,
+            )
+            if err:
+                print(f"    error {err.get('code', '?')}: {err.get('message', '')}", file=out)
+                if err.get("remediation"):
+                    print(f"    fix: {err['remediation']}", file=out)
+                excerpt = (err.get("log_excerpt") or "").strip()
+                if excerpt:
+                    for line in excerpt.splitlines()[-10:]:
+                        print(f"    | {line}", file=out)
+            else:
+                print("    (run.json has no error)", file=out)
+
+    document = {
+        "schema_version": 1,
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "specrun_version": args.specrun_version,
+        "runs_requested": args.runs,
+        "runs_succeeded": len(good),
+        "agent": "scripted",
+        "publish": "branch",
+        "image": {"tag": args.image, "id": args.image_id},
+        "repo_files": args.repo_files,
+        "units": {"durations": "ms", "rss": "MiB"},
+        "phases": phase_stats,
+        "phase_status": phase_status,
+        "sum_of_phases_ms": phase_sum,
+        "in_run_total_ms": in_run,
+        "run_wall_ms": wall,
+        "runner_peak_rss_mib": (
+            {"max": max(rss_mib), "mean": statistics.fmean(rss_mib), "values": rss_mib}
+            if rss_mib
+            else None
+        ),
+        "floor_ms": floors,
+        "setup_s": setup,
+        "bench_elapsed_s_before_report": (
+            (args.bench_now_us - args.bench_start_us) / 1e6
+            if args.bench_start_us and args.bench_now_us
+            else None
+        ),
+        "warmup": warmup,
+        "runs": runs,
+        "failures": [
+            {
+                "run": r["name"],
+                "branch": r["branch"],
+                "run_id": r["run_id"],
+                "status": r["status"],
+                "exit_code": r["exit_code"],
+                "error": r["error"],
+            }
+            for r in failed
+        ],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp_out = args.out + ".tmp"
+    with open(tmp_out, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+    os.replace(tmp_out, args.out)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
