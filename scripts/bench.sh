@@ -21,6 +21,9 @@
 # printed with its run.json error), 2 on a usage error.
 #
 # Environment: SPECRUN_IMAGE (default specrun-job:latest), CARGO (default cargo).
+
+# cleanup and install_time are called indirectly (trap, quiet_step).
+# shellcheck disable=SC2317
 set -euo pipefail
 
 BENCH_START_US=""

@@ -122,7 +122,8 @@ def load_run(run_dir):
         tail = (read_text(os.path.join(run_dir, "stderr.log"), "") or "").strip().splitlines()[-15:]
         run["error"] = {
             "code": "no_run_json",
-            "message": "specrun printed no valid run.json; last stderr lines:\n" + "\n".join(tail),
+            "message": "specrun printed no valid run.json on stdout (last stderr lines below)",
+            "log_excerpt": "\n".join(tail),
         }
         return run
 

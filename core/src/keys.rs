@@ -62,6 +62,28 @@ pub fn artifact(run: &RunId, phase: Option<Phase>, name: &str) -> String {
     }
 }
 
+/// Where the listing index lives: one empty object per run, named so that ascending key
+/// order is newest first.
+pub const RUN_INDEX_PREFIX: &str = "index/runs/";
+
+/// The index key of a run created at `created_ms` (milliseconds since the epoch).
+pub fn run_index(run: &RunId, created_ms: u64) -> String {
+    let inverted = 9_999_999_999_999u64.saturating_sub(created_ms);
+    format!("{RUN_INDEX_PREFIX}{inverted:013}-{run}")
+}
+
+/// The run id an index key names.
+pub fn run_from_index(key: &str) -> Option<RunId> {
+    let rest = key.strip_prefix(RUN_INDEX_PREFIX)?;
+    let (_, id) = rest.split_once('-')?;
+    RunId::parse(id).ok()
+}
+
+/// Where an idempotency key's claim lives; the key is hashed by the caller (sha256 hex).
+pub fn idempotency(key_sha256: &str) -> String {
+    format!("idempotency/{key_sha256}.json")
+}
+
 /// A key is safe to map onto a filesystem path: relative, no empty, `.` or `..` segments.
 pub fn is_safe_key(key: &str) -> bool {
     !key.is_empty()
@@ -95,6 +117,21 @@ mod tests {
                 "runs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/phases/pull_request.json".into(),
                 "runs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/artifacts/plan/stdout.log".into(),
             ))
+        );
+    }
+
+    #[test]
+    fn the_index_lists_newest_first() {
+        let id = |s: &str| RunId::parse(s).ok();
+        let (old, new) = (id("aaaaaaaa-old"), id("bbbbbbbb-new"));
+        let keys = old
+            .zip(new)
+            .map(|(old, new)| (run_index(&old, 1_000), run_index(&new, 2_000)));
+        let (old_key, new_key) = keys.unwrap_or_default();
+        assert!(new_key < old_key);
+        assert_eq!(
+            run_from_index(&new_key).map(|r| r.to_string()),
+            Some("bbbbbbbb-new".into())
         );
     }
 

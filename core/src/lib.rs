@@ -7,9 +7,11 @@
 
 pub mod agent;
 pub mod branch;
+pub mod celery;
 pub mod clarify;
 pub mod feature;
 pub mod keys;
+pub mod message;
 pub mod phase;
 pub mod ports;
 pub mod redact;

@@ -50,13 +50,37 @@ pub trait BlobStore: Send + Sync {
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
 
-    /// Keys starting with `prefix`, sorted.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Up to `limit` keys starting with `prefix`, in ascending order, after `start_after`.
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError>;
+
+    /// A URL that lets its holder GET the object until `expires` passes; `None` when the
+    /// store cannot make one (the embedded store serves artifacts itself).
+    async fn presign_get(
+        &self,
+        _key: &str,
+        _expires: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// One page of a listing; `next` continues it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    pub keys: Vec<String>,
+    pub next: Option<String>,
 }
 
 /// A message taken from a queue; `receipt` acknowledges or extends it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Stable across redeliveries of the same message.
+    pub message_id: String,
     pub receipt: String,
     pub body: Vec<u8>,
     /// How many times this message has been handed out, this time included.

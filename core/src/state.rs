@@ -217,6 +217,27 @@ impl RunRecord {
         }
     }
 
+    /// A queued run for a validated request.
+    pub fn for_request(
+        run_id: &str,
+        request: &crate::request::ValidatedRequest,
+        agent: AgentConfiguration,
+        now: Timestamp,
+    ) -> Self {
+        let mut record = RunRecord::queued(
+            run_id,
+            &request.repository.to_string(),
+            request.publish,
+            agent,
+            now,
+        );
+        record.base_branch = request.base_branch.as_ref().map(ToString::to_string);
+        record.branch_name = request.branch_name.as_ref().map(ToString::to_string);
+        record.external_ref = request.external_ref.clone();
+        record.idempotency_key = request.idempotency_key.clone();
+        record
+    }
+
     fn set_status(&mut self, to: RunStatus, now: Timestamp) -> Result<(), TransitionError> {
         if !self.status.can_become(to) {
             return Err(TransitionError::Run {

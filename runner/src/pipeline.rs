@@ -19,8 +19,9 @@ use specrun_core::keys::{self, RunId};
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::redact::Redactor;
 use specrun_core::request::{Publish, ValidatedRequest};
-use specrun_core::state::{ArtifactRef, PhaseOutcome, RunError, RunRecord};
+use specrun_core::state::{AgentConfiguration, ArtifactRef, PhaseOutcome, RunError, RunRecord};
 use specrun_core::{Phase, PhaseStatus, RunStatus};
+use specrun_store::runs;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -109,35 +110,28 @@ impl Pipeline {
         RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
     }
 
+    /// The agent configuration a request asks for, before the run starts.
+    pub fn agent_for(&self, request: &ValidatedRequest) -> AgentConfiguration {
+        AgentConfiguration {
+            name: request
+                .agent
+                .clone()
+                .unwrap_or_else(|| self.config.default_agent.clone()),
+            image: self.config.image.clone(),
+            overrides: request.agent_options.clone(),
+            ..Default::default()
+        }
+    }
+
     /// Records a request as a queued run and returns the record.
     pub async fn enqueue_record(
         &self,
         run_id: &RunId,
         request: &ValidatedRequest,
     ) -> Result<RunRecord, StoreError> {
-        let agent = request
-            .agent
-            .clone()
-            .unwrap_or_else(|| self.config.default_agent.clone());
-        let mut record = RunRecord::queued(
-            run_id.as_str(),
-            &request.repository.to_string(),
-            request.publish,
-            specrun_core::state::AgentConfiguration {
-                name: agent,
-                image: self.config.image.clone(),
-                overrides: request.agent_options.clone(),
-                ..Default::default()
-            },
-            now(),
-        );
-        record.base_branch = request.base_branch.as_ref().map(ToString::to_string);
-        record.branch_name = request.branch_name.as_ref().map(ToString::to_string);
-        record.external_ref = request.external_ref.clone();
-        record.idempotency_key = request.idempotency_key.clone();
-        self.store
-            .put_new(&keys::run_json(run_id), to_json(&record), JSON)
-            .await?;
+        let record =
+            RunRecord::for_request(run_id.as_str(), request, self.agent_for(request), now());
+        runs::create_run(self.store.as_ref(), &record).await?;
         Ok(record)
     }
 
@@ -337,26 +331,14 @@ impl Pipeline {
 
     async fn persist_phase(&self, ctx: &RunContext, phase: Phase) -> Result<(), StoreError> {
         let key = keys::phase_json(&ctx.run_id, phase);
-        self.store
-            .put(&key, to_json(ctx.record.phase(phase)), JSON)
-            .await?;
+        let state = runs::to_json(ctx.record.phase(phase));
+        self.store.put(&key, state, "application/json").await?;
         self.persist(ctx).await
     }
 
     async fn persist(&self, ctx: &RunContext) -> Result<(), StoreError> {
-        self.store
-            .put(&keys::run_json(&ctx.run_id), to_json(&ctx.record), JSON)
-            .await
+        runs::save_run(self.store.as_ref(), &ctx.record).await
     }
-}
-
-const JSON: &str = "application/json";
-
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // The state types serialise infallibly: plain structs, string keys.
-    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    bytes.push(b'\n');
-    bytes
 }
 
 fn skip_reason(phase: Phase, publish: Publish) -> Option<String> {

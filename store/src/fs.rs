@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use specrun_core::keys::is_safe_key;
-use specrun_core::ports::{BlobStore, Queue, Received, StoreError};
+use specrun_core::ports::{BlobStore, KeyPage, Queue, Received, StoreError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -117,7 +117,24 @@ impl BlobStore for FsBlobStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        let mut keys = self.all_keys(prefix).await?;
+        keys.retain(|k| start_after.is_none_or(|after| k.as_str() > after));
+        let next = (keys.len() > limit)
+            .then(|| keys[limit - 1].clone())
+            .filter(|_| limit > 0);
+        keys.truncate(limit);
+        Ok(KeyPage { keys, next })
+    }
+}
+
+impl FsBlobStore {
+    async fn all_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();
         let mut dirs = vec![self.root.clone()];
         while let Some(dir) = dirs.pop() {
@@ -286,6 +303,7 @@ impl Queue for FsQueue {
                 set_deadline(&target, visibility).await?;
                 let body = fs::read(&target).await.map_err(queue_error)?;
                 received.push(Received {
+                    message_id: id.to_owned(),
                     receipt,
                     body,
                     receive_count: count + 1,
@@ -337,10 +355,13 @@ mod tests {
             .put("runs/b2/run.json", b"2".to_vec(), "application/json")
             .await?;
         assert_eq!(store.get("runs/a1/run.json").await?, b"{}");
-        assert_eq!(
-            store.list("runs/a1/").await?,
-            ["runs/a1/phases/plan.json", "runs/a1/run.json"]
-        );
+        let page = store.list("runs/a1/", None, 10).await?;
+        assert_eq!(page.keys, ["runs/a1/phases/plan.json", "runs/a1/run.json"]);
+        assert_eq!(page.next, None);
+        let first = store.list("runs/", None, 2).await?;
+        assert_eq!(first.keys.len(), 2);
+        let rest = store.list("runs/", first.next.as_deref(), 2).await?;
+        assert_eq!(rest.keys, ["runs/b2/run.json"]);
         assert!(matches!(
             store.get("runs/zz/run.json").await,
             Err(StoreError::NotFound(_))

@@ -1,6 +1,18 @@
 //! Adapters for the [`specrun_core::ports`] traits. `fs` is the embedded default: a
-//! directory that mirrors the bucket's key layout, and a spool-directory queue.
+//! directory that mirrors the bucket's key layout, and a spool-directory queue. `s3` and
+//! `sqs` are the serverless deployment's bucket and queue.
 
 pub mod fs;
+pub mod runs;
+pub mod s3;
+pub mod sqs;
 
 pub use fs::{FsBlobStore, FsQueue};
+pub use s3::{s3_client, S3BlobStore};
+pub use sqs::SqsQueue;
+
+/// Loads the standard AWS configuration (environment, profile, instance role;
+/// `AWS_ENDPOINT_URL` for emulators).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

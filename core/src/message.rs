@@ -1,0 +1,92 @@
+//! Queue messages. The submit function sends a [`RunMessage`] (the run id it assigned and
+//! the request); schedulers may also send a bare run request, or a Celery task (see
+//! [`crate::celery`]). [`Incoming::parse`] tells them apart.
+
+use crate::request::RunRequest;
+use serde::{Deserialize, Serialize};
+
+/// The `kind` of specrun's own messages.
+pub const RUN_MESSAGE_KIND: &str = "specrun.run";
+
+/// What the submit function puts on the queue (schema version 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunMessage {
+    pub schema_version: u32,
+    pub kind: String,
+    pub run_id: String,
+    pub request: RunRequest,
+}
+
+impl RunMessage {
+    pub fn new(run_id: &str, request: RunRequest) -> Self {
+        RunMessage {
+            schema_version: 1,
+            kind: RUN_MESSAGE_KIND.to_owned(),
+            run_id: run_id.to_owned(),
+            request,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A message as received, sorted by format.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// From the submit function: run.json already exists as `queued`.
+    Run(RunMessage),
+    /// A scheduler's bare run request; the runner assigns the run id.
+    Bare(RunRequest),
+}
+
+/// The message could not be understood; it will never succeed.
+#[derive(Debug, thiserror::Error)]
+#[error("queue message is not a run message: {0}")]
+pub struct MessageError(pub String);
+
+impl Incoming {
+    /// Parses specrun's own formats. Celery messages are handled by [`crate::celery`].
+    pub fn parse(body: &[u8]) -> Result<Incoming, MessageError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| MessageError(format!("not JSON: {e}")))?;
+        if value.get("kind").is_some() {
+            let message: RunMessage =
+                serde_json::from_value(value).map_err(|e| MessageError(e.to_string()))?;
+            if message.kind != RUN_MESSAGE_KIND {
+                return Err(MessageError(format!("unknown kind {:?}", message.kind)));
+            }
+            return Ok(Incoming::Run(message));
+        }
+        serde_json::from_value(value)
+            .map(Incoming::Bare)
+            .map_err(|e| MessageError(format!("not a run request: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_run_messages_from_bare_requests() {
+        let request = RunRequest {
+            repository: "octo/hello".into(),
+            specify_text: "Add login".into(),
+            ..Default::default()
+        };
+        let message = RunMessage::new("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", request.clone());
+        assert!(
+            matches!(Incoming::parse(&message.to_json()), Ok(Incoming::Run(m)) if m == message)
+        );
+        let bare = serde_json::to_vec(&request).unwrap_or_default();
+        assert!(matches!(Incoming::parse(&bare), Ok(Incoming::Bare(r)) if r == request));
+        assert!(Incoming::parse(b"[1,2]").is_err());
+        assert!(Incoming::parse(
+            br#"{"kind":"other","schema_version":1,"run_id":"x","request":{}}"#
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Run records on any [`BlobStore`]: creating a run (run.json plus its listing index
+//! entry), loading and saving it, listing runs newest first, and claiming idempotency
+//! keys. The submit function, the status function and the runner all go through here.
+
+use specrun_core::keys::{self, RunId};
+use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::state::RunRecord;
+
+const JSON: &str = "application/json";
+
+/// Serialises a state object the way every client reads it: pretty JSON, newline-ended.
+pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The state types serialise infallibly: plain structs with string keys.
+    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+fn millis(record: &RunRecord) -> u64 {
+    u64::try_from(record.created_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+fn run_id(record: &RunRecord) -> Result<RunId, StoreError> {
+    RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))
+}
+
+/// Writes a new run; fails with `PreconditionFailed` if the run id exists already.
+pub async fn create_run(store: &dyn BlobStore, record: &RunRecord) -> Result<(), StoreError> {
+    let id = run_id(record)?;
+    store
+        .put_new(&keys::run_json(&id), to_json(record), JSON)
+        .await?;
+    store
+        .put(&keys::run_index(&id, millis(record)), Vec::new(), JSON)
+        .await
+}
+
+/// Replaces run.json with `record`.
+pub async fn save_run(store: &dyn BlobStore, record: &RunRecord) -> Result<(), StoreError> {
+    store
+        .put(&keys::run_json(&run_id(record)?), to_json(record), JSON)
+        .await
+}
+
+/// The run, or `None` when there is none with that id.
+pub async fn load_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+    let key = keys::run_json(id);
+    match store.get(&key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::backend(key, e)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Run ids, newest first, `limit` at a time; pass the returned cursor to continue.
+pub async fn list_runs(
+    store: &dyn BlobStore,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<RunId>, Option<String>), StoreError> {
+    let page = store.list(keys::RUN_INDEX_PREFIX, cursor, limit).await?;
+    let ids = page
+        .keys
+        .iter()
+        .filter_map(|k| keys::run_from_index(k))
+        .collect();
+    Ok((ids, page.next))
+}
+
+/// Claims `key_sha256` for `run`. Returns the run that claimed it first, if another did.
+pub async fn claim_idempotency(
+    store: &dyn BlobStore,
+    key_sha256: &str,
+    run: &RunId,
+) -> Result<Option<RunId>, StoreError> {
+    let key = keys::idempotency(key_sha256);
+    let claim = serde_json::json!({ "run_id": run.as_str() });
+    match store.put_new(&key, to_json(&claim), JSON).await {
+        Ok(()) => Ok(None),
+        Err(StoreError::PreconditionFailed(_)) => {
+            let bytes = store.get(&key).await?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::backend(&key, e))?;
+            let existing = value["run_id"].as_str().unwrap_or_default();
+            RunId::parse(existing)
+                .map(Some)
+                .map_err(|e| StoreError::backend(&key, e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FsBlobStore;
+    use specrun_core::request::Publish;
+    use specrun_core::state::AgentConfiguration;
+    use time::macros::datetime;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn record(id: &str, at: time::OffsetDateTime) -> RunRecord {
+        RunRecord::queued(
+            id,
+            "octo/hello",
+            Publish::Pr,
+            AgentConfiguration::default(),
+            at,
+        )
+    }
+
+    #[tokio::test]
+    async fn runs_list_newest_first_and_ids_are_unique() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        create_run(
+            &store,
+            &record("run-aaaa-1", datetime!(2026-01-01 0:00 UTC)),
+        )
+        .await?;
+        create_run(
+            &store,
+            &record("run-bbbb-2", datetime!(2026-01-02 0:00 UTC)),
+        )
+        .await?;
+        create_run(
+            &store,
+            &record("run-cccc-3", datetime!(2026-01-03 0:00 UTC)),
+        )
+        .await?;
+        let again = create_run(
+            &store,
+            &record("run-bbbb-2", datetime!(2026-01-04 0:00 UTC)),
+        )
+        .await;
+        assert!(matches!(again, Err(StoreError::PreconditionFailed(_))));
+
+        let (first, cursor) = list_runs(&store, None, 2).await?;
+        let names: Vec<_> = first.iter().map(|r| r.to_string()).collect();
+        assert_eq!(names, ["run-cccc-3", "run-bbbb-2"]);
+        let (rest, end) = list_runs(&store, cursor.as_deref(), 2).await?;
+        assert_eq!(
+            rest.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            ["run-aaaa-1"]
+        );
+        assert_eq!(end, None);
+        let loaded = load_run(&store, &RunId::parse("run-aaaa-1")?).await?;
+        assert_eq!(loaded.map(|r| r.repository), Some("octo/hello".to_owned()));
+        assert!(load_run(&store, &RunId::parse("run-zzzz-9")?)
+            .await?
+            .is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_first_claim_of_an_idempotency_key_wins() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        let (a, b) = (RunId::parse("run-aaaa-1")?, RunId::parse("run-bbbb-2")?);
+        assert_eq!(claim_idempotency(&store, "abc123", &a).await?, None);
+        assert_eq!(claim_idempotency(&store, "abc123", &b).await?, Some(a));
+        Ok(())
+    }
+}

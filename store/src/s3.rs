@@ -1,0 +1,312 @@
+//! The bucket: [`BlobStore`] on S3 (or any S3-compatible store). Endpoint, region and
+//! credentials come from the standard AWS configuration chain, so an emulator is just
+//! `AWS_ENDPOINT_URL`. Conditional creates use `If-None-Match: *`; files go up in one
+//! request when small and as a multipart upload, part by part, when large.
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use specrun_core::keys::is_safe_key;
+use specrun_core::ports::{BlobStore, KeyPage, StoreError};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// Files up to this size go up in a single PUT; larger ones in parts of this size.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// A bucket of run state.
+#[derive(Debug, Clone)]
+pub struct S3BlobStore {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+/// Builds an S3 client from the standard AWS configuration. Path-style addressing is
+/// used when a custom endpoint is configured, as emulators need.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let builder =
+        aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
+fn status_of<E, R: HttpStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(HttpStatus::status_code)
+}
+
+/// The HTTP status of a raw response, whatever the response type.
+trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn classify<E>(key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = status_of(&e);
+    let code = e.code().map(str::to_owned);
+    match (status, code.as_deref()) {
+        (Some(404), _) | (_, Some("NoSuchKey" | "NotFound")) => {
+            StoreError::NotFound(key.to_owned())
+        }
+        (Some(412 | 409), _) | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+            StoreError::PreconditionFailed(key.to_owned())
+        }
+        _ => StoreError::backend(key, aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+    }
+}
+
+impl S3BlobStore {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        S3BlobStore {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn check(key: &str) -> Result<(), StoreError> {
+        if is_safe_key(key) {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidKey(key.to_owned()))
+        }
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let uploaded = self.upload_parts(key, path, &upload_id).await;
+        let parts = match uploaded {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Leave no half upload behind; the lifecycle rule would also catch it.
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                return Err(e);
+            }
+        };
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>, StoreError> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        let mut parts = Vec::new();
+        let mut number = 1;
+        loop {
+            let mut chunk = Vec::with_capacity(PART_SIZE);
+            let read = (&mut file)
+                .take(PART_SIZE as u64)
+                .read_to_end(&mut chunk)
+                .await
+                .map_err(|e| StoreError::backend(key, e))?;
+            if read == 0 && number > 1 {
+                break;
+            }
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk))
+                .send()
+                .await
+                .map_err(|e| classify(key, e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_owned))
+                    .build(),
+            );
+            if read < PART_SIZE {
+                break;
+            }
+            number += 1;
+        }
+        Ok(parts)
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+        Self::check(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        Self::check(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<(), StoreError> {
+        Self::check(key)?;
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| StoreError::backend(key, e))?
+            .len();
+        if size > PART_SIZE as u64 {
+            return self.put_multipart(key, path, content_type).await;
+        }
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        Self::check(key)?;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        let max = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_owned))
+            .max_keys(max)
+            .send()
+            .await
+            .map_err(|e| classify(prefix, e))?;
+        let keys: Vec<String> = page
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        let next = if page.is_truncated().unwrap_or(false) {
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Ok(KeyPage { keys, next })
+    }
+
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Self::check(key)?;
+        let config =
+            PresigningConfig::expires_in(expires).map_err(|e| StoreError::backend(key, e))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(Some(request.uri().to_owned()))
+    }
+}
