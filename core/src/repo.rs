@@ -25,6 +25,22 @@ pub struct RepoPolicy {
     pub trusted: bool,
 }
 
+impl RepoPolicy {
+    /// Untrusted input limited to the hosts in a comma-separated list
+    /// (`SPECRUN_ALLOW_REPO_HOSTS`), plus `owner/name` on the forge.
+    pub fn allowing(hosts: &str) -> Self {
+        RepoPolicy {
+            allowed_hosts: hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            trusted: false,
+        }
+    }
+}
+
 /// Why a repository identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -11,8 +11,15 @@ pub use fs::{FsBlobStore, FsQueue};
 pub use s3::{s3_client, S3BlobStore};
 pub use sqs::SqsQueue;
 
+pub use aws_config::SdkConfig;
+
+/// An SQS client from the standard AWS configuration.
+pub fn sqs_client(config: &SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(config)
+}
+
 /// Loads the standard AWS configuration (environment, profile, instance role;
 /// `AWS_ENDPOINT_URL` for emulators).
-pub async fn aws_config() -> aws_config::SdkConfig {
+pub async fn aws_config() -> SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }

@@ -68,6 +68,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
@@ -569,7 +570,13 @@ enum ApiError {
 impl ApiError {
     /// The error's reply; `docs` is the operation's documentation URL.
     fn reply(self, docs: &str) -> Reply {
-        let basic = |status: StatusCode, message: &str| json!({"message": message, "documentation_url": docs, "status": status.as_str()});
+        let basic = |status: StatusCode, message: &str| {
+            json!({
+                "message": message,
+                "documentation_url": docs,
+                "status": status.as_str(),
+            })
+        };
         match self {
             Self::Unauthorized => Reply::new(
                 StatusCode::UNAUTHORIZED,
@@ -592,7 +599,11 @@ impl ApiError {
             ),
             Self::Failed(errors) => Reply::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"message": "Validation Failed", "errors": errors, "documentation_url": docs}),
+                json!({
+                    "message": "Validation Failed",
+                    "errors": errors,
+                    "documentation_url": docs,
+                }),
             ),
         }
     }
@@ -1238,6 +1249,11 @@ impl<'a> Render<'a> {
         }
     }
 
+    /// `{api}/repos/{owner}/{name}`.
+    fn repo_api_url(&self) -> String {
+        format!("{}/repos/{}", self.urls.api, self.repo.full_name())
+    }
+
     /// A `simple-user` object for `login`.
     fn user(&self, login: &str) -> Value {
         let api = format!("{}/users/{login}", self.urls.api);
@@ -1267,7 +1283,7 @@ impl<'a> Render<'a> {
     fn repo(&self, full: bool) -> Value {
         let repo = self.repo;
         let full_name = repo.full_name();
-        let api = format!("{}/repos/{full_name}", self.urls.api);
+        let api = self.repo_api_url();
         let open_issues = repo.pulls.iter().filter(|p| p.open).count();
         let mut value = json!({
             "id": repo.id,
@@ -1297,7 +1313,9 @@ impl<'a> Render<'a> {
             "has_issues": true, "has_projects": false, "has_wiki": false, "has_pages": false,
             "has_downloads": true, "has_discussions": false,
             "archived": false, "disabled": false,
-            "pushed_at": repo.created_at, "created_at": repo.created_at, "updated_at": repo.created_at,
+            "pushed_at": repo.created_at,
+            "created_at": repo.created_at,
+            "updated_at": repo.created_at,
         });
         if let Some(object) = value.as_object_mut() {
             for (field, suffix) in REPO_URL_FIELDS {
@@ -1318,12 +1336,11 @@ impl<'a> Render<'a> {
             .filter_map(|name| self.repo.label(name))
             .map(|label| {
                 let encoded: String =
-                    percent_encoding::utf8_percent_encode(&label.name, percent_encoding::NON_ALPHANUMERIC)
-                        .collect();
+                    percent_encoding::utf8_percent_encode(&label.name, NON_ALPHANUMERIC).collect();
                 json!({
                     "id": label.id,
                     "node_id": format!("LA_{}", label.id),
-                    "url": format!("{}/repos/{}/labels/{encoded}", self.urls.api, self.repo.full_name()),
+                    "url": format!("{}/labels/{encoded}", self.repo_api_url()),
                     "name": label.name,
                     "description": label.description,
                     "color": label.color,
@@ -1347,7 +1364,7 @@ impl<'a> Render<'a> {
     /// A `pull-request` object, or without `full` a `pull-request-simple` one.
     fn pull(&self, pull: &Pull, full: bool) -> Value {
         let full_name = self.repo.full_name();
-        let api = format!("{}/repos/{full_name}", self.urls.api);
+        let api = self.repo_api_url();
         let url = format!("{api}/pulls/{}", pull.number);
         let html_url = format!("{}/{full_name}/pull/{}", self.urls.web, pull.number);
         let issue_url = format!("{api}/issues/{}", pull.number);
@@ -1878,7 +1895,10 @@ mod tests {
                 "a": {"type": "integer"},
                 "b": {"type": "string", "nullable": true},
                 "c": {"type": "string", "format": "date-time"},
-                "d": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "d": {"oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}},
+                ]},
             },
         });
         assert!(schema::check(&schema, &json!({"a": 1, "b": null, "d": ["x"]}), true).is_empty());

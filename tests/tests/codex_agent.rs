@@ -73,30 +73,38 @@ async fn codex_completes_the_three_phases_against_the_scripted_model() -> anyhow
         ("tasks", "$speckit-tasks".to_owned(), "tasks.md"),
     ];
     for (phase, prompt, file) in &phases {
-        let started = Instant::now();
-        let out = world.container.codex_exec(phase, prompt, MODEL_KEY).await?;
-        eprintln!("codex {phase}: {:.2?}", started.elapsed());
-        check_codex_run(phase, &out, &world.server)?;
-        let left = world.container.processes().await?;
-        ensure!(
-            left == ["sleep infinity"],
-            "{phase} left processes behind: {left:?}"
-        );
-        ensure!(
-            feature_dir.join(file).is_file(),
-            "{phase} did not write {file}"
-        );
-        let last = world.dirs.home().join(format!("last-message-{phase}.txt"));
-        let last = std::fs::read_to_string(last)?;
-        ensure!(
-            last.contains(&format!("Wrote {file}")),
-            "{phase}'s last message: {last}"
-        );
+        run_phase(&world, phase, prompt, &feature_dir.join(file)).await?;
     }
     check_documents(&world.dirs, &feature_dir)?;
     check_requests(&world.server)?;
     let leaks = files_containing(world.dirs.root.path(), MODEL_KEY.as_bytes())?;
     ensure!(leaks.is_empty(), "the model key was left in {leaks:?}");
+    Ok(())
+}
+
+/// Runs one phase and checks its exit, events, connections, leftover processes, the file
+/// it must write and its last message.
+async fn run_phase(world: &World, phase: &str, prompt: &str, file: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let out = world.container.codex_exec(phase, prompt, MODEL_KEY).await?;
+    eprintln!("codex {phase}: {:.2?}", started.elapsed());
+    check_codex_run(phase, &out, &world.server)?;
+    let left = world.container.processes().await?;
+    ensure!(
+        left == ["sleep infinity"],
+        "{phase} left processes behind: {left:?}"
+    );
+    ensure!(file.is_file(), "{phase} did not write {}", file.display());
+    let name = file
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    let last = world.dirs.home().join(format!("last-message-{phase}.txt"));
+    let last = std::fs::read_to_string(last)?;
+    ensure!(
+        last.contains(&format!("Wrote {name}")),
+        "{phase}'s last message: {last}"
+    );
     Ok(())
 }
 

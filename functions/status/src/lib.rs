@@ -1,1 +1,283 @@
-//! The status function: placeholder until the serverless issue.
+//! The status function: `GET /runs/{id}` returns run.json with a URL for every artifact
+//! (presigned when the store can sign), `GET /runs/{id}/artifacts/...` serves an artifact
+//! of that run, and `GET /runs?limit=&cursor=` lists recent runs newest first.
+
+use bytes::Bytes;
+use http::{header, Method, Response, StatusCode};
+use specrun_core::keys::RunId;
+use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::state::RunRecord;
+use specrun_http::{error, json, path, query_param, ApiRequest, ApiResponse};
+use specrun_store::runs;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most runs one listing page returns.
+pub const MAX_LIMIT: usize = 100;
+
+/// What the status function needs.
+#[derive(Clone)]
+pub struct Status {
+    pub store: Arc<dyn BlobStore>,
+    /// How long presigned artifact URLs stay valid.
+    pub presign_expiry: Duration,
+    /// This function's own public base URL, for artifact links the store cannot sign.
+    pub public_base: String,
+}
+
+impl Status {
+    /// Answers one HTTP request.
+    pub async fn handle(&self, request: ApiRequest) -> ApiResponse {
+        if request.method() != Method::GET {
+            return specrun_http::method_not_allowed("GET");
+        }
+        let path = path(&request).to_owned();
+        let parts: Vec<&str> = path.trim_start_matches('/').splitn(4, '/').collect();
+        match parts.as_slice() {
+            ["runs"] => self.list(&request).await,
+            ["runs", id] => self.run(id).await,
+            ["runs", id, "artifacts", rest] => self.artifact(id, rest).await,
+            _ => specrun_http::not_found(&format!(
+                "no route {path}; use GET /runs or GET /runs/{{run_id}}"
+            )),
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<RunRecord, ApiResponse> {
+        let run_id = RunId::parse(id)
+            .map_err(|e| error(StatusCode::NOT_FOUND, "not_found", &e.to_string(), None))?;
+        match runs::load_run(self.store.as_ref(), &run_id).await {
+            Ok(Some(record)) => Ok(record),
+            Ok(None) => Err(specrun_http::not_found(&format!("no run {id}"))),
+            Err(e) => Err(specrun_http::unavailable(&e.to_string())),
+        }
+    }
+
+    async fn run(&self, id: &str) -> ApiResponse {
+        let record = match self.load(id).await {
+            Ok(record) => record,
+            Err(response) => return response,
+        };
+        let mut urls = serde_json::Map::new();
+        for artifact in &record.artifacts {
+            let url = match self
+                .store
+                .presign_get(&artifact.key, self.presign_expiry)
+                .await
+            {
+                Ok(Some(url)) => url,
+                Ok(None) => self.served_url(&record.run_id, &artifact.key),
+                Err(e) => return specrun_http::unavailable(&e.to_string()),
+            };
+            urls.insert(artifact.key.clone(), serde_json::Value::from(url));
+        }
+        let mut body = serde_json::to_value(&record).unwrap_or_default();
+        body["artifact_urls"] = serde_json::Value::Object(urls);
+        json(StatusCode::OK, &body)
+    }
+
+    fn served_url(&self, run_id: &str, key: &str) -> String {
+        let prefix = format!("runs/{run_id}/artifacts/");
+        let rest = key.strip_prefix(&prefix).unwrap_or(key);
+        format!(
+            "{}/runs/{run_id}/artifacts/{rest}",
+            self.public_base.trim_end_matches('/')
+        )
+    }
+
+    /// Serves an artifact the run lists; nothing else under the bucket is reachable here.
+    async fn artifact(&self, id: &str, rest: &str) -> ApiResponse {
+        let record = match self.load(id).await {
+            Ok(record) => record,
+            Err(response) => return response,
+        };
+        let key = format!("runs/{id}/artifacts/{rest}");
+        let Some(artifact) = record.artifacts.iter().find(|a| a.key == key) else {
+            return specrun_http::not_found(&format!("run {id} has no artifact {rest}"));
+        };
+        match self.store.get(&key).await {
+            Ok(bytes) => {
+                let mut response = Response::new(Bytes::from(bytes));
+                if let Ok(value) = header::HeaderValue::from_str(&artifact.content_type) {
+                    response.headers_mut().insert(header::CONTENT_TYPE, value);
+                }
+                response
+            }
+            Err(StoreError::NotFound(_)) => {
+                specrun_http::not_found(&format!("artifact {rest} has expired or was removed"))
+            }
+            Err(e) => specrun_http::unavailable(&e.to_string()),
+        }
+    }
+
+    async fn list(&self, request: &ApiRequest) -> ApiResponse {
+        let limit = match query_param(request, "limit").map(|l| l.parse::<usize>()) {
+            None => 20,
+            Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
+            Some(_) => {
+                let message = format!("limit must be a number from 1 to {MAX_LIMIT}");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &message,
+                    Some("limit"),
+                );
+            }
+        };
+        let cursor = query_param(request, "cursor");
+        let (ids, next) = match runs::list_runs(self.store.as_ref(), cursor.as_deref(), limit).await
+        {
+            Ok(page) => page,
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        let mut summaries = Vec::new();
+        for id in ids {
+            if let Ok(Some(record)) = runs::load_run(self.store.as_ref(), &id).await {
+                summaries.push(serde_json::json!({
+                    "run_id": record.run_id,
+                    "status": record.status,
+                    "repository": record.repository,
+                    "branch_name": record.branch_name,
+                    "created_at": record.created_at.format(&time::format_description::well_known::Rfc3339).ok(),
+                    "status_reason": record.status_reason,
+                }));
+            }
+        }
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "runs": summaries, "next_cursor": next }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specrun_core::request::Publish;
+    use specrun_core::state::{AgentConfiguration, ArtifactRef};
+    use specrun_store::FsBlobStore;
+    use time::macros::datetime;
+
+    fn get(path: &str) -> ApiRequest {
+        http::Request::get(path)
+            .body(Bytes::new())
+            .unwrap_or_default()
+    }
+
+    fn body(response: &ApiResponse) -> serde_json::Value {
+        serde_json::from_slice(response.body()).unwrap_or_default()
+    }
+
+    async fn status_with_runs(dir: &std::path::Path) -> Result<Status, StoreError> {
+        let store = Arc::new(FsBlobStore::new(dir));
+        for (id, day) in [("run-aaaa-1", 1), ("run-bbbb-2", 2), ("run-cccc-3", 3)] {
+            let at = datetime!(2026-01-01 0:00 UTC) + time::Duration::days(day);
+            let mut record = RunRecord::queued(
+                id,
+                "octo/hello",
+                Publish::Pr,
+                AgentConfiguration::default(),
+                at,
+            );
+            if id == "run-cccc-3" {
+                let key = format!("runs/{id}/artifacts/specify/agent.stdout.log");
+                store.put(&key, b"hello log".to_vec(), "text/plain").await?;
+                record.artifacts.push(ArtifactRef {
+                    name: "agent.stdout.log".into(),
+                    key,
+                    size: 9,
+                    sha256: String::new(),
+                    content_type: "text/plain".into(),
+                    phase: Some(specrun_core::Phase::Specify),
+                    expires_at: at,
+                });
+            }
+            runs::create_run(store.as_ref(), &record).await?;
+        }
+        store
+            .put(
+                "runs/run-cccc-3/secret.txt",
+                b"not an artifact".to_vec(),
+                "text/plain",
+            )
+            .await?;
+        Ok(Status {
+            store,
+            presign_expiry: Duration::from_secs(60),
+            public_base: "http://status.local".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_run_comes_with_links_to_its_artifacts() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let status = status_with_runs(dir.path()).await?;
+        let response = status.handle(get("/runs/run-cccc-3")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let url = body(&response)["artifact_urls"]
+            ["runs/run-cccc-3/artifacts/specify/agent.stdout.log"]
+            .clone();
+        assert_eq!(
+            url,
+            "http://status.local/runs/run-cccc-3/artifacts/specify/agent.stdout.log"
+        );
+        let log = status
+            .handle(get("/runs/run-cccc-3/artifacts/specify/agent.stdout.log"))
+            .await;
+        assert_eq!(log.body().as_ref(), b"hello log");
+        let other = status
+            .handle(get("/runs/run-cccc-3/artifacts/../secret.txt"))
+            .await;
+        assert_eq!(other.status(), StatusCode::NOT_FOUND);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn runs_list_newest_first_with_a_cursor() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let status = status_with_runs(dir.path()).await?;
+        let first = body(&status.handle(get("/runs?limit=2")).await);
+        let ids: Vec<_> = first["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["run_id"].clone())
+            .collect();
+        assert_eq!(ids, ["run-cccc-3", "run-bbbb-2"]);
+        let cursor = first["next_cursor"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('/', "%2F");
+        let rest = body(
+            &status
+                .handle(get(&format!("/runs?limit=2&cursor={cursor}")))
+                .await,
+        );
+        assert_eq!(rest["runs"][0]["run_id"], "run-aaaa-1");
+        assert!(rest["next_cursor"].is_null());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unknown_runs_and_bad_queries_are_clear() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let status = status_with_runs(dir.path()).await?;
+        let missing = status.handle(get("/runs/run-zzzz-9")).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(body(&missing)["error"]["message"], "no run run-zzzz-9");
+        assert_eq!(
+            status.handle(get("/runs/..%2F..%2Fetc")).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status.handle(get("/runs?limit=0")).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        let post = http::Request::post("/runs").body(Bytes::new())?;
+        assert_eq!(
+            status.handle(post).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        Ok(())
+    }
+}

@@ -1,1 +1,323 @@
-//! The submit function: placeholder until the serverless issue.
+//! The submit function: `POST /runs` validates a run request, assigns the run id, writes
+//! run.json as `queued`, sends the queue message and answers 202 with the run id and the
+//! status URL. A repeated `idempotency_key` answers with the run it first created.
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+use specrun_core::agent::AgentProfile;
+use specrun_core::keys::RunId;
+use specrun_core::message::RunMessage;
+use specrun_core::ports::{BlobStore, Queue, StoreError};
+use specrun_core::repo::RepoPolicy;
+use specrun_core::request::{RequestError, RunRequest, ValidatedRequest};
+use specrun_core::state::{AgentConfiguration, RunError, RunRecord};
+use specrun_core::RunStatus;
+use specrun_http::{error, json, path, ApiRequest, ApiResponse};
+use specrun_store::runs;
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+/// Largest request body accepted; the text itself is limited to 64 KiB.
+pub const MAX_BODY: usize = 128 * 1024;
+
+/// What the submit function needs.
+#[derive(Clone)]
+pub struct Submit {
+    pub store: Arc<dyn BlobStore>,
+    pub queue: Arc<dyn Queue>,
+    /// Repository hosts requests may name.
+    pub policy: RepoPolicy,
+    /// Base of the status URLs handed back, e.g. the status function's URL.
+    pub status_base: String,
+    pub default_agent: String,
+    pub image: String,
+}
+
+impl Submit {
+    /// Answers one HTTP request.
+    pub async fn handle(&self, request: ApiRequest) -> ApiResponse {
+        match (request.method(), path(&request)) {
+            (&Method::POST, "/runs") => self.submit(request.into_body()).await,
+            (_, "/runs") => specrun_http::method_not_allowed("POST"),
+            (_, other) => {
+                specrun_http::not_found(&format!("no route {other}; submit runs with POST /runs"))
+            }
+        }
+    }
+
+    async fn submit(&self, body: Bytes) -> ApiResponse {
+        if body.len() > MAX_BODY {
+            let message = format!("the body is {} bytes; the limit is {MAX_BODY}", body.len());
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &message,
+                Some("body"),
+            );
+        }
+        let request = match RunRequest::from_json(&body, &self.policy)
+            .and_then(|r| check_agent(r, &self.default_agent))
+        {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &e.reason,
+                    Some(&e.field),
+                )
+            }
+        };
+        match self.accept(&request).await {
+            Ok((run_id, fresh)) => {
+                let status = if fresh {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
+                json(
+                    status,
+                    &serde_json::json!({
+                        "run_id": run_id.as_str(),
+                        "status_url": format!("{}/runs/{run_id}", self.status_base.trim_end_matches('/')),
+                        "duplicate": !fresh,
+                    }),
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not accept a run");
+                specrun_http::unavailable(&format!(
+                    "the run could not be queued: {e}; retry with the same idempotency_key"
+                ))
+            }
+        }
+    }
+
+    /// Records and queues the run; `false` when an earlier request with the same
+    /// idempotency key already created it.
+    async fn accept(&self, request: &ValidatedRequest) -> Result<(RunId, bool), StoreError> {
+        let mut run_id = new_run_id();
+        if let Some(key) = &request.idempotency_key {
+            let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
+            if let Some(existing) =
+                runs::claim_idempotency(self.store.as_ref(), &digest, &run_id).await?
+            {
+                if runs::load_run(self.store.as_ref(), &existing)
+                    .await?
+                    .is_some()
+                {
+                    return Ok((existing, false));
+                }
+                // The first request claimed the key but stopped before recording the run.
+                run_id = existing;
+            }
+        }
+        let record = RunRecord::for_request(
+            run_id.as_str(),
+            request,
+            self.agent(request),
+            OffsetDateTime::now_utc(),
+        );
+        match runs::create_run(self.store.as_ref(), &record).await {
+            Ok(()) | Err(StoreError::PreconditionFailed(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let message = RunMessage::new(run_id.as_str(), request.to_wire());
+        if let Err(e) = self.queue.send(message.to_json()).await {
+            self.record_queue_failure(record, &e).await;
+            return Err(e);
+        }
+        Ok((run_id, true))
+    }
+
+    fn agent(&self, request: &ValidatedRequest) -> AgentConfiguration {
+        AgentConfiguration {
+            name: request
+                .agent
+                .clone()
+                .unwrap_or_else(|| self.default_agent.clone()),
+            image: self.image.clone(),
+            overrides: request.agent_options.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// A run that never reached the queue must not stay `queued` forever.
+    async fn record_queue_failure(&self, mut record: RunRecord, e: &StoreError) {
+        record.error = Some(RunError {
+            code: "queue_unavailable".to_owned(),
+            message: format!("the run could not be queued: {e}"),
+            remediation: "Submit the run again; check the queue's availability and the function's permissions.".to_owned(),
+            phase: None,
+            exit_code: None,
+            log_excerpt: None,
+        });
+        let reason = Some("the run could not be queued".to_owned());
+        if record
+            .finish(RunStatus::Failed, reason, OffsetDateTime::now_utc())
+            .is_ok()
+        {
+            let _ = runs::save_run(self.store.as_ref(), &record).await;
+        }
+    }
+}
+
+/// The agent must be known and its options declared; checked here so a bad request is a
+/// 400 now rather than a failed run later.
+fn check_agent(
+    request: ValidatedRequest,
+    default_agent: &str,
+) -> Result<ValidatedRequest, RequestError> {
+    let name = request.agent.as_deref().unwrap_or(default_agent);
+    let field = |field: &str, reason: String| RequestError {
+        field: field.to_owned(),
+        reason,
+    };
+    let profile = AgentProfile::builtin(name).map_err(|e| field("agent", e.to_string()))?;
+    profile
+        .option_env(&request.agent_options)
+        .map_err(|e| field("agent_options", e.to_string()))?;
+    Ok(request)
+}
+
+fn new_run_id() -> RunId {
+    // A UUIDv7's text form is always a valid run id.
+    RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specrun_store::{FsBlobStore, FsQueue};
+    use std::time::Duration;
+
+    fn submit(dir: &std::path::Path) -> Submit {
+        Submit {
+            store: Arc::new(FsBlobStore::new(dir.join("state"))),
+            queue: Arc::new(FsQueue::new(dir.join("queue"))),
+            policy: RepoPolicy {
+                allowed_hosts: vec!["git.example.com".into()],
+                trusted: false,
+            },
+            status_base: "https://status.example".into(),
+            default_agent: "scripted".into(),
+            image: "specrun-job:latest".into(),
+        }
+    }
+
+    fn post(body: &str) -> ApiRequest {
+        http::Request::post("/runs")
+            .body(Bytes::from(body.to_owned()))
+            .unwrap_or_default()
+    }
+
+    fn body(response: &ApiResponse) -> serde_json::Value {
+        serde_json::from_slice(response.body()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn accepts_queues_and_records_a_run() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let submit = submit(dir.path());
+        let response = submit
+            .handle(post(
+                r#"{"repository":"octo/hello","specify_text":"Add login"}"#,
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let answer = body(&response);
+        let run_id = answer["run_id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            answer["status_url"],
+            format!("https://status.example/runs/{run_id}")
+        );
+        let record = runs::load_run(submit.store.as_ref(), &RunId::parse(&run_id)?).await?;
+        assert_eq!(record.map(|r| r.status), Some(RunStatus::Queued));
+        let messages = submit
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await?;
+        let message: RunMessage = serde_json::from_slice(&messages[0].body)?;
+        assert_eq!(message.run_id, run_id);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_same_idempotency_key_returns_the_same_run(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let submit = submit(dir.path());
+        let request = r#"{"repository":"octo/hello","specify_text":"Add login","idempotency_key":"nightly-42"}"#;
+        let first = submit.handle(post(request)).await;
+        let second = submit.handle(post(request)).await;
+        assert_eq!(
+            (first.status(), second.status()),
+            (StatusCode::ACCEPTED, StatusCode::OK)
+        );
+        assert_eq!(body(&first)["run_id"], body(&second)["run_id"]);
+        assert_eq!(body(&second)["duplicate"], true);
+        let messages = submit
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await?;
+        assert_eq!(messages.len(), 1, "one run, one message");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_400s_that_name_the_field_and_create_nothing(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let submit = submit(dir.path());
+        for (body_text, field) in [
+            ("{", "body"),
+            (
+                r#"{"repository":"file:///etc","specify_text":"x"}"#,
+                "repository",
+            ),
+            (
+                r#"{"repository":"https://evil.example/a/b","specify_text":"x"}"#,
+                "repository",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","agent":"nope"}"#,
+                "agent",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"shell":"sh"}}"#,
+                "agent_options",
+            ),
+        ] {
+            let response = submit.handle(post(body_text)).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body_text}");
+            assert_eq!(body(&response)["error"]["field"], field, "{body_text}");
+        }
+        let huge = format!(
+            r#"{{"repository":"octo/hello","specify_text":"{}"}}"#,
+            "a".repeat(MAX_BODY)
+        );
+        assert_eq!(
+            submit.handle(post(&huge)).await.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            runs::list_runs(submit.store.as_ref(), None, 10)
+                .await?
+                .0
+                .len(),
+            0
+        );
+        assert!(submit
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(1))
+            .await?
+            .is_empty());
+        let get = http::Request::get("/runs").body(Bytes::new())?;
+        assert_eq!(
+            submit.handle(get).await.status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! The submit Lambda: configuration from the environment, then the handler.
+
+use specrun_core::repo::RepoPolicy;
+use specrun_store::{aws_config, s3_client, sqs_client, S3BlobStore, SqsQueue};
+use specrun_submit::Submit;
+use std::sync::Arc;
+
+fn env(name: &str) -> Result<String, lambda_http::Error> {
+    std::env::var(name).map_err(|_| format!("{name} is not set; the deployment must set it").into())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    let config = aws_config().await;
+    let submit = Submit {
+        store: Arc::new(S3BlobStore::new(s3_client(&config), env("SPECRUN_BUCKET")?)),
+        queue: Arc::new(SqsQueue::new(
+            sqs_client(&config),
+            env("SPECRUN_QUEUE_URL")?,
+        )),
+        policy: RepoPolicy::allowing(
+            &std::env::var("SPECRUN_ALLOW_REPO_HOSTS").unwrap_or_default(),
+        ),
+        status_base: std::env::var("SPECRUN_STATUS_URL").unwrap_or_default(),
+        default_agent: std::env::var("SPECRUN_DEFAULT_AGENT")
+            .unwrap_or_else(|_| "codex".to_owned()),
+        image: std::env::var("SPECRUN_IMAGE").unwrap_or_else(|_| "specrun-job:latest".to_owned()),
+    };
+    let submit = Arc::new(submit);
+    specrun_http::run_lambda(move |request| {
+        let submit = submit.clone();
+        async move { submit.handle(request).await }
+    })
+    .await
+}
