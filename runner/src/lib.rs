@@ -14,6 +14,8 @@ pub mod git;
 mod phases;
 pub mod pipeline;
 pub mod progress;
+pub mod serve;
+pub mod worker;
 pub mod workspace;
 
 pub use config::RunnerConfig;

@@ -52,7 +52,7 @@
 //! - **Tolerated body fields** ([`TOLERATED_BODY_FIELDS`]): fields a known client sends that
 //!   GitHub ignores and the strict check would otherwise refuse. Only `pull_number` in
 //!   update-PR, which octocrab 0.54's `pulls().update(n)` builder serialises into the body.
-//! - **Request bodies** must be JSON of at most 1 MiB.
+//! - **Request bodies** over 1 MiB get 400 "Problems parsing JSON".
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -209,7 +209,7 @@ impl ForgeServer {
         );
         let url = self.git.create_repo(&format!("{owner}/{name}"), readme)?;
         let mut state = self.shared.state();
-        let id = state.next_id();
+        let id = IdSource(&mut state.last_id).next();
         let created_at = now();
         state.repos.insert(
             repo_key(owner, name),
@@ -326,13 +326,6 @@ struct State {
     /// Keyed by lower-cased `owner/name` (GitHub names are case-insensitive).
     repos: BTreeMap<String, Repo>,
     last_id: u64,
-}
-
-impl State {
-    fn next_id(&mut self) -> u64 {
-        self.last_id += 1;
-        self.last_id
-    }
 }
 
 /// One repository's API state (its git data lives in the git server).
@@ -628,14 +621,21 @@ struct ApiRequest {
 /// Answers one HTTP request and records it.
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
+    // A body over the limit is kept as a note and answered 400, as unparsable JSON.
+    let (body, body_value) = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            let value = (!body.is_empty()).then(|| {
+                serde_json::from_slice::<Value>(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+            });
+            (body, value)
+        }
+        Err(err) => (
+            Bytes::new(),
+            Some(Value::String(format!("unreadable body: {err}"))),
+        ),
     };
-    let body_value = (!body.is_empty()).then(|| {
-        serde_json::from_slice::<Value>(&body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    });
     let reply = answer(shared, &parts, &body, body_value.clone());
     shared.log().requests.push(ApiRequestRecord {
         method: parts.method.to_string(),
@@ -656,13 +656,16 @@ fn answer(
     body: Option<Value>,
 ) -> Reply {
     const ROOT_DOCS: &str = "https://docs.github.com/rest";
+    let request_line = format!("{} {}", parts.method, parts.uri.path());
     let Some(path) = parts.uri.path().strip_prefix(API_PREFIX) else {
+        shared.log().violations.push(format!(
+            "{request_line}: not under the API base {API_PREFIX}"
+        ));
         return ApiError::NotFound.reply(ROOT_DOCS);
     };
     if !authorized(&shared.token, &parts.headers) {
         return ApiError::Unauthorized.reply(ROOT_DOCS);
     }
-    let request_line = format!("{} {}", parts.method, parts.uri.path());
     let Some(route) = route(&parts.method, path) else {
         shared.log().violations.push(format!(
             "{request_line}: not an operation of the OpenAPI subset"
@@ -692,7 +695,13 @@ fn answer(
             }
             ApiError::Invalid(problems).reply(docs)
         }
-        Err(err) => err.reply(docs),
+        Err(err) => {
+            shared
+                .log()
+                .violations
+                .push(format!("{request_line}: request body is not JSON"));
+            err.reply(docs)
+        }
         Ok(()) => execute(shared, &route, &request).unwrap_or_else(|err| err.reply(docs)),
     };
     for problem in check_reply(operation, &reply) {
@@ -831,15 +840,19 @@ fn check_reply(operation: &Value, reply: &Reply) -> Vec<String> {
 
 /// Runs the operation on the forge's state.
 fn execute(shared: &Shared, route: &Route, request: &ApiRequest) -> Result<Reply, ApiError> {
-    let mut state = shared.state();
-    let key = repo_key(&route.owner, &route.repo);
-    let id_base = state.last_id;
-    let repo = state.repos.get_mut(&key).ok_or(ApiError::NotFound)?;
-    let mut ids = IdSource(id_base);
-    let body = request.body.as_ref().and_then(Value::as_object);
+    let mut guard = shared.state();
+    let State { repos, last_id } = &mut *guard;
+    let repo = repos
+        .get_mut(&repo_key(&route.owner, &route.repo))
+        .ok_or(ApiError::NotFound)?;
+    let mut ids = IdSource(last_id);
     let empty = Map::new();
-    let body = body.unwrap_or(&empty);
-    let reply = match route.operation {
+    let body = request
+        .body
+        .as_ref()
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    match route.operation {
         Operation::GetRepo => Ok(Reply::new(
             StatusCode::OK,
             Render::new(shared, repo).repo(true),
@@ -849,18 +862,16 @@ fn execute(shared: &Shared, route: &Route, request: &ApiRequest) -> Result<Reply
         Operation::GetPull(number) => get_pull(shared, repo, number),
         Operation::UpdatePull(number) => update_pull(shared, repo, number, body),
         Operation::AddLabels(number) => add_labels(shared, repo, number, body, &mut ids),
-    };
-    state.last_id = ids.0;
-    reply
+    }
 }
 
-/// Hands out ids while the repository is borrowed from the state.
-struct IdSource(u64);
+/// Hands out ids from the state's counter while a repository is borrowed from it.
+struct IdSource<'a>(&'a mut u64);
 
-impl IdSource {
+impl IdSource<'_> {
     fn next(&mut self) -> u64 {
-        self.0 += 1;
-        self.0
+        *self.0 += 1;
+        *self.0
     }
 }
 
@@ -929,7 +940,7 @@ fn create_pull(
     shared: &Shared,
     repo: &mut Repo,
     body: &Map<String, Value>,
-    ids: &mut IdSource,
+    ids: &mut IdSource<'_>,
 ) -> Result<Reply, ApiError> {
     let text = |name: &str| body.get(name).and_then(Value::as_str);
     let flag = |name: &str| body.get(name).and_then(Value::as_bool);
@@ -1101,7 +1112,7 @@ fn add_labels(
     repo: &mut Repo,
     number: u64,
     body: &Map<String, Value>,
-    ids: &mut IdSource,
+    ids: &mut IdSource<'_>,
 ) -> Result<Reply, ApiError> {
     if !repo.pulls.iter().any(|p| p.number == number) {
         return Err(ApiError::NotFound);

@@ -84,6 +84,22 @@ async fn raw(client: &Octocrab, method: &str, path: &str, body: Option<Value>) -
     (status, serde_json::from_str(&text).unwrap())
 }
 
+/// Sends `GET path` with the token over a plain connection to `base` (`http://HOST:PORT`);
+/// returns the response's status line.
+async fn plain_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
 /// Asserts no request or response so far departed from GitHub's OpenAPI description.
 fn assert_no_violations(forge: &ForgeServer) {
     assert_eq!(forge.violations(), Vec::<String>::new());
@@ -418,6 +434,36 @@ async fn api_requests_need_the_token() {
     let response = anonymous.execute(request).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_no_violations(&forge);
+}
+
+#[tokio::test]
+async fn requests_outside_the_operations_are_violations() {
+    let (forge, client) = forge();
+    let request = hyper::Request::post(format!("{}/repos/{OWNER}/{REPO}/pulls", forge.api_url()))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body("{not json".to_owned())
+        .unwrap();
+    let response = client.execute(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let (status, _) = raw(
+        &client,
+        "GET",
+        &format!("/repos/{OWNER}/{REPO}/issues"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // octocrab would put its base path in front: a plain HTTP request shows the fake's answer.
+    let status_line = plain_get(&forge.web_url(), &format!("/repos/{OWNER}/{REPO}")).await;
+    assert!(status_line.starts_with("HTTP/1.1 404"), "{status_line}");
+    let violations = forge.violations();
+    assert_eq!(violations.len(), 3, "{violations:?}");
+    assert!(violations[0].contains("not JSON"), "{violations:?}");
+    assert!(violations[1].contains("not an operation"), "{violations:?}");
+    assert!(
+        violations[2].contains("not under the API base"),
+        "{violations:?}"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 
 use crate::config::{RunnerConfig, Secret, MIN_RETENTION_DAYS};
 use crate::pipeline::Pipeline;
-use crate::progress::{Progress, ProgressEvent};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use specrun_core::keys::{self, RunId};
@@ -12,13 +11,19 @@ use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{Publish, RunRequest};
 use specrun_core::state::RunRecord;
-use specrun_core::{Phase, PhaseStatus, RunStatus};
+use specrun_core::{Phase, RunStatus};
 use specrun_store::FsBlobStore;
 use std::collections::BTreeMap;
 use std::io::Write as _;
+
+mod report;
+mod service;
+
+pub use report::ConsoleProgress;
+use report::{print_status, print_summary};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// specrun: Spec Kit automation. Runs an AI agent through specify, plan and tasks in an
 /// ephemeral Docker container and pushes the result to a feature branch.
@@ -55,6 +60,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the submit and status API over HTTP, with a queue runner in the same process.
+    Serve(Box<service::ServeArgs>),
+    /// Take runs from the queue and execute them until SIGTERM.
+    Runner(Box<service::WorkerCommandArgs>),
     /// Print a run's logs.
     Logs {
         run_id: String,
@@ -197,6 +206,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run(*args, store, &cli.global.state_dir).await,
         Command::Status { run_id, json } => status(&run_id, json, store.as_ref()).await,
         Command::Logs { run_id, phase } => logs(&run_id, phase, store.as_ref()).await,
+        Command::Serve(args) => service::serve_command(*args, &cli.global.state_dir).await,
+        Command::Runner(args) => service::runner(*args, &cli.global.state_dir).await,
     }
 }
 
@@ -313,132 +324,4 @@ async fn logs(run_id: &str, phase: Option<Phase>, store: &dyn BlobStore) -> anyh
         writeln!(out)?;
     }
     Ok(0)
-}
-
-fn format_ms(ms: Option<u64>) -> String {
-    ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
-        .unwrap_or_else(|| "-".to_owned())
-}
-
-fn print_phase_table(out: &mut dyn std::io::Write, record: &RunRecord) {
-    let _ = writeln!(
-        out,
-        "  PHASE         STATUS     STARTED               DURATION  DETAIL"
-    );
-    for phase in &record.phases {
-        let format =
-            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-        let started = phase
-            .started_at
-            .and_then(|t| t.format(&format).ok())
-            .unwrap_or_else(|| "-".to_owned());
-        let _ = writeln!(
-            out,
-            "  {:<13} {:<10} {:<21} {:>8}  {}",
-            phase.phase.as_str(),
-            phase.status.as_str(),
-            started,
-            format_ms(phase.duration_ms),
-            phase.message.as_deref().unwrap_or("")
-        );
-    }
-}
-
-fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
-    let _ = writeln!(out, "run {}  {}", record.run_id, record.status);
-    if let Some(reason) = &record.status_reason {
-        let _ = writeln!(out, "  {reason}");
-    }
-    let _ = writeln!(
-        out,
-        "  repository {}  base {}  branch {}",
-        record.repository,
-        record.base_branch.as_deref().unwrap_or("-"),
-        record.branch_name.as_deref().unwrap_or("-")
-    );
-    let _ = writeln!(
-        out,
-        "  agent {} {}  image {}",
-        record.agent.name,
-        record.agent.version.as_deref().unwrap_or(""),
-        record.agent.image
-    );
-    print_phase_table(out, record);
-    if let Some(sha) = &record.commit_sha {
-        let _ = writeln!(out, "  commit {sha}");
-    }
-    if let Some(error) = &record.error {
-        let _ = writeln!(out, "\n  error {}: {}", error.code, error.message);
-        let _ = writeln!(out, "  fix: {}", error.remediation);
-        if let Some(excerpt) = error
-            .log_excerpt
-            .as_deref()
-            .filter(|e| !e.trim().is_empty())
-        {
-            let _ = writeln!(out, "  last output:");
-            for line in excerpt.lines() {
-                let _ = writeln!(out, "    | {line}");
-            }
-        }
-    }
-}
-
-fn print_summary(out: &mut dyn std::io::Write, record: &RunRecord, state_dir: &std::path::Path) {
-    let _ = writeln!(out);
-    print_status(out, record);
-    let _ = writeln!(
-        out,
-        "  logs   {}/runs/{}/artifacts/  (specrun logs {} [--phase P])",
-        state_dir.display(),
-        record.run_id,
-        record.run_id
-    );
-}
-
-/// Prints each phase as it starts and ends, with the time since the run started.
-pub struct ConsoleProgress {
-    started: Instant,
-}
-
-impl ConsoleProgress {
-    pub fn new() -> Self {
-        ConsoleProgress {
-            started: Instant::now(),
-        }
-    }
-}
-
-impl Default for ConsoleProgress {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Progress for ConsoleProgress {
-    fn event(&self, event: ProgressEvent) {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        match event {
-            ProgressEvent::RunStarted { .. } => {}
-            ProgressEvent::PhaseStarted { phase } => {
-                eprintln!("[{elapsed:6.1}s] {:<13} running", phase.as_str())
-            }
-            ProgressEvent::PhaseEnded {
-                phase,
-                status,
-                duration_ms,
-                message,
-            } => {
-                let duration = if status == PhaseStatus::Skipped {
-                    String::new()
-                } else {
-                    format!(" in {}", format_ms(duration_ms))
-                };
-                eprintln!(
-                    "[{elapsed:6.1}s] {:<13} {status}{duration}  {}",
-                    phase.as_str(),
-                    message.unwrap_or_default()
-                );
-            }
-        }
-    }
 }

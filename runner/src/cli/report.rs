@@ -1,0 +1,138 @@
+//! What the command line prints: the phase table, the run summary, and live progress.
+
+use crate::progress::{Progress, ProgressEvent};
+use specrun_core::state::RunRecord;
+use specrun_core::PhaseStatus;
+use std::time::Instant;
+
+pub(super) fn format_ms(ms: Option<u64>) -> String {
+    ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn print_phase_table(out: &mut dyn std::io::Write, record: &RunRecord) {
+    let _ = writeln!(
+        out,
+        "  PHASE         STATUS     STARTED               DURATION  DETAIL"
+    );
+    for phase in &record.phases {
+        let format =
+            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+        let started = phase
+            .started_at
+            .and_then(|t| t.format(&format).ok())
+            .unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(
+            out,
+            "  {:<13} {:<10} {:<21} {:>8}  {}",
+            phase.phase.as_str(),
+            phase.status.as_str(),
+            started,
+            format_ms(phase.duration_ms),
+            phase.message.as_deref().unwrap_or("")
+        );
+    }
+}
+
+pub(super) fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
+    let _ = writeln!(out, "run {}  {}", record.run_id, record.status);
+    if let Some(reason) = &record.status_reason {
+        let _ = writeln!(out, "  {reason}");
+    }
+    let _ = writeln!(
+        out,
+        "  repository {}  base {}  branch {}",
+        record.repository,
+        record.base_branch.as_deref().unwrap_or("-"),
+        record.branch_name.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "  agent {} {}  image {}",
+        record.agent.name,
+        record.agent.version.as_deref().unwrap_or(""),
+        record.agent.image
+    );
+    print_phase_table(out, record);
+    if let Some(sha) = &record.commit_sha {
+        let _ = writeln!(out, "  commit {sha}");
+    }
+    if let Some(error) = &record.error {
+        let _ = writeln!(out, "\n  error {}: {}", error.code, error.message);
+        let _ = writeln!(out, "  fix: {}", error.remediation);
+        if let Some(excerpt) = error
+            .log_excerpt
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+        {
+            let _ = writeln!(out, "  last output:");
+            for line in excerpt.lines() {
+                let _ = writeln!(out, "    | {line}");
+            }
+        }
+    }
+}
+
+pub(super) fn print_summary(
+    out: &mut dyn std::io::Write,
+    record: &RunRecord,
+    state_dir: &std::path::Path,
+) {
+    let _ = writeln!(out);
+    print_status(out, record);
+    let _ = writeln!(
+        out,
+        "  logs   {}/runs/{}/artifacts/  (specrun logs {} [--phase P])",
+        state_dir.display(),
+        record.run_id,
+        record.run_id
+    );
+}
+
+/// Prints each phase as it starts and ends, with the time since the run started.
+pub struct ConsoleProgress {
+    started: Instant,
+}
+
+impl ConsoleProgress {
+    pub fn new() -> Self {
+        ConsoleProgress {
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Default for ConsoleProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for ConsoleProgress {
+    fn event(&self, event: ProgressEvent) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        match event {
+            ProgressEvent::RunStarted { .. } => {}
+            ProgressEvent::PhaseStarted { phase } => {
+                eprintln!("[{elapsed:6.1}s] {:<13} running", phase.as_str())
+            }
+            ProgressEvent::PhaseEnded {
+                phase,
+                status,
+                duration_ms,
+                message,
+            } => {
+                let duration = if status == PhaseStatus::Skipped {
+                    String::new()
+                } else {
+                    format!(" in {}", format_ms(duration_ms))
+                };
+                eprintln!(
+                    "[{elapsed:6.1}s] {:<13} {status}{duration}  {}",
+                    phase.as_str(),
+                    message.unwrap_or_default()
+                );
+            }
+        }
+    }
+}

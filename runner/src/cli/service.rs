@@ -1,0 +1,218 @@
+//! `specrun serve` and `specrun runner`: the serverless path run as long-lived processes,
+//! on the embedded store and queue or on S3 and SQS.
+
+use super::{absolute, RunnerArgs};
+use crate::pipeline::Pipeline;
+use crate::progress::TracingProgress;
+use crate::serve::{serve, Api};
+use crate::worker::{Worker, WorkerConfig};
+use anyhow::Context;
+use clap::Args;
+use specrun_core::ports::{BlobStore, Queue};
+use specrun_core::repo::RepoPolicy;
+use specrun_status::Status;
+use specrun_store::{
+    aws_config, s3_client, sqs_client, FsBlobStore, FsQueue, S3BlobStore, SqsQueue,
+};
+use specrun_submit::Submit;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where state and the queue live.
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// S3 bucket for run state (with --queue-url); the embedded store when absent.
+    #[arg(long, env = "SPECRUN_BUCKET", requires = "queue_url")]
+    pub bucket: Option<String>,
+    /// SQS queue URL for run requests (with --bucket).
+    #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
+    pub queue_url: Option<String>,
+    /// A host repository URLs may name (repeatable; comma-separated in the variable).
+    #[arg(
+        long = "allow-repo-host",
+        env = "SPECRUN_ALLOW_REPO_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allow_repo_hosts: Vec<String>,
+}
+
+/// How the queue worker runs.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Runs in progress at once.
+    #[arg(long, env = "SPECRUN_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
+    /// Seconds a received message stays hidden; renewed while its run lives.
+    #[arg(long, env = "SPECRUN_VISIBILITY_SECS", default_value_t = 120)]
+    pub visibility_secs: u64,
+    /// The Celery task name runs arrive under.
+    #[arg(long, env = "SPECRUN_CELERY_TASK", default_value = "specrun.run")]
+    pub celery_task: String,
+    /// Where Celery results are written (Celery's s3_base_path).
+    #[arg(long, env = "SPECRUN_CELERY_RESULT_PREFIX", default_value = "celery/")]
+    pub celery_result_prefix: String,
+    /// The queue's maxReceiveCount: the last delivery of a run that cannot finish marks it
+    /// failed before the message moves to the dead-letter queue.
+    #[arg(long, env = "SPECRUN_MAX_RECEIVES", default_value_t = 3)]
+    pub max_receives: u32,
+    /// Seconds in-flight runs get to finish after SIGTERM.
+    #[arg(long, env = "SPECRUN_SHUTDOWN_GRACE_SECS", default_value_t = 600)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// `specrun serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "SPECRUN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Only serve the API; runners elsewhere take the queue.
+    #[arg(long)]
+    pub no_runner: bool,
+    /// Base URL of status links handed back (default: http://<listen>).
+    #[arg(long, env = "SPECRUN_STATUS_URL")]
+    pub status_url: Option<String>,
+    /// Seconds presigned artifact URLs stay valid.
+    #[arg(long, env = "SPECRUN_PRESIGN_EXPIRY_SECS", default_value_t = 3600)]
+    pub presign_expiry_secs: u64,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+}
+
+/// `specrun runner` flags.
+#[derive(Debug, Args)]
+pub struct WorkerCommandArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub runner: RunnerArgs,
+}
+
+type Backend = (Arc<dyn BlobStore>, Arc<dyn Queue>);
+
+async fn backend(args: &BackendArgs, state_dir: &Path) -> anyhow::Result<Backend> {
+    match (&args.bucket, &args.queue_url) {
+        (Some(bucket), Some(queue_url)) => {
+            let config = aws_config().await;
+            Ok((
+                Arc::new(S3BlobStore::new(s3_client(&config), bucket.clone())),
+                Arc::new(SqsQueue::new(sqs_client(&config), queue_url.clone())),
+            ))
+        }
+        _ => {
+            let root = absolute(state_dir)?;
+            Ok((
+                Arc::new(FsBlobStore::new(&root)),
+                Arc::new(FsQueue::new(root.join(".queue"))),
+            ))
+        }
+    }
+}
+
+fn worker(
+    args: &WorkerArgs,
+    backend: &BackendArgs,
+    runner: &RunnerArgs,
+    store: Arc<dyn BlobStore>,
+    queue: Arc<dyn Queue>,
+) -> anyhow::Result<Worker> {
+    let pipeline = Pipeline::new(runner.to_config()?, store, Arc::new(TracingProgress));
+    let config = WorkerConfig {
+        concurrency: args.concurrency.max(1),
+        visibility: Duration::from_secs(args.visibility_secs.max(10)),
+        policy: RepoPolicy {
+            allowed_hosts: backend.allow_repo_hosts.clone(),
+            trusted: false,
+        },
+        celery_task: args.celery_task.clone(),
+        celery_result_prefix: args.celery_result_prefix.clone(),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        max_receives: args.max_receives.max(1),
+        ..WorkerConfig::default()
+    };
+    Ok(Worker::new(pipeline, queue, config))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    eprintln!("specrun: shutting down: no new runs are taken; in-flight runs get the grace period");
+}
+
+pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow::Result<i32> {
+    let (store, queue) = backend(&args.backend, state_dir).await?;
+    let worker = worker(&args.worker, &args.backend, &args.runner, store, queue)?;
+    eprintln!(
+        "specrun: runner taking runs ({} at a time)",
+        args.worker.concurrency.max(1)
+    );
+    worker.run(shutdown_signal()).await;
+    Ok(0)
+}
+
+pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::Result<i32> {
+    let (store, queue) = backend(&args.backend, state_dir).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let status_base = args
+        .status_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let config = args.runner.to_config()?;
+    let api = Api {
+        submit: Arc::new(Submit {
+            store: store.clone(),
+            queue: queue.clone(),
+            policy: RepoPolicy {
+                allowed_hosts: args.backend.allow_repo_hosts.clone(),
+                trusted: false,
+            },
+            status_base: status_base.clone(),
+            default_agent: config.default_agent.clone(),
+            image: config.image.clone(),
+        }),
+        status: Arc::new(Status {
+            store: store.clone(),
+            presign_expiry: Duration::from_secs(args.presign_expiry_secs),
+            public_base: status_base,
+        }),
+    };
+    eprintln!("specrun: serving POST /runs and GET /runs on http://{address}");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = serve(listener, api, wait(stopped.clone()));
+    if args.no_runner {
+        server.await;
+    } else {
+        let worker = worker(&args.worker, &args.backend, &args.runner, store, queue)?;
+        tokio::join!(server, worker.run(wait(stopped)));
+    }
+    signal.abort();
+    Ok(0)
+}

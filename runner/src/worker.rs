@@ -1,0 +1,475 @@
+//! The queue worker (`specrun runner`): long-polls the queue with bounded concurrency,
+//! keeps each message hidden while its run is in progress, and deletes it only after the
+//! run's final state is written. It accepts specrun's own messages, bare run requests and
+//! Celery tasks, and writes each Celery task's result where Celery's S3 backend reads it.
+
+use crate::pipeline::Pipeline;
+use sha2::{Digest, Sha256};
+use specrun_core::celery::{self, CeleryState, CeleryTask};
+use specrun_core::keys::RunId;
+use specrun_core::message::Incoming;
+use specrun_core::ports::{BlobStore, Queue, Received, StoreError};
+use specrun_core::repo::RepoPolicy;
+use specrun_core::request::RunRequest;
+use specrun_core::state::{RunError, RunRecord};
+use specrun_core::RunStatus;
+use specrun_store::runs;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How the worker polls and what it accepts.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Runs in progress at once.
+    pub concurrency: usize,
+    /// How long a received message stays hidden; renewed every third of it while the run
+    /// lives.
+    pub visibility: Duration,
+    /// Longest long-poll wait (SQS allows 20 s).
+    pub poll_wait: Duration,
+    /// Repositories queue messages may name.
+    pub policy: RepoPolicy,
+    /// The Celery task name runs arrive under.
+    pub celery_task: String,
+    /// Where Celery results go (Celery's `s3_base_path`).
+    pub celery_result_prefix: String,
+    /// How long in-flight runs get to finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// The queue's redrive `maxReceiveCount`: on the last delivery a run that still cannot
+    /// finish is marked failed before its message moves to the dead-letter queue.
+    pub max_receives: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 1,
+            visibility: Duration::from_secs(120),
+            poll_wait: Duration::from_secs(20),
+            policy: RepoPolicy::default(),
+            celery_task: celery::TASK_NAME.to_owned(),
+            celery_result_prefix: "celery/".to_owned(),
+            shutdown_grace: Duration::from_secs(600),
+            max_receives: 3,
+        }
+    }
+}
+
+/// Takes runs from a queue and executes them.
+#[derive(Clone)]
+pub struct Worker {
+    pipeline: Pipeline,
+    queue: Arc<dyn Queue>,
+    config: Arc<WorkerConfig>,
+}
+
+/// What to do with a message once handled.
+enum Disposition {
+    /// Done (or never runnable): remove it from the queue.
+    Delete,
+    /// Leave it: it comes back after its visibility timeout (and, on SQS, reaches the
+    /// dead-letter queue after too many tries).
+    Retry,
+    /// Hide it until a Celery `eta`.
+    Defer(Duration),
+}
+
+/// A message sorted into a run to execute.
+struct Job {
+    run_id: RunId,
+    request: RunRequest,
+    celery: Option<CeleryTask>,
+}
+
+fn derived_run_id(prefix: &str, source: &str) -> RunId {
+    let digest = format!("{:x}", Sha256::digest(source.as_bytes()));
+    // Prefix and 32 hex digits always make a valid run id.
+    RunId::parse(&format!("{prefix}-{}", &digest[..32])).unwrap_or_else(|_| unreachable!())
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Worker {
+    pub fn new(pipeline: Pipeline, queue: Arc<dyn Queue>, config: WorkerConfig) -> Self {
+        Worker {
+            pipeline,
+            queue,
+            config: Arc::new(config),
+        }
+    }
+
+    fn store(&self) -> &dyn BlobStore {
+        self.pipeline.store.as_ref()
+    }
+
+    /// Polls until `shutdown` completes, then stops taking messages and gives in-flight
+    /// runs the grace period to finish (an unfinished one's message returns to the queue).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut running = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = running.join_next() => continue,
+                }
+            }
+            let received = tokio::select! {
+                _ = &mut shutdown => break,
+                received = self.queue.receive(free, self.config.poll_wait, self.config.visibility) => received,
+            };
+            let messages = match received {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving from the queue failed; retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            for message in messages {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let worker = self.clone();
+                running.spawn(async move {
+                    worker.process(message).await;
+                    drop(permit);
+                });
+            }
+            while running.try_join_next().is_some() {}
+        }
+        tracing::info!(
+            in_flight = running.len(),
+            "shutting down: no new messages are taken"
+        );
+        let drain = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("runs still in progress at the end of the grace period; their messages return to the queue");
+        }
+    }
+
+    /// Handles one message to its disposition, keeping it hidden meanwhile.
+    pub async fn process(&self, message: Received) {
+        let keepalive = self.keep_hidden(message.receipt.clone());
+        let disposition = self.handle(&message).await;
+        keepalive.abort();
+        let done = match disposition {
+            Disposition::Delete => self.queue.delete(&message.receipt).await,
+            Disposition::Retry => Ok(()),
+            Disposition::Defer(delay) => self.queue.extend(&message.receipt, delay).await,
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "could not settle the queue message; it will be delivered again");
+        }
+    }
+
+    fn keep_hidden(&self, receipt: String) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let visibility = self.config.visibility;
+        tokio::spawn(async move {
+            let every = (visibility / 3).max(Duration::from_secs(1));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = queue.extend(&receipt, visibility).await {
+                    tracing::warn!(error = %e, "could not extend the message's visibility");
+                }
+            }
+        })
+    }
+
+    async fn handle(&self, message: &Received) -> Disposition {
+        let job = match self.job(message).await {
+            Ok(job) => job,
+            Err(disposition) => return disposition,
+        };
+        if let Some(task) = &job.celery {
+            if task.is_expired(now()) {
+                self.celery_result(
+                    task,
+                    CeleryState::Revoked,
+                    celery::revoked_result("the task expired before a runner took it"),
+                )
+                .await;
+                return Disposition::Delete;
+            }
+            if let Some(eta) = task.eta_time().filter(|eta| *eta > now()) {
+                let wait = (eta - now()).whole_seconds().clamp(1, 12 * 3600);
+                return Disposition::Defer(Duration::from_secs(wait.unsigned_abs()));
+            }
+        }
+        match self.execute(&job).await {
+            Ok(record) => {
+                if let Some(task) = &job.celery {
+                    self.celery_outcome(task, &record).await;
+                }
+                Disposition::Delete
+            }
+            Err(e) if message.receive_count >= self.config.max_receives => {
+                tracing::error!(error = %e, run_id = %job.run_id, "giving up on the run; its message goes to the dead-letter queue");
+                self.give_up(&job, message.receive_count, &e).await;
+                Disposition::Retry
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, run_id = %job.run_id, "the run could not be completed now; the message will be retried");
+                Disposition::Retry
+            }
+        }
+    }
+
+    /// Marks a run failed after its last delivery, whatever state it was left in.
+    async fn give_up(&self, job: &Job, deliveries: u32, cause: &StoreError) {
+        let Ok(Some(mut record)) = runs::load_run(self.store(), &job.run_id).await else {
+            return;
+        };
+        if record.status.is_final() {
+            return;
+        }
+        record.error = Some(RunError {
+            code: "retries_exhausted".to_owned(),
+            message: format!("the run could not be completed after {deliveries} deliveries: {cause}"),
+            remediation: "Look at the runner's logs and the dead-letter queue's message; submit the run again once the cause is fixed.".to_owned(),
+            phase: None,
+            exit_code: None,
+            log_excerpt: None,
+        });
+        let reason = Some(format!(
+            "gave up after {deliveries} deliveries; the message is in the dead-letter queue"
+        ));
+        if record.status == RunStatus::Queued {
+            let _ = record.start(&self.pipeline.config().runner_id, now());
+        }
+        if record.finish(RunStatus::Failed, reason, now()).is_ok() {
+            if let Err(e) = runs::save_run(self.store(), &record).await {
+                tracing::warn!(error = %e, "could not record the failed run");
+            }
+        }
+        if let Some(task) = &job.celery {
+            self.celery_outcome(task, &record).await;
+        }
+    }
+
+    /// Sorts a message into a job; a message that can never run is answered (a failed run,
+    /// a Celery FAILURE) and deleted, or left for the dead-letter queue when nothing can
+    /// be recorded about it.
+    async fn job(&self, message: &Received) -> Result<Job, Disposition> {
+        match celery::parse_task_message(&message.body, &self.config.celery_task) {
+            Ok(Some(task)) => {
+                let run_id = RunId::parse(&task.task_id)
+                    .unwrap_or_else(|_| derived_run_id("c", &task.task_id));
+                return match serde_json::from_value::<RunRequest>(task.kwargs.clone()) {
+                    Ok(request) => Ok(Job {
+                        run_id,
+                        request,
+                        celery: Some(task),
+                    }),
+                    Err(e) => {
+                        let result = celery::failure_result(
+                            "InvalidRunRequest",
+                            &format!("the task's kwargs are not a run request: {e}"),
+                        );
+                        self.celery_result(&task, CeleryState::Failure, result)
+                            .await;
+                        Err(Disposition::Delete)
+                    }
+                };
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a Celery message");
+                return match e.task_id.clone() {
+                    Some(task_id) => {
+                        let result = celery::failure_result("RefusedTask", &e.to_string());
+                        self.write_celery_result(&task_id, CeleryState::Failure, result)
+                            .await;
+                        Err(Disposition::Delete)
+                    }
+                    None => Err(Disposition::Retry),
+                };
+            }
+        }
+        match Incoming::parse(&message.body) {
+            Ok(Incoming::Run(run)) => match RunId::parse(&run.run_id) {
+                Ok(run_id) => Ok(Job {
+                    run_id,
+                    request: run.request,
+                    celery: None,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a run message with an unusable run id; leaving it for the dead-letter queue");
+                    Err(Disposition::Retry)
+                }
+            },
+            Ok(Incoming::Bare(request)) => Ok(Job {
+                run_id: derived_run_id("q", &message.message_id),
+                request,
+                celery: None,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable message; leaving it for the dead-letter queue");
+                Err(Disposition::Retry)
+            }
+        }
+    }
+
+    /// Runs the job unless an earlier delivery already finished it.
+    async fn execute(&self, job: &Job) -> Result<RunRecord, StoreError> {
+        let validated = job.request.validate(&self.config.policy);
+        let existing = runs::load_run(self.store(), &job.run_id).await?;
+        let record = match existing {
+            Some(record) if record.status.is_final() => {
+                tracing::info!(run_id = %job.run_id, status = %record.status, "duplicate delivery of a finished run; not running it again");
+                return Ok(record);
+            }
+            Some(record) => record,
+            None => {
+                let agent = match &validated {
+                    Ok(request) => self.pipeline.agent_for(request),
+                    Err(_) => Default::default(),
+                };
+                let record = match &validated {
+                    Ok(request) => {
+                        RunRecord::for_request(job.run_id.as_str(), request, agent, now())
+                    }
+                    Err(_) => RunRecord::queued(
+                        job.run_id.as_str(),
+                        &job.request.repository,
+                        job.request.publish.unwrap_or_default(),
+                        agent,
+                        now(),
+                    ),
+                };
+                match runs::create_run(self.store(), &record).await {
+                    Ok(()) => record,
+                    Err(StoreError::PreconditionFailed(_)) => {
+                        runs::load_run(self.store(), &job.run_id)
+                            .await?
+                            .unwrap_or(record)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let request = match validated {
+            Ok(request) => request,
+            Err(e) => return self.refuse(record, &e.field, &e.reason).await,
+        };
+        if let Some(task) = &job.celery {
+            self.celery_result(
+                task,
+                CeleryState::Started,
+                serde_json::json!({ "run_id": job.run_id.as_str() }),
+            )
+            .await;
+        }
+        match record.status {
+            RunStatus::Queued => self.pipeline.execute(record, request).await,
+            _ => {
+                // Another delivery is running it, or a runner died mid-run; the message
+                // comes back, and after too many tries lands in the dead-letter queue.
+                Err(StoreError::PreconditionFailed(format!(
+                    "run {} is already {}",
+                    job.run_id, record.status
+                )))
+            }
+        }
+    }
+
+    /// Records a request the queue delivered but validation refused.
+    async fn refuse(
+        &self,
+        mut record: RunRecord,
+        field: &str,
+        reason: &str,
+    ) -> Result<RunRecord, StoreError> {
+        record.error = Some(RunError {
+            code: "invalid_request".to_owned(),
+            message: format!("{field}: {reason}"),
+            remediation: "Fix the request and submit it again.".to_owned(),
+            phase: None,
+            exit_code: None,
+            log_excerpt: None,
+        });
+        if record
+            .finish(
+                RunStatus::Failed,
+                Some(format!("invalid request: {field}: {reason}")),
+                now(),
+            )
+            .is_ok()
+        {
+            runs::save_run(self.store(), &record).await?;
+        }
+        Ok(record)
+    }
+
+    async fn celery_outcome(&self, task: &CeleryTask, record: &RunRecord) {
+        let summary = serde_json::json!({
+            "run_id": record.run_id,
+            "status": record.status,
+            "status_reason": record.status_reason,
+            "repository": record.repository,
+            "branch_name": record.branch_name,
+            "commit_sha": record.commit_sha,
+            "pull_request_url": record.pull_request_url,
+            "error": record.error,
+        });
+        if matches!(record.status, RunStatus::Failed | RunStatus::Cancelled) {
+            let message = format!(
+                "run {}: {}",
+                record.run_id,
+                record
+                    .status_reason
+                    .clone()
+                    .unwrap_or_else(|| record.status.to_string())
+            );
+            self.celery_result(
+                task,
+                CeleryState::Failure,
+                celery::failure_result("SpecrunRunFailed", &message),
+            )
+            .await;
+        } else {
+            self.celery_result(task, CeleryState::Success, summary)
+                .await;
+        }
+    }
+
+    async fn celery_result(
+        &self,
+        task: &CeleryTask,
+        state: CeleryState,
+        result: serde_json::Value,
+    ) {
+        self.write_celery_result(&task.task_id, state, result).await;
+    }
+
+    /// Writes a task's result where Celery's S3 backend reads it.
+    async fn write_celery_result(
+        &self,
+        task_id: &str,
+        state: CeleryState,
+        result: serde_json::Value,
+    ) {
+        let key = celery::result_key(task_id, &self.config.celery_result_prefix);
+        let document = celery::result_document(task_id, state, result, &rfc3339(now()), None);
+        if let Err(e) = self.store().put(&key, document, "application/json").await {
+            tracing::warn!(error = %e, %task_id, "could not write the Celery result");
+        }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
