@@ -14,6 +14,7 @@ pub mod keys;
 pub mod message;
 pub mod phase;
 pub mod ports;
+pub mod publish;
 pub mod redact;
 pub mod repo;
 pub mod request;

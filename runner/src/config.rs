@@ -55,8 +55,17 @@ pub struct RunnerConfig {
     pub default_agent: String,
     /// The forge's git base URL, e.g. `https://github.com`, for `owner/name` requests.
     pub forge_git_base: String,
-    /// Token for clone and push; it never enters the job container.
+    /// Token for clone, push and the forge API; it never enters the job container.
     pub forge_token: Option<Secret>,
+    /// The forge's REST API base (`https://api.github.com`, or `https://HOST/api/v3` for
+    /// GitHub Enterprise); derived from `forge_git_base` when None.
+    pub forge_api_url: Option<String>,
+    /// Pull request title and body templates.
+    pub pr_template: specrun_core::publish::PrTemplate,
+    /// Labels every pull request gets, besides the request's own.
+    pub pr_labels: Vec<String>,
+    /// Where operators read a run's status, for links in pull requests (`{base}/runs/<id>`).
+    pub status_base_url: Option<String>,
     /// Days run artifacts are kept (at least 7: SC-002).
     pub retention_days: u32,
     /// Longest time one agent phase may take.
@@ -73,6 +82,19 @@ pub struct RunnerConfig {
     pub commit_email: String,
 }
 
+impl RunnerConfig {
+    /// The forge API base URL: configured, or derived from the git base URL.
+    pub fn forge_api(&self) -> String {
+        match &self.forge_api_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.forge_git_base.trim_end_matches('/') == "https://github.com" => {
+                "https://api.github.com".to_owned()
+            }
+            None => format!("{}/api/v3", self.forge_git_base.trim_end_matches('/')),
+        }
+    }
+}
+
 /// The shortest retention the platform promises.
 pub const MIN_RETENTION_DAYS: u32 = 7;
 
@@ -85,6 +107,10 @@ impl RunnerConfig {
             default_agent: "codex".to_owned(),
             forge_git_base: "https://github.com".to_owned(),
             forge_token: None,
+            forge_api_url: None,
+            pr_template: specrun_core::publish::PrTemplate::default(),
+            pr_labels: Vec::new(),
+            status_base_url: None,
             retention_days: 30,
             phase_timeout: Duration::from_secs(20 * 60),
             docker_host: None,

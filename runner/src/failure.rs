@@ -120,3 +120,15 @@ pub fn agent_exit(phase: Phase, agent: &str, exit_code: i64, excerpt: String) ->
         )
     }
 }
+
+pub fn forge(phase: Phase, e: &crate::forge::ForgeError, repository: &str) -> RunError {
+    let (code, remediation) = match e.status {
+        401 => ("forge_unauthorized", "The forge refused the token: set SPECRUN_GIT_TOKEN to a valid, unexpired token.".to_owned()),
+        403 => ("forge_forbidden", format!("Give the token permission to open pull requests on {repository} (pull requests: write).")),
+        404 => ("forge_not_found", format!("Check that {repository} exists on the forge at SPECRUN_FORGE_API_URL and that the token can see it.")),
+        422 => ("pull_request_rejected", "The forge refused the pull request as given; read its message, check the base branch and the labels.".to_owned()),
+        0 => ("forge_unreachable", "Check SPECRUN_FORGE_API_URL and the network path to the forge; the branch was pushed, so running again only opens the pull request.".to_owned()),
+        _ => ("forge_error", "Retry the run; the branch was pushed, so running again updates it and opens the pull request.".to_owned()),
+    };
+    error(phase, code, e.to_string(), remediation)
+}

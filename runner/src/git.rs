@@ -264,11 +264,116 @@ pub fn diff_summary(repo: &Repository, commit: &str) -> Result<String, GitError>
     Ok(out)
 }
 
+/// The trailer that marks a commit as specrun's own.
+pub const RUN_TRAILER: &str = "Specrun-Run-Id:";
+
+/// What a push did to the remote branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// The branch did not exist on the remote.
+    Created,
+    /// The branch held an earlier specrun commit, replaced (with a lease) by this one.
+    Replaced { previous: String },
+}
+
+/// The commit `branch` points at on the remote, if the branch exists.
+fn remote_tip(
+    repo: &Repository,
+    url: &str,
+    branch: &str,
+    token: Option<&str>,
+) -> Result<Option<git2::Oid>, GitError> {
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(other("preparing the remote"))?;
+    let connection = remote
+        .connect_auth(Direction::Push, Some(callbacks(token)), None)
+        .map_err(|e| classify("connecting to the remote", e))?;
+    let refname = format!("refs/heads/{branch}");
+    let tip = connection
+        .list()
+        .map_err(other("listing the remote's branches"))?
+        .iter()
+        .find(|head| head.name() == refname)
+        .map(|head| head.oid());
+    Ok(tip)
+}
+
+/// Whether the remote's `tip` is a commit specrun made (it carries the run trailer).
+fn made_by_specrun(
+    repo: &Repository,
+    url: &str,
+    branch: &str,
+    tip: git2::Oid,
+    token: Option<&str>,
+) -> Result<bool, GitError> {
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(other("preparing the remote"))?;
+    let mut fetch = FetchOptions::new();
+    fetch.remote_callbacks(callbacks(token));
+    let tracking = format!("refs/specrun/remote/{branch}");
+    remote
+        .fetch(
+            &[format!("+refs/heads/{branch}:{tracking}")],
+            Some(&mut fetch),
+            None,
+        )
+        .map_err(|e| classify("fetching the existing branch", e))?;
+    let commit = repo
+        .find_commit(tip)
+        .map_err(other("reading the existing branch"))?;
+    let message = commit.message().unwrap_or_default();
+    Ok(message.lines().any(|line| line.starts_with(RUN_TRAILER)))
+}
+
 /// Pushes `branch` to `url` (never to a URL read from the repository's configuration).
-/// Not a force push: a branch that exists on the remote with other history is rejected.
+/// A branch that already exists is replaced only when its tip is specrun's own commit,
+/// and only if it still is right before the push (a lease); otherwise the push is refused.
 pub fn push(
     repo: &Repository,
     url: &str,
+    branch: &str,
+    token: Option<&str>,
+) -> Result<Pushed, GitError> {
+    let rejected = |reason: String| GitError::PushRejected {
+        branch: branch.to_owned(),
+        reason,
+    };
+    let existing = remote_tip(repo, url, branch, token)?;
+    if let Some(tip) = existing {
+        if !made_by_specrun(repo, url, branch, tip, token)? {
+            return Err(rejected(format!(
+                "the branch already exists on the remote with commits specrun did not make (tip {tip}); specrun only replaces branches it created"
+            )));
+        }
+        if remote_tip(repo, url, branch, token)? != Some(tip) {
+            return Err(rejected(
+                "the branch moved on the remote while specrun was pushing; retry the run"
+                    .to_owned(),
+            ));
+        }
+    }
+    let force = if existing.is_some() { "+" } else { "" };
+    send(
+        repo,
+        url,
+        &format!("{force}refs/heads/{branch}:refs/heads/{branch}"),
+        branch,
+        token,
+    )?;
+    Ok(match existing {
+        Some(previous) => Pushed::Replaced {
+            previous: previous.to_string(),
+        },
+        None => Pushed::Created,
+    })
+}
+
+fn send(
+    repo: &Repository,
+    url: &str,
+    refspec: &str,
     branch: &str,
     token: Option<&str>,
 ) -> Result<(), GitError> {
@@ -285,7 +390,6 @@ pub fn push(
     });
     let mut options = PushOptions::new();
     options.remote_callbacks(callbacks);
-    let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
     let pushed = remote.push(&[refspec], Some(&mut options));
     drop(options);
     match (pushed, rejection) {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 mod failure;
+pub mod forge;
 pub mod git;
 mod phases;
 pub mod pipeline;

@@ -38,6 +38,8 @@ pub struct Pipeline {
 pub(crate) enum Step {
     /// Go on with the next phase.
     Continue(PhaseOutcome),
+    /// The phase had nothing to do, for the reason given; go on.
+    Skip(String),
     /// The run is over, successfully, with nothing more to do (no changes, questions).
     Stop {
         outcome: PhaseOutcome,
@@ -215,12 +217,21 @@ impl Pipeline {
                 Phase::Plan | Phase::Tasks => phases::plan_or_tasks(ctx, phase).await,
                 Phase::Commit => phases::commit(ctx).await,
                 Phase::Push => phases::push(ctx).await,
-                Phase::PullRequest | Phase::Cleanup => Ok(Step::Continue(PhaseOutcome::default())),
+                Phase::PullRequest => phases::pull_request(ctx).await,
+                Phase::Cleanup => Ok(Step::Continue(PhaseOutcome::default())),
             };
             match result {
                 Ok(Step::Continue(outcome)) => {
                     self.end(ctx, phase, PhaseStatus::Succeeded, outcome).await
                 }
+                Ok(Step::Skip(reason)) => {
+                    let outcome = PhaseOutcome {
+                        message: Some(reason),
+                        ..Default::default()
+                    };
+                    self.end(ctx, phase, PhaseStatus::Skipped, outcome).await
+                }
+
                 Ok(Step::Stop {
                     outcome,
                     status,
@@ -343,12 +354,15 @@ impl Pipeline {
 
 fn skip_reason(phase: Phase, publish: Publish) -> Option<String> {
     match (phase, publish) {
-        (Phase::Push, Publish::None) => Some("dry run (publish: none): nothing is pushed".to_owned()),
-        (Phase::PullRequest, Publish::None) => Some("dry run (publish: none): no pull request".to_owned()),
-        (Phase::PullRequest, Publish::Branch) => Some("publish: branch: the branch is pushed without a pull request".to_owned()),
-        (Phase::PullRequest, Publish::Pr) => Some(
-            "opening pull requests is not available in this version of specrun yet; the branch was pushed".to_owned(),
-        ),
+        (Phase::Push, Publish::None) => {
+            Some("dry run (publish: none): nothing is pushed".to_owned())
+        }
+        (Phase::PullRequest, Publish::None) => {
+            Some("dry run (publish: none): no pull request".to_owned())
+        }
+        (Phase::PullRequest, Publish::Branch) => {
+            Some("publish: branch: the branch is pushed without a pull request".to_owned())
+        }
         _ => None,
     }
 }
@@ -359,8 +373,11 @@ fn success_reason(ctx: &RunContext) -> String {
         .as_ref()
         .map(ToString::to_string)
         .unwrap_or_default();
-    match ctx.request.publish {
-        Publish::None => format!("dry run: committed {branch} in the workspace, nothing pushed"),
+    match (ctx.request.publish, &ctx.record.pull_request_url) {
+        (Publish::None, _) => {
+            format!("dry run: committed {branch} in the workspace, nothing pushed")
+        }
+        (_, Some(url)) => format!("pushed branch {branch}; pull request {url}"),
         _ => format!("pushed branch {branch}"),
     }
 }

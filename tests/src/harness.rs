@@ -2,6 +2,7 @@
 //! a temporary directory, and a token-protected git server on loopback. Each test gets its
 //! own harness, so tests run in parallel without sharing anything but the engine.
 
+use crate::forge::ForgeServer;
 use crate::git_http::GitHttpServer;
 use specrun_core::keys::{self, RunId};
 use specrun_core::ports::BlobStore;
@@ -25,9 +26,9 @@ pub fn job_image() -> String {
 /// A token that must never show up anywhere but in the git server's checks.
 pub const CANARY_TOKEN: &str = "specrun-canary-token-5f1d2c9e7a";
 
-/// One test's world.
+/// One test's world: a forge (REST API and git over HTTP) requiring [`CANARY_TOKEN`].
 pub struct Harness {
-    pub git: GitHttpServer,
+    pub forge: ForgeServer,
     pub state: tempfile::TempDir,
     pub work: tempfile::TempDir,
     pub store: Arc<FsBlobStore>,
@@ -38,24 +39,30 @@ impl Harness {
     /// Starts a git server that requires [`CANARY_TOKEN`] and a runner configured with it.
     pub async fn start() -> anyhow::Result<Self> {
         require_image().await?;
-        let git = GitHttpServer::start(Some(CANARY_TOKEN))?;
+        let forge = ForgeServer::start(CANARY_TOKEN)?;
         let state = tempfile::tempdir()?;
         let work = tempfile::tempdir()?;
         let store = Arc::new(FsBlobStore::new(state.path()));
         let mut config = RunnerConfig::with_work_root(work.path().to_path_buf());
         config.image = job_image();
         config.default_agent = "scripted".to_owned();
-        config.forge_git_base = git.base_url();
+        config.forge_git_base = forge.git_base_url();
+        config.forge_api_url = Some(forge.api_url());
         config.forge_token = Some(Secret::new(CANARY_TOKEN));
         config.runner_id = "test-runner".to_owned();
         config.phase_timeout = Duration::from_secs(120);
         Ok(Harness {
-            git,
+            forge,
             state,
             work,
             store,
             config,
         })
+    }
+
+    /// The git server behind the forge.
+    pub fn git(&self) -> &GitHttpServer {
+        self.forge.git()
     }
 
     /// A request for `repo_url` with the scripted agent, publishing the branch only.

@@ -26,7 +26,7 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_json_status_and_logs() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("cli", "# CLI\n")?;
+    let url = h.git().create_repo("cli", "# CLI\n")?;
     let out = specrun(
         &h,
         &[
@@ -88,7 +88,7 @@ async fn run_json_status_and_logs() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_codes_tell_outcomes_apart() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("codes", "# Codes\n")?;
+    let url = h.git().create_repo("codes", "# Codes\n")?;
     let base = [
         "run",
         "--repo",

@@ -19,19 +19,19 @@ fn phase(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_pushes_spec_plan_and_tasks_to_a_feature_branch() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("shop", "# Shop\n")?;
+    let url = h.git().create_repo("shop", "# Shop\n")?;
     let record = h.run(h.request(&url, TEXT)).await?;
 
     assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
     let branch = record.branch_name.clone().unwrap_or_default();
     assert!(branch.starts_with("001-"), "Spec Kit naming: {branch}");
     assert_eq!(
-        h.git.branches("shop")?,
+        h.git().branches("shop")?,
         vec![branch.clone(), "main".to_owned()]
     );
     for file in ["spec.md", "plan.md", "tasks.md"] {
         let text = h
-            .git
+            .git()
             .read_file("shop", &branch, &format!("specs/{branch}/{file}"))?;
         assert!(
             text.is_some_and(|t| t.len() > 200),
@@ -40,10 +40,10 @@ async fn a_run_pushes_spec_plan_and_tasks_to_a_feature_branch() -> TestResult {
     }
     // Spec Kit's own scaffolding was initialised and committed with the spec.
     assert!(h
-        .git
+        .git()
         .read_file("shop", &branch, ".specify/templates/spec-template.md")?
         .is_some());
-    assert!(h.git.read_file("shop", &branch, "README.md")?.is_some());
+    assert!(h.git().read_file("shop", &branch, "README.md")?.is_some());
 
     // Every phase is recorded with timestamps; the stored run.json is what was returned.
     for state in &record.phases {
@@ -107,7 +107,7 @@ async fn a_run_pushes_spec_plan_and_tasks_to_a_feature_branch() -> TestResult {
 
     // The forge token was used for clone and push but is written nowhere.
     assert!(h
-        .git
+        .git()
         .requests()
         .iter()
         .any(|r| r.had_authorization && r.method == "POST"));
@@ -125,7 +125,7 @@ async fn a_run_pushes_spec_plan_and_tasks_to_a_feature_branch() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_that_writes_nothing_ends_in_no_changes_and_publishes_nothing() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("quiet", "# Quiet\n")?;
+    let url = h.git().create_repo("quiet", "# Quiet\n")?;
     let mut request = h.request(&url, TEXT);
     request
         .agent_options
@@ -142,7 +142,7 @@ async fn an_agent_that_writes_nothing_ends_in_no_changes_and_publishes_nothing()
         "{:?}",
         record.status_reason
     );
-    assert_eq!(h.git.branches("quiet")?, vec!["main".to_owned()]);
+    assert_eq!(h.git().branches("quiet")?, vec!["main".to_owned()]);
     for skipped in [
         Phase::Plan,
         Phase::Tasks,
@@ -173,7 +173,7 @@ async fn an_agent_that_writes_nothing_ends_in_no_changes_and_publishes_nothing()
 #[tokio::test(flavor = "multi_thread")]
 async fn open_questions_stop_the_run_and_are_saved_for_the_operator() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("unclear", "# Unclear\n")?;
+    let url = h.git().create_repo("unclear", "# Unclear\n")?;
     let mut request = h.request(&url, TEXT);
     request
         .agent_options
@@ -182,7 +182,7 @@ async fn open_questions_stop_the_run_and_are_saved_for_the_operator() -> TestRes
 
     assert_eq!(record.status, RunStatus::NeedsClarification);
     assert_eq!(
-        h.git.branches("unclear")?,
+        h.git().branches("unclear")?,
         vec!["main".to_owned()],
         "nothing is published"
     );
@@ -201,7 +201,7 @@ async fn open_questions_stop_the_run_and_are_saved_for_the_operator() -> TestRes
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crashed_phase_fails_the_run_with_its_exit_code_and_logs() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("crash", "# Crash\n")?;
+    let url = h.git().create_repo("crash", "# Crash\n")?;
     let mut request = h.request(&url, TEXT);
     request
         .agent_options
@@ -237,14 +237,14 @@ async fn a_crashed_phase_fails_the_run_with_its_exit_code_and_logs() -> TestResu
         .artifact(&record, Some(Phase::Plan), "agent.stderr.log")
         .await
         .is_ok());
-    assert_eq!(h.git.branches("crash")?, vec!["main".to_owned()]);
+    assert_eq!(h.git().branches("crash")?, vec!["main".to_owned()]);
     h.assert_clean(&record).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_image_fails_fast_at_prepare_with_the_fix() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("noimage", "# x\n")?;
+    let url = h.git().create_repo("noimage", "# x\n")?;
     let mut config = h.config.clone();
     config.image = "specrun-job:does-not-exist".to_owned();
     let record = h.run_with(config, h.request(&url, TEXT)).await?;
@@ -267,7 +267,7 @@ async fn a_missing_image_fails_fast_at_prepare_with_the_fix() -> TestResult {
         "nothing cloned"
     );
     assert!(
-        h.git.requests().is_empty(),
+        h.git().requests().is_empty(),
         "the remote was never contacted"
     );
     h.assert_clean(&record).await
@@ -276,7 +276,7 @@ async fn a_missing_image_fails_fast_at_prepare_with_the_fix() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_docker_engine_fails_fast_with_the_fix() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("nodocker", "# x\n")?;
+    let url = h.git().create_repo("nodocker", "# x\n")?;
     let mut config = h.config.clone();
     config.docker_host = Some("unix:///nonexistent/docker.sock".to_owned());
     let record = h.run_with(config, h.request(&url, TEXT)).await?;
@@ -301,7 +301,7 @@ async fn an_unreachable_docker_engine_fails_fast_with_the_fix() -> TestResult {
 async fn cloning_a_missing_repository_says_so() -> TestResult {
     let h = Harness::start().await?;
     let record = h
-        .run(h.request(&h.git.repo_url("no-such-repo"), TEXT))
+        .run(h.request(&h.git().repo_url("no-such-repo"), TEXT))
         .await?;
 
     let error = record
@@ -324,7 +324,7 @@ async fn cloning_a_missing_repository_says_so() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clone_without_access_names_the_token_and_leaks_nothing() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("private", "# x\n")?;
+    let url = h.git().create_repo("private", "# x\n")?;
     let mut config = h.config.clone();
     config.forge_token = Some(specrun_runner::config::Secret::new("wrong-token-value-123"));
     let record = h.run_with(config, h.request(&url, TEXT)).await?;
@@ -356,7 +356,7 @@ async fn a_clone_without_access_names_the_token_and_leaks_nothing() -> TestResul
 #[tokio::test(flavor = "multi_thread")]
 async fn an_initialised_repository_is_left_as_it_is_and_numbering_continues() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("twice", "# Twice\n")?;
+    let url = h.git().create_repo("twice", "# Twice\n")?;
     let first = h.run(h.request(&url, TEXT)).await?;
     let first_branch = first.branch_name.clone().unwrap_or_default();
     assert_eq!(first.status, RunStatus::Succeeded, "{:#?}", first.error);
@@ -382,7 +382,7 @@ async fn an_initialised_repository_is_left_as_it_is_and_numbering_continues() ->
         .await
         .is_err());
     let template = |branch: &str| {
-        h.git
+        h.git()
             .read_file("twice", branch, ".specify/templates/spec-template.md")
     };
     assert_eq!(template(&first_branch)?, template("spec/csv-export")?);
@@ -392,7 +392,7 @@ async fn an_initialised_repository_is_left_as_it_is_and_numbering_continues() ->
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_commits_nothing_to_the_remote() -> TestResult {
     let h = Harness::start().await?;
-    let url = h.git.create_repo("dry", "# Dry\n")?;
+    let url = h.git().create_repo("dry", "# Dry\n")?;
     let mut request = h.request(&url, TEXT);
     request.publish = Some(specrun_core::request::Publish::None);
     let record = h.run(request).await?;
@@ -400,9 +400,9 @@ async fn a_dry_run_commits_nothing_to_the_remote() -> TestResult {
     assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
     assert!(record.commit_sha.is_some());
     assert_eq!(phase(&record, Phase::Push).status, PhaseStatus::Skipped);
-    assert_eq!(h.git.branches("dry")?, vec!["main".to_owned()]);
+    assert_eq!(h.git().branches("dry")?, vec!["main".to_owned()]);
     assert!(!h
-        .git
+        .git()
         .requests()
         .iter()
         .any(|r| r.path_and_query.contains("git-receive-pack")));

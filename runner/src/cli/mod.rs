@@ -99,6 +99,12 @@ pub struct RunArgs {
     /// pr (default), branch (push only) or none (dry run).
     #[arg(long, value_parser = parse_publish)]
     pub publish: Option<Publish>,
+    /// Open the pull request as a draft.
+    #[arg(long)]
+    pub draft: bool,
+    /// A label for the pull request (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Print the final run.json on stdout and nothing else there.
     #[arg(long)]
     pub json: bool,
@@ -130,6 +136,21 @@ pub struct RunnerArgs {
     /// This runner's name in run.json and on container labels.
     #[arg(long, env = "SPECRUN_RUNNER_ID")]
     pub runner_id: Option<String>,
+    /// The forge's REST API (default: derived from --forge-url; GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, env = "SPECRUN_FORGE_API_URL")]
+    pub forge_api_url: Option<String>,
+    /// A label every pull request gets (repeatable; comma-separated in the variable).
+    #[arg(long = "pr-label", env = "SPECRUN_PR_LABELS", value_delimiter = ',')]
+    pub pr_labels: Vec<String>,
+    /// Pull request title template ({feature}, {branch}, {run_id}, {agent}, ...).
+    #[arg(long, env = "SPECRUN_PR_TITLE")]
+    pub pr_title: Option<String>,
+    /// File holding the pull request body template ({phases}, {status_url}, {logs_url}, ...).
+    #[arg(long, env = "SPECRUN_PR_BODY_FILE")]
+    pub pr_body_file: Option<PathBuf>,
+    /// Public base URL of the status API, for links (`<base>/runs/<id>`).
+    #[arg(long, env = "SPECRUN_STATUS_URL")]
+    pub status_url: Option<String>,
     /// The Docker engine: unix:///path or tcp://host:port (default: the local socket).
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
@@ -169,6 +190,17 @@ impl RunnerArgs {
         config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
         config.runner_id = self.runner_id.clone().unwrap_or_else(default_runner_id);
         config.docker_host = self.docker_host.clone();
+        config.forge_api_url = self.forge_api_url.clone();
+        config.pr_labels = self.pr_labels.clone();
+        if let Some(title) = &self.pr_title {
+            config.pr_template.title = title.clone();
+        }
+        if let Some(path) = &self.pr_body_file {
+            config.pr_template.body = std::fs::read_to_string(path).with_context(|| {
+                format!("reading the pull request body template {}", path.display())
+            })?;
+        }
+        config.status_base_url = self.status_url.clone();
         Ok(config)
     }
 }
@@ -241,6 +273,8 @@ async fn run(
             .cloned()
             .collect::<BTreeMap<_, _>>(),
         publish: args.publish,
+        draft: Some(args.draft),
+        labels: args.labels.clone(),
         ..Default::default()
     };
     let policy = RepoPolicy {

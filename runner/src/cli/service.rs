@@ -2,6 +2,7 @@
 //! on the embedded store and queue or on S3 and SQS.
 
 use super::{absolute, RunnerArgs};
+use crate::config::RunnerConfig;
 use crate::pipeline::Pipeline;
 use crate::progress::TracingProgress;
 use crate::serve::{serve, Api};
@@ -70,9 +71,6 @@ pub struct ServeArgs {
     /// Only serve the API; runners elsewhere take the queue.
     #[arg(long)]
     pub no_runner: bool,
-    /// Base URL of status links handed back (default: http://<listen>).
-    #[arg(long, env = "SPECRUN_STATUS_URL")]
-    pub status_url: Option<String>,
     /// Seconds presigned artifact URLs stay valid.
     #[arg(long, env = "SPECRUN_PRESIGN_EXPIRY_SECS", default_value_t = 3600)]
     pub presign_expiry_secs: u64,
@@ -119,11 +117,11 @@ async fn backend(args: &BackendArgs, state_dir: &Path) -> anyhow::Result<Backend
 fn worker(
     args: &WorkerArgs,
     backend: &BackendArgs,
-    runner: &RunnerArgs,
+    runner: RunnerConfig,
     store: Arc<dyn BlobStore>,
     queue: Arc<dyn Queue>,
 ) -> anyhow::Result<Worker> {
-    let pipeline = Pipeline::new(runner.to_config()?, store, Arc::new(TracingProgress));
+    let pipeline = Pipeline::new(runner, store, Arc::new(TracingProgress));
     let config = WorkerConfig {
         concurrency: args.concurrency.max(1),
         visibility: Duration::from_secs(args.visibility_secs.max(10)),
@@ -159,7 +157,13 @@ async fn shutdown_signal() {
 
 pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow::Result<i32> {
     let (store, queue) = backend(&args.backend, state_dir).await?;
-    let worker = worker(&args.worker, &args.backend, &args.runner, store, queue)?;
+    let worker = worker(
+        &args.worker,
+        &args.backend,
+        args.runner.to_config()?,
+        store,
+        queue,
+    )?;
     eprintln!(
         "specrun: runner taking runs ({} at a time)",
         args.worker.concurrency.max(1)
@@ -175,10 +179,12 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
         .with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;
     let status_base = args
+        .runner
         .status_url
         .clone()
         .unwrap_or_else(|| format!("http://{address}"));
-    let config = args.runner.to_config()?;
+    let mut config = args.runner.to_config()?;
+    config.status_base_url = Some(status_base.clone());
     let api = Api {
         submit: Arc::new(Submit {
             store: store.clone(),
@@ -210,7 +216,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
     if args.no_runner {
         server.await;
     } else {
-        let worker = worker(&args.worker, &args.backend, &args.runner, store, queue)?;
+        let worker = worker(&args.worker, &args.backend, config, store, queue)?;
         tokio::join!(server, worker.run(wait(stopped)));
     }
     signal.abort();

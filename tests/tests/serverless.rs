@@ -1,0 +1,528 @@
+//! The serverless path end to end on loopback: `specrun serve` (the submit and status
+//! functions as one HTTP server) and `specrun runner` on a moto S3 bucket and SQS queue,
+//! the real job image on the real Docker engine, a token-protected git server, the AWS CLI
+//! reading what the runner wrote, and a Python Celery producer submitting over SQS.
+//!
+//! Each test starts its own moto, bucket, queues, git server and specrun processes, so
+//! they run in parallel.
+
+use anyhow::{bail, ensure, Context as _};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use specrun_core::state::RunRecord;
+use specrun_core::{Phase, RunStatus};
+use specrun_tests::emulator::{
+    aws_env, http_request, HttpResponse, Moto, Queues, SpecrunEnv, SpecrunProcess,
+};
+use specrun_tests::git_http::GitHttpServer;
+use specrun_tests::harness::{require_image, CANARY_TOKEN};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+type TestResult = anyhow::Result<()>;
+
+const BUCKET: &str = "specrun-state";
+
+/// How long one run may take from submission to its final status.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One test's world: an emulator with the bucket and queues, and a git server.
+struct World {
+    moto: Moto,
+    queues: Queues,
+    git: GitHttpServer,
+    env: SpecrunEnv,
+}
+
+impl World {
+    /// Starts moto and the git server; the run queue redrives to its DLQ after
+    /// `max_receive_count` receives.
+    async fn start(max_receive_count: u32) -> anyhow::Result<Self> {
+        let moto = Moto::start().await?;
+        moto.create_bucket(BUCKET).await?;
+        let queues = moto
+            .create_queues("specrun-runs", max_receive_count, 30)
+            .await?;
+        let git = GitHttpServer::start(Some(CANARY_TOKEN))?;
+        let git_host = git.base_url().trim_start_matches("http://").to_owned();
+        let env = SpecrunEnv::new(&moto, BUCKET, &queues.url, &git_host);
+        Ok(World {
+            moto,
+            queues,
+            git,
+            env,
+        })
+    }
+
+    /// run.json as stored in the bucket.
+    async fn stored_run(&self, run_id: &str) -> anyhow::Result<RunRecord> {
+        let bytes = self
+            .moto
+            .get_object(BUCKET, &format!("runs/{run_id}/run.json"))
+            .await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Waits until the run queue holds no message, visible or in flight.
+    async fn wait_queue_empty(&self) -> TestResult {
+        eventually(
+            "the run queue to empty",
+            Duration::from_secs(20),
+            || async {
+                Ok(self
+                    .moto
+                    .queue_depth(&self.queues.url)
+                    .await?
+                    .is_empty()
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+}
+
+/// Polls `check` every half second until it returns `Some`, for at most `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A run request for `repo_url` with the scripted agent, publishing the branch only.
+fn run_request(repo_url: &str, text: &str) -> Value {
+    json!({
+        "repository": repo_url,
+        "specify_text": text,
+        "publish": "branch",
+        "agent": "scripted",
+    })
+}
+
+async fn post_runs(base: &str, body: &Value) -> anyhow::Result<HttpResponse> {
+    http_request(
+        "POST",
+        &format!("{base}/runs"),
+        Some(serde_json::to_vec(body)?),
+    )
+    .await
+}
+
+/// Submits and expects 202; returns the run id and status URL.
+async fn submit(base: &str, body: &Value) -> anyhow::Result<(String, String)> {
+    let response = post_runs(base, body).await?;
+    let answer = response.json()?;
+    ensure!(response.status == 202, "submit answered {answer}");
+    let field = |name: &str| {
+        answer[name]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no {name} in {answer}"))
+    };
+    Ok((field("run_id")?, field("status_url")?))
+}
+
+/// Polls the status URL until the run is final; returns the status document.
+async fn wait_final(status_url: &str, service: &SpecrunProcess) -> anyhow::Result<Value> {
+    let waited = eventually("the run to finish", RUN_TIMEOUT, || async {
+        let response = http_request("GET", status_url, None).await?;
+        ensure!(
+            response.status == 200,
+            "GET {status_url}: {}",
+            response.status
+        );
+        let document = response.json()?;
+        let record: RunRecord = serde_json::from_value(document.clone())?;
+        Ok(record.status.is_final().then_some(document))
+    })
+    .await;
+    waited.with_context(|| format!("specrun's stderr:\n{}", service.stderr_tail(60)))
+}
+
+/// How many pushes (`POST .../git-receive-pack`) reached repository `name`.
+fn pushes(git: &GitHttpServer, name: &str) -> usize {
+    let path = format!("/{name}.git/git-receive-pack");
+    git.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path_and_query == path)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_submit_runs_through_the_queue_into_the_bucket() -> TestResult {
+    require_image().await?;
+    let world = World::start(3).await?;
+    let url = world.git.create_repo("web", "# Web\n")?;
+    let serve = SpecrunProcess::serve(&world.env, &[]).await?;
+    let base = serve.base_url()?;
+
+    let mut request = run_request(&url, "Let visitors bookmark articles to read later");
+    request["idempotency_key"] = json!("nightly-bookmarks-1");
+    let (run_id, status_url) = submit(base, &request).await?;
+    assert_eq!(status_url, format!("{base}/runs/{run_id}"));
+    // The same idempotency key answers with the same run and queues nothing more.
+    let again = post_runs(base, &request).await?;
+    let again_answer = again.json()?;
+    assert_eq!(again.status, 200, "{again_answer}");
+    assert_eq!(again_answer["run_id"], run_id.as_str());
+    assert_eq!(again_answer["duplicate"], true);
+
+    let document = wait_final(&status_url, &serve).await?;
+    let record: RunRecord = serde_json::from_value(document.clone())?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{document:#}");
+    let branch = record.branch_name.clone().context("no branch name")?;
+    assert!(
+        world.git.branches("web")?.contains(&branch),
+        "branch {branch} not on the git server"
+    );
+    assert_eq!(pushes(&world.git, "web"), 1, "one run, one push");
+
+    // The AWS CLI reads the same run.json from the bucket.
+    let cli_json = world
+        .moto
+        .aws(&[
+            "s3",
+            "cp",
+            &format!("s3://{BUCKET}/runs/{run_id}/run.json"),
+            "-",
+        ])
+        .await?;
+    let stored: RunRecord = serde_json::from_str(&cli_json)?;
+    assert_eq!(stored.run_id, record.run_id);
+    assert_eq!(stored.status, record.status);
+    assert_eq!(stored.phases, record.phases);
+
+    // ... and lists the phase documents and every artifact.
+    let listing = world
+        .moto
+        .aws(&[
+            "s3",
+            "ls",
+            "--recursive",
+            &format!("s3://{BUCKET}/runs/{run_id}/"),
+        ])
+        .await?;
+    for phase in Phase::ALL {
+        let key = format!("runs/{run_id}/phases/{}.json", phase.as_str());
+        assert!(listing.contains(&key), "{key} not in:\n{listing}");
+    }
+    assert!(!record.artifacts.is_empty());
+    for artifact in &record.artifacts {
+        assert!(
+            listing.contains(&artifact.key),
+            "{} not in:\n{listing}",
+            artifact.key
+        );
+    }
+
+    // GET /runs lists it, once.
+    let list = http_request("GET", &format!("{base}/runs"), None)
+        .await?
+        .json()?;
+    let ids: Vec<&str> = list["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert_eq!(ids, [run_id.as_str()], "{list}");
+
+    // A presigned artifact URL is plain HTTP to the bucket and returns the log.
+    let log = record
+        .artifacts
+        .iter()
+        .find(|a| a.name.ends_with(".log") && a.size > 0)
+        .context("no non-empty log artifact")?;
+    let presigned = document["artifact_urls"][&log.key]
+        .as_str()
+        .with_context(|| format!("no URL for {} in {document:#}", log.key))?;
+    assert!(presigned.contains("X-Amz-Signature="), "{presigned}");
+    let fetched = http_request("GET", presigned, None).await?;
+    assert_eq!(fetched.status, 200);
+    assert_eq!(fetched.body.len() as u64, log.size);
+    assert_eq!(format!("{:x}", Sha256::digest(&fetched.body)), log.sha256);
+    assert_eq!(fetched.body, world.moto.get_object(BUCKET, &log.key).await?);
+
+    world.wait_queue_empty().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_over_http_and_leave_nothing_behind() -> TestResult {
+    let world = World::start(3).await?;
+    let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
+    let base = serve.base_url()?;
+    let git_url = world.git.repo_url("web");
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "a file:// repository",
+            serde_json::to_vec(&run_request("file:///etc", "x"))?,
+            400,
+            "repository",
+        ),
+        (
+            "a host not on the allow-list",
+            serde_json::to_vec(&run_request("https://git.example.com/a/b.git", "x"))?,
+            400,
+            "repository",
+        ),
+        (
+            "an unknown field",
+            serde_json::to_vec(&json!({
+                "repository": git_url, "specify_text": "x", "colour": "blue"
+            }))?,
+            400,
+            "body",
+        ),
+        ("invalid JSON", b"{\"repository\":".to_vec(), 400, "body"),
+        (
+            "text over 64 KiB",
+            serde_json::to_vec(&run_request(&git_url, &"a".repeat(100 * 1024)))?,
+            400,
+            "specify_text",
+        ),
+        (
+            "a body over 128 KiB",
+            serde_json::to_vec(&run_request(&git_url, &"a".repeat(200 * 1024)))?,
+            413,
+            "body",
+        ),
+    ];
+    for (what, body, status, field) in cases {
+        let response = http_request("POST", &format!("{base}/runs"), Some(body)).await?;
+        let answer = response.json()?;
+        assert_eq!(response.status, status, "{what}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{what}: {answer}");
+    }
+
+    assert_eq!(world.moto.keys(BUCKET, "").await?, Vec::<String>::new());
+    let depth = world.moto.queue_depth(&world.queues.url).await?;
+    assert!(depth.is_empty(), "{depth:?}");
+    let list = http_request("GET", &format!("{base}/runs"), None)
+        .await?
+        .json()?;
+    assert_eq!(list["runs"], json!([]));
+    Ok(())
+}
+
+/// The Python producer, as a scheduler runs it.
+const CELERY_PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/celery_producer.py");
+
+/// Runs `python3 celery_producer.py ARGS` against the world's emulator; returns stdout
+/// and whether it exited 0.
+async fn celery_producer(world: &World, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let mut command = tokio::process::Command::new("python3");
+    command
+        .arg(CELERY_PRODUCER)
+        .args(args)
+        .envs(aws_env(&world.moto.endpoint()))
+        .env("SPECRUN_CELERY_QUEUE", &world.queues.name)
+        .env("SPECRUN_CELERY_QUEUE_URL", &world.queues.url)
+        .env("SPECRUN_CELERY_S3_BUCKET", BUCKET)
+        .env("SPECRUN_CELERY_S3_BASE_PATH", "celery/")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(RUN_TIMEOUT + Duration::from_secs(30), command.output())
+        .await
+        .context("celery_producer.py did not finish")??;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code().is_some_and(|c| c <= 1),
+        "celery_producer.py {} failed ({}): {stderr}",
+        args.join(" "),
+        output.status
+    );
+    Ok((output.status.success(), String::from_utf8(output.stdout)?))
+}
+
+/// Fails with the set-up command when the Python `celery` package is missing.
+async fn require_celery() -> TestResult {
+    let found = tokio::process::Command::new("python3")
+        .args(["-c", "import celery, kombu, boto3"])
+        .output()
+        .await
+        .context("running python3")?;
+    ensure!(
+        found.status.success(),
+        "the Python celery package is missing ({}): run scripts/setup-python.sh \
+         (python3 -m pip install 'celery[sqs]' boto3)",
+        String::from_utf8_lossy(&found.stderr).trim()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_celery_producer_submits_a_run_and_reads_its_result() -> TestResult {
+    require_celery().await?;
+    require_image().await?;
+    let world = World::start(3).await?;
+    let url = world.git.create_repo("celery", "# Celery\n")?;
+    let runner = SpecrunProcess::runner(&world.env, &[]).await?;
+
+    let kwargs = run_request(&url, "Email a weekly summary of open support tickets");
+    let (_, sent) = celery_producer(&world, &["send", "--kwargs", &kwargs.to_string()]).await?;
+    let task_id = sent.trim().to_owned();
+    ensure!(!task_id.is_empty(), "send printed no task id");
+
+    let timeout = RUN_TIMEOUT.as_secs().to_string();
+    let (ok, waited) = celery_producer(&world, &["wait", &task_id, "--timeout", &timeout]).await?;
+    let answer: Value =
+        serde_json::from_str(waited.trim()).with_context(|| format!("wait printed {waited:?}"))?;
+    ensure!(
+        ok,
+        "the task did not succeed: {answer:#}\nrunner stderr:\n{}",
+        runner.stderr_tail(60)
+    );
+    assert_eq!(answer["status"], "SUCCESS", "{answer:#}");
+    let result = &answer["result"];
+    assert_eq!(result["status"], "succeeded", "{answer:#}");
+    let branch = result["branch_name"]
+        .as_str()
+        .with_context(|| format!("no branch in {answer:#}"))?;
+    assert!(world.git.branches("celery")?.contains(&branch.to_owned()));
+
+    let run_id = result["run_id"].as_str().context("no run_id")?;
+    let stored = world.stored_run(run_id).await?;
+    assert_eq!(stored.status, RunStatus::Succeeded);
+    assert_eq!(stored.branch_name.as_deref(), Some(branch));
+    world.wait_queue_empty().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_can_never_finish_lands_in_the_dead_letter_queue_marked_failed() -> TestResult {
+    let world = World::start(2).await?;
+    let url = world.git.create_repo("stuck", "# Stuck\n")?;
+
+    // A queued run and its message, from the submit function.
+    let run_id = {
+        let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
+        submit(
+            serve.base_url()?,
+            &run_request(&url, "Export invoices as CSV"),
+        )
+        .await?
+        .0
+    };
+    // A runner took it and died: run.json says running, so no delivery can finish it.
+    let key = format!("runs/{run_id}/run.json");
+    let mut record: Value = serde_json::from_slice(&world.moto.get_object(BUCKET, &key).await?)?;
+    let at = record["created_at"].clone();
+    record["status"] = json!("running");
+    record["runner_id"] = json!("a-runner-that-died");
+    record["attempt"] = json!(1);
+    record["started_at"] = at.clone();
+    record["status_timeline"]
+        .as_array_mut()
+        .context("no status_timeline")?
+        .push(json!({ "status": "running", "at": at }));
+    world
+        .moto
+        .put_object(
+            BUCKET,
+            &key,
+            serde_json::to_vec(&record)?,
+            "application/json",
+        )
+        .await?;
+
+    let runner = SpecrunProcess::runner(
+        &world.env,
+        &["--max-receives", "2", "--visibility-secs", "10"],
+    )
+    .await?;
+    let waited = eventually(
+        "the message in the DLQ",
+        Duration::from_secs(90),
+        || async {
+            let depth = world.moto.queue_depth(&world.queues.dlq_url).await?;
+            Ok((depth.visible + depth.in_flight > 0).then_some(()))
+        },
+    )
+    .await;
+    waited.with_context(|| format!("runner stderr:\n{}", runner.stderr_tail(60)))?;
+
+    let stored = world.stored_run(&run_id).await?;
+    assert_eq!(stored.status, RunStatus::Failed, "{stored:#?}");
+    let error = stored.error.context("no error recorded")?;
+    assert_eq!(error.code, "retries_exhausted", "{error:#?}");
+    assert!(world.moto.queue_depth(&world.queues.url).await?.is_empty());
+    let dead = world
+        .moto
+        .sqs()
+        .receive_message()
+        .queue_url(&world.queues.dlq_url)
+        .send()
+        .await?;
+    let body = dead
+        .messages()
+        .first()
+        .and_then(|m| m.body())
+        .context("no message in the DLQ")?;
+    assert!(body.contains(&run_id), "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runners_share_one_queue_and_run_each_run_once() -> TestResult {
+    require_image().await?;
+    let world = World::start(3).await?;
+    let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
+    let runners = [
+        SpecrunProcess::runner(
+            &world.env.with_runner_id("runner-a"),
+            &["--concurrency", "1"],
+        )
+        .await?,
+        SpecrunProcess::runner(
+            &world.env.with_runner_id("runner-b"),
+            &["--concurrency", "1"],
+        )
+        .await?,
+    ];
+    let texts = [
+        "Add dark mode to the settings page",
+        "Let users export their data as JSON",
+        "Show a banner during scheduled maintenance",
+        "Rate-limit password reset emails",
+    ];
+    let mut submitted = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let name = format!("repo{i}");
+        let url = world.git.create_repo(&name, "# Repo\n")?;
+        let (run_id, status_url) = submit(serve.base_url()?, &run_request(&url, text)).await?;
+        submitted.push((name, run_id, status_url));
+    }
+
+    let mut runner_ids = BTreeSet::new();
+    for (name, run_id, status_url) in &submitted {
+        let document = wait_final(status_url, &serve).await.with_context(|| {
+            let tails: Vec<String> = runners.iter().map(|r| r.stderr_tail(40)).collect();
+            tails.join("\n---\n")
+        })?;
+        let record: RunRecord = serde_json::from_value(document)?;
+        assert_eq!(record.status, RunStatus::Succeeded, "{run_id}: {record:#?}");
+        assert_eq!(record.attempt, 1, "{run_id} ran more than once");
+        assert_eq!(pushes(&world.git, name), 1, "{run_id}: pushes to {name}");
+        let branch = record.branch_name.clone().context("no branch")?;
+        assert!(world.git.branches(name)?.contains(&branch));
+        runner_ids.insert(record.runner_id.clone().unwrap_or_default());
+    }
+    assert_eq!(
+        runner_ids,
+        BTreeSet::from(["runner-a".to_owned(), "runner-b".to_owned()]),
+        "both runners should have taken work"
+    );
+    world.wait_queue_empty().await?;
+    Ok(())
+}
