@@ -6,12 +6,56 @@ use crate::phase::Phase;
 use std::collections::BTreeMap;
 
 /// The network a job container gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
     /// No network at all: for agents that need no model API.
     None,
     /// Docker's default bridge: for agents that call a model API.
     Bridge,
+    /// A Docker network the platform prepared (for example one whose only way out is the
+    /// model API's proxy).
+    Named(String),
+}
+
+impl Network {
+    /// `none`, `bridge`, or `network:<name>`.
+    pub fn parse(text: &str) -> Result<Network, String> {
+        match text {
+            "none" => Ok(Network::None),
+            "bridge" => Ok(Network::Bridge),
+            other => match other.strip_prefix("network:") {
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+                {
+                    Ok(Network::Named(name.to_owned()))
+                }
+                _ => Err(format!(
+                    "network {other:?} must be none, bridge or network:<docker network name>"
+                )),
+            },
+        }
+    }
+
+    /// The Docker `NetworkMode`.
+    pub fn docker_mode(&self) -> &str {
+        match self {
+            Network::None => "none",
+            Network::Bridge => "bridge",
+            Network::Named(name) => name,
+        }
+    }
+}
+
+/// How an agent's standard output is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Plain text, kept as the log.
+    Text,
+    /// Codex's `--json` event stream: kept as the log and summarised (commands, tokens).
+    CodexJson,
 }
 
 /// How to run one agent through the Spec Kit phases.
@@ -33,6 +77,12 @@ pub struct AgentProfile {
     /// Request options this agent understands, each mapped to the variable it sets.
     pub options: BTreeMap<String, String>,
     pub network: Network,
+    /// The job image, when this agent needs another than the runner's default.
+    pub image: Option<String>,
+    /// Files written into the agent's HOME before the container starts (its own
+    /// configuration, e.g. `.codex/config.toml`); never secrets.
+    pub home_files: BTreeMap<String, String>,
+    pub output: OutputFormat,
 }
 
 /// A profile could not be applied to a request.
@@ -118,6 +168,9 @@ impl AgentProfile {
             .into_iter()
             .collect(),
             network: Network::None,
+            image: None,
+            home_files: BTreeMap::new(),
+            output: OutputFormat::Text,
         }
     }
 
@@ -153,6 +206,9 @@ impl AgentProfile {
             secret_env: vec!["CODEX_API_KEY".to_owned()],
             options: BTreeMap::new(),
             network: Network::Bridge,
+            image: None,
+            home_files: BTreeMap::new(),
+            output: OutputFormat::CodexJson,
         }
     }
 

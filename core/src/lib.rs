@@ -6,9 +6,11 @@
 //! clock or a process. Callers pass time and bytes in; adapters live in other crates.
 
 pub mod agent;
+pub mod agents_file;
 pub mod branch;
 pub mod celery;
 pub mod clarify;
+pub mod codex_events;
 pub mod feature;
 pub mod keys;
 pub mod message;

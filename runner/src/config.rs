@@ -51,8 +51,14 @@ pub struct RunnerConfig {
     pub work_root: PathBuf,
     /// The job image, e.g. `specrun-job:latest`.
     pub image: String,
-    /// The agent used when a request names none.
+    /// The agent used when a request names none and the agents file sets no default.
     pub default_agent: String,
+    /// The agents file (FR-010), read at the start of every run: a path, or
+    /// `store:<key>` for an object in the state store.
+    pub agents_file: Option<String>,
+    /// Values of agent secrets by variable name; a name missing here is read from the
+    /// runner's own environment.
+    pub agent_secrets: std::collections::BTreeMap<String, Secret>,
     /// The forge's git base URL, e.g. `https://github.com`, for `owner/name` requests.
     pub forge_git_base: String,
     /// Token for clone, push and the forge API; it never enters the job container.
@@ -105,6 +111,8 @@ impl RunnerConfig {
             work_root,
             image: "specrun-job:latest".to_owned(),
             default_agent: "codex".to_owned(),
+            agents_file: None,
+            agent_secrets: std::collections::BTreeMap::new(),
             forge_git_base: "https://github.com".to_owned(),
             forge_token: None,
             forge_api_url: None,

@@ -174,10 +174,7 @@ impl DockerClient {
                 )
             })
             .collect();
-        let network = match spec.network {
-            specrun_core::agent::Network::None => "none",
-            specrun_core::agent::Network::Bridge => "bridge",
-        };
+        let network = spec.network.docker_mode();
         let host_config = HostConfig {
             binds: Some(binds),
             cap_drop: Some(vec!["ALL".to_owned()]),

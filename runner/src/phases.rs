@@ -11,8 +11,10 @@ use crate::failure;
 use crate::git;
 use crate::pipeline::{Failure, RunContext, Step, StepResult};
 use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
-use specrun_core::agent::AgentProfile;
+use specrun_core::agent::{AgentProfile, OutputFormat};
+use specrun_core::agents_file::AgentRegistry;
 use specrun_core::clarify;
+use specrun_core::codex_events::CodexSummary;
 use specrun_core::feature::FeatureDir;
 use specrun_core::redact::Redactor;
 use specrun_core::state::{ArtifactRef, PhaseOutcome};
@@ -44,47 +46,16 @@ fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
 /// environment.
 pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
     let phase = Phase::Prepare;
-    let agent_name = ctx.record.agent.name.clone();
-    let profile = AgentProfile::builtin(&agent_name).map_err(|e| {
-        failure::error(
-            phase,
-            "unknown_agent",
-            e.to_string(),
-            "Name one of the known agents in `agent` (--agent).",
-        )
-    })?;
-    let option_env = profile
-        .option_env(&ctx.request.agent_options)
-        .map_err(|e| {
-            failure::error(
-                phase,
-                "unknown_agent_option",
-                e.to_string(),
-                "Remove the option or choose an agent that has it.",
-            )
-        })?;
-    let mut secrets = BTreeMap::new();
-    for name in &profile.secret_env {
-        match std::env::var(name) {
-            Ok(value) if !value.is_empty() => {
-                secrets.insert(name.clone(), value);
-            }
-            _ => {
-                return Err(failure::error(
-                    phase,
-                    "agent_secret_missing",
-                    format!("agent {agent_name} needs the secret {name}, which the runner's environment does not set"),
-                    format!("Export {name} for the runner, or run with the offline agent (--agent scripted)."),
-                )
-                .into())
-            }
-        }
-    }
+    let (profile, option_env, secrets) = resolve_agent(ctx).await?;
     let mut all_secrets: Vec<String> = secrets.values().cloned().collect();
     all_secrets.extend(ctx.config.forge_token.iter().map(|t| t.expose().to_owned()));
     ctx.redactor = Redactor::new(&all_secrets);
 
-    let image = ctx.config.image.clone();
+    let image = profile
+        .image
+        .clone()
+        .unwrap_or_else(|| ctx.config.image.clone());
+    ctx.record.agent.image = image.clone();
     let docker =
         DockerClient::connect(ctx.config.docker_host.as_deref(), ctx.config.docker_timeout)
             .await
@@ -106,6 +77,8 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
         .map_err(|e| failure::error(phase, "workspace_error", e.to_string(), "Retry the run."))?
         .map_err(|e| failure::io(phase, "creating the run workspace", &e))?;
     ctx.workspace = Some(workspace.clone());
+    write_home_files(&workspace, &profile)
+        .map_err(|e| failure::io(phase, "writing the agent's configuration files", &e))?;
 
     let spec = JobSpec {
         name: format!("specrun-{}", ctx.run_id),
@@ -122,7 +95,7 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
             (workspace.home.clone(), HOME_IN_CONTAINER.to_owned(), false),
         ],
         user: format!("{AGENT_UID}:{AGENT_GID}"),
-        network: profile.network,
+        network: profile.network.clone(),
         memory_bytes: ctx.config.limits.memory_bytes,
         pids_limit: ctx.config.limits.pids,
         nano_cpus: ctx.config.limits.nano_cpus,
@@ -192,6 +165,117 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
         artifacts,
         ..Default::default()
     }))
+}
+
+/// The run's agent: named by the request, or the agents file's default, or the
+/// runner's; with the environment its options set and the secrets it is given.
+async fn resolve_agent(
+    ctx: &mut RunContext,
+) -> Result<
+    (
+        AgentProfile,
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+    ),
+    Failure,
+> {
+    let phase = Phase::Prepare;
+    let registry = load_agents(ctx).await?;
+    let name = ctx
+        .request
+        .agent
+        .clone()
+        .or_else(|| registry.default_agent().map(str::to_owned))
+        .unwrap_or_else(|| ctx.config.default_agent.clone());
+    ctx.record.agent.name = name.clone();
+    let profile = registry.get(&name).cloned().map_err(|e| {
+        failure::error(
+            phase,
+            "unknown_agent",
+            e.to_string(),
+            "Name one of the known agents in `agent` (--agent), or add it to the agents file.",
+        )
+    })?;
+    let option_env = profile
+        .option_env(&ctx.request.agent_options)
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "unknown_agent_option",
+                e.to_string(),
+                "Remove the option or choose an agent that has it.",
+            )
+        })?;
+    let mut secrets = BTreeMap::new();
+    for secret in &profile.secret_env {
+        let value = match ctx.config.agent_secrets.get(secret) {
+            Some(value) => Some(value.expose().to_owned()),
+            None => std::env::var(secret).ok(),
+        };
+        match value.filter(|v| !v.is_empty()) {
+            Some(value) => {
+                secrets.insert(secret.clone(), value);
+            }
+            None => {
+                return Err(failure::error(
+                    phase,
+                    "agent_secret_missing",
+                    format!("agent {name} needs the secret {secret}, which the runner's environment does not set"),
+                    format!("Export {secret} for the runner, or run with the offline agent (--agent scripted)."),
+                )
+                .into())
+            }
+        }
+    }
+    Ok((profile, option_env, secrets))
+}
+
+/// Reads the agents file afresh, so a change takes effect with the next run.
+async fn load_agents(ctx: &RunContext) -> Result<AgentRegistry, Failure> {
+    let phase = Phase::Prepare;
+    let Some(source) = &ctx.config.agents_file else {
+        return Ok(AgentRegistry::builtins());
+    };
+    let unreadable = |e: String| {
+        failure::error(
+            phase,
+            "agents_file_unreadable",
+            format!("the agents file {source} could not be read: {e}"),
+            "Check SPECRUN_AGENTS_FILE and that the runner can read it.",
+        )
+    };
+    let text = match source.strip_prefix("store:") {
+        Some(key) => ctx
+            .store
+            .get(key)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| unreadable(e.to_string()))?,
+        None => tokio::fs::read_to_string(source)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?,
+    };
+    AgentRegistry::from_toml(&text).map_err(|e| {
+        failure::error(
+            phase,
+            "agents_file_invalid",
+            format!("the agents file {source} is invalid: {e}"),
+            "Fix the agents file; the README's Agents section describes its format.",
+        )
+        .into()
+    })
+}
+
+/// Writes the agent's own configuration files into its HOME.
+fn write_home_files(workspace: &Workspace, profile: &AgentProfile) -> std::io::Result<()> {
+    for (relative, content) in &profile.home_files {
+        let path = workspace.home.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, content)?;
+    }
+    Ok(())
 }
 
 fn short(id: &str) -> &str {
@@ -323,6 +407,32 @@ async fn run_command(
             artifacts,
         }),
     }
+}
+
+/// For agents with a structured event stream, stores a summary of what the agent did
+/// as the phase's `agent-summary.json` and returns its one-line headline.
+async fn summarise(
+    ctx: &RunContext,
+    phase: Phase,
+    profile: &AgentProfile,
+    run: &mut CommandRun,
+) -> Option<String> {
+    if profile.output != OutputFormat::CodexJson {
+        return None;
+    }
+    let log = tokio::fs::read_to_string(&run.stdout.path).await.ok()?;
+    let summary = CodexSummary::from_lines(log.lines());
+    let json = serde_json::to_value(&summary).unwrap_or_default();
+    let bytes = ctx.redactor.redact_bytes(&json_bytes(&json));
+    match ctx
+        .artifacts
+        .put_bytes(Some(phase), "agent-summary.json", bytes, "application/json")
+        .await
+    {
+        Ok(artifact) => run.artifacts.push(artifact),
+        Err(e) => tracing::warn!(error = %e, "could not store the agent summary"),
+    }
+    Some(summary.headline())
 }
 
 /// Turns an agent command's end into a failure unless it exited 0.
@@ -477,7 +587,7 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
                 "Fix the agent profile.",
             )
         })?;
-    let run = run_command(
+    let mut run = run_command(
         ctx,
         phase,
         "agent",
@@ -490,7 +600,9 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
         f.artifacts.splice(0..0, artifacts.clone());
         f
     })?;
+    let headline = summarise(ctx, phase, &profile, &mut run).await;
     artifacts.extend(require_success(ctx, phase, run, "agent_phase_failed")?);
+    notes.extend(headline);
 
     let feature = match find_feature(ctx) {
         Ok(Some(feature)) => feature,
@@ -685,7 +797,8 @@ pub(crate) async fn plan_or_tasks(ctx: &mut RunContext, phase: Phase) -> StepRes
         "SPECIFY_FEATURE_DIRECTORY".to_owned(),
         feature.as_str().to_owned(),
     )]);
-    let run = run_command(ctx, phase, "agent", argv, env, ctx.config.phase_timeout).await?;
+    let mut run = run_command(ctx, phase, "agent", argv, env, ctx.config.phase_timeout).await?;
+    let headline = summarise(ctx, phase, &profile, &mut run).await;
     let mut artifacts = require_success(ctx, phase, run, "agent_phase_failed")?;
     let file = feature.file(&format!("{phase}.md"));
     let Some(text) = read_output(ctx, phase, &file, &mut artifacts)? else {
@@ -704,7 +817,10 @@ pub(crate) async fn plan_or_tasks(ctx: &mut RunContext, phase: Phase) -> StepRes
     }
     Ok(Step::Continue(PhaseOutcome {
         artifacts,
-        message: Some(format!("wrote {file}")),
+        message: Some(match headline {
+            Some(headline) => format!("wrote {file}; {headline}"),
+            None => format!("wrote {file}"),
+        }),
         ..Default::default()
     }))
 }

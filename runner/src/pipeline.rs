@@ -68,6 +68,7 @@ pub(crate) type StepResult = Result<Step, Failure>;
 /// Everything one run carries between phases.
 pub(crate) struct RunContext {
     pub config: Arc<RunnerConfig>,
+    pub store: Arc<dyn BlobStore>,
     pub run_id: RunId,
     pub request: ValidatedRequest,
     pub record: RunRecord,
@@ -154,6 +155,7 @@ impl Pipeline {
             .collect();
         let mut ctx = RunContext {
             config: self.config.clone(),
+            store: self.store.clone(),
             artifacts: ArtifactStore::new(
                 self.store.clone(),
                 run_id.clone(),

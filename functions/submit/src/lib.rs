@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
-use specrun_core::agent::AgentProfile;
+use specrun_core::agents_file::AgentRegistry;
 use specrun_core::keys::RunId;
 use specrun_core::message::RunMessage;
 use specrun_core::ports::{BlobStore, Queue, StoreError};
@@ -32,6 +32,9 @@ pub struct Submit {
     pub status_base: String,
     pub default_agent: String,
     pub image: String,
+    /// Agents a request may name. `None` when an agents file decides at run time: the
+    /// runner then refuses unknown agents when the run starts.
+    pub agents: Option<AgentRegistry>,
 }
 
 impl Submit {
@@ -56,19 +59,18 @@ impl Submit {
                 Some("body"),
             );
         }
-        let request = match RunRequest::from_json(&body, &self.policy)
-            .and_then(|r| check_agent(r, &self.default_agent))
-        {
-            Ok(request) => request,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &e.reason,
-                    Some(&e.field),
-                )
-            }
-        };
+        let request =
+            match RunRequest::from_json(&body, &self.policy).and_then(|r| self.check_agent(r)) {
+                Ok(request) => request,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        &e.reason,
+                        Some(&e.field),
+                    )
+                }
+            };
         match self.accept(&request).await {
             Ok((run_id, fresh)) => {
                 let status = if fresh {
@@ -131,6 +133,26 @@ impl Submit {
         Ok((run_id, true))
     }
 
+    /// The agent must be known and its options declared; checked here so a bad request
+    /// is a 400 now rather than a failed run later.
+    fn check_agent(&self, request: ValidatedRequest) -> Result<ValidatedRequest, RequestError> {
+        let Some(agents) = &self.agents else {
+            return Ok(request);
+        };
+        let name = request.agent.as_deref().unwrap_or(&self.default_agent);
+        let field = |field: &str, reason: String| RequestError {
+            field: field.to_owned(),
+            reason,
+        };
+        let profile = agents
+            .get(name)
+            .map_err(|e| field("agent", e.to_string()))?;
+        profile
+            .option_env(&request.agent_options)
+            .map_err(|e| field("agent_options", e.to_string()))?;
+        Ok(request)
+    }
+
     fn agent(&self, request: &ValidatedRequest) -> AgentConfiguration {
         AgentConfiguration {
             name: request
@@ -163,24 +185,6 @@ impl Submit {
     }
 }
 
-/// The agent must be known and its options declared; checked here so a bad request is a
-/// 400 now rather than a failed run later.
-fn check_agent(
-    request: ValidatedRequest,
-    default_agent: &str,
-) -> Result<ValidatedRequest, RequestError> {
-    let name = request.agent.as_deref().unwrap_or(default_agent);
-    let field = |field: &str, reason: String| RequestError {
-        field: field.to_owned(),
-        reason,
-    };
-    let profile = AgentProfile::builtin(name).map_err(|e| field("agent", e.to_string()))?;
-    profile
-        .option_env(&request.agent_options)
-        .map_err(|e| field("agent_options", e.to_string()))?;
-    Ok(request)
-}
-
 fn new_run_id() -> RunId {
     // A UUIDv7's text form is always a valid run id.
     RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
@@ -203,6 +207,7 @@ mod tests {
             status_base: "https://status.example".into(),
             default_agent: "scripted".into(),
             image: "specrun-job:latest".into(),
+            agents: Some(AgentRegistry::builtins()),
         }
     }
 

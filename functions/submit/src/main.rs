@@ -25,6 +25,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         default_agent: std::env::var("SPECRUN_DEFAULT_AGENT")
             .unwrap_or_else(|_| "codex".to_owned()),
         image: std::env::var("SPECRUN_IMAGE").unwrap_or_else(|_| "specrun-job:latest".to_owned()),
+        agents: match std::env::var("SPECRUN_AGENTS_FILE") {
+            Ok(_) => None,
+            Err(_) => Some(specrun_core::agents_file::AgentRegistry::builtins()),
+        },
     };
     let submit = Arc::new(submit);
     specrun_http::run_lambda(move |request| {

@@ -124,6 +124,9 @@ pub struct RunnerArgs {
     /// The agent for requests that name none.
     #[arg(long, env = "SPECRUN_DEFAULT_AGENT", default_value = "codex")]
     pub default_agent: String,
+    /// The agents file (TOML), read at the start of every run: a path, or store:<key>.
+    #[arg(long, env = "SPECRUN_AGENTS_FILE")]
+    pub agents_file: Option<String>,
     /// The forge's git base URL, for owner/name repositories.
     #[arg(long, env = "SPECRUN_FORGE_URL", default_value = "https://github.com")]
     pub forge_url: String,
@@ -181,6 +184,7 @@ impl RunnerArgs {
         let mut config = RunnerConfig::with_work_root(absolute(&self.work_dir)?);
         config.image = self.image.clone();
         config.default_agent = self.default_agent.clone();
+        config.agents_file = self.agents_file.clone();
         config.forge_git_base = self.forge_url.clone();
         config.forge_token = std::env::var("SPECRUN_GIT_TOKEN")
             .ok()

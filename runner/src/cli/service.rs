@@ -196,6 +196,10 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
             status_base: status_base.clone(),
             default_agent: config.default_agent.clone(),
             image: config.image.clone(),
+            agents: match config.agents_file {
+                Some(_) => None,
+                None => Some(specrun_core::agents_file::AgentRegistry::builtins()),
+            },
         }),
         status: Arc::new(Status {
             store: store.clone(),

@@ -1,0 +1,305 @@
+//! The agents file (FR-010): agent profiles as configuration, read at the start of every
+//! run, so that a platform team swaps or tunes agents without a rebuild or a restart.
+//!
+//! ```toml
+//! default = "codex"                  # the agent of requests that name none
+//!
+//! [agents.codex-internal]
+//! extends = "codex"                  # start from a built-in profile
+//! network = "network:model-egress"   # none | bridge | network:<docker network>
+//! secret_env = ["CODEX_API_KEY"]     # runner variables passed per exec
+//! image = "registry.example/specrun-job:2"
+//! [agents.codex-internal.home_files]
+//! ".codex/config.toml" = "model = \"gpt-5\"\n"
+//! [agents.codex-internal.phases]
+//! specify = ["codex", "exec", "--json", "...", "$speckit-specify {text}"]
+//! ```
+
+use crate::agent::{AgentProfile, Network, OutputFormat};
+use crate::phase::Phase;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A parsed agents file: profiles by name and the default agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRegistry {
+    profiles: BTreeMap<String, AgentProfile>,
+    default: Option<String>,
+}
+
+/// The agents file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsFileError {
+    #[error("the agents file is not valid TOML for specrun: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("agent {agent:?}: {reason}")]
+    Profile { agent: String, reason: String },
+    #[error("the default agent {0:?} is not defined")]
+    UnknownDefault(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    default: Option<String>,
+    #[serde(default)]
+    agents: BTreeMap<String, ProfileToml>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileToml {
+    extends: Option<String>,
+    integration: Option<String>,
+    image: Option<String>,
+    network: Option<String>,
+    version_command: Option<Vec<String>>,
+    phases: Option<BTreeMap<String, Vec<String>>>,
+    env: Option<BTreeMap<String, String>>,
+    secret_env: Option<Vec<String>>,
+    options: Option<BTreeMap<String, String>>,
+    home_files: Option<BTreeMap<String, String>>,
+    output: Option<String>,
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn valid_home_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+impl ProfileToml {
+    fn into_profile(self, name: &str) -> Result<AgentProfile, String> {
+        let mut profile = match &self.extends {
+            Some(base) => AgentProfile::builtin(base).map_err(|e| e.to_string())?,
+            None => AgentProfile {
+                name: String::new(),
+                integration: String::new(),
+                version_command: Vec::new(),
+                phase_commands: BTreeMap::new(),
+                env: BTreeMap::new(),
+                secret_env: Vec::new(),
+                options: BTreeMap::new(),
+                network: Network::None,
+                image: None,
+                home_files: BTreeMap::new(),
+                output: OutputFormat::Text,
+            },
+        };
+        profile.name = name.to_owned();
+        if let Some(integration) = self.integration {
+            profile.integration = integration;
+        }
+        if let Some(image) = self.image {
+            profile.image = Some(image);
+        }
+        if let Some(network) = self.network {
+            profile.network = Network::parse(&network)?;
+        }
+        if let Some(command) = self.version_command {
+            profile.version_command = command;
+        }
+        if let Some(phases) = self.phases {
+            for (phase, argv) in phases {
+                let phase: Phase = phase
+                    .parse()
+                    .map_err(|e: crate::phase::UnknownPhase| e.to_string())?;
+                if !phase.is_agent_phase() || argv.is_empty() {
+                    return Err(format!("phases may set specify, plan and tasks to a non-empty command, not {phase}"));
+                }
+                profile.phase_commands.insert(phase, argv);
+            }
+        }
+        if let Some(env) = self.env {
+            profile.env.extend(env);
+        }
+        if let Some(secret_env) = self.secret_env {
+            profile.secret_env = secret_env;
+        }
+        if let Some(options) = self.options {
+            profile.options = options;
+        }
+        if let Some(files) = self.home_files {
+            profile.home_files.extend(files);
+        }
+        if let Some(output) = self.output {
+            profile.output = match output.as_str() {
+                "text" => OutputFormat::Text,
+                "codex-json" => OutputFormat::CodexJson,
+                other => return Err(format!("output {other:?} must be text or codex-json")),
+            };
+        }
+        check(&profile)?;
+        Ok(profile)
+    }
+}
+
+fn check(profile: &AgentProfile) -> Result<(), String> {
+    if profile.integration.is_empty() {
+        return Err("needs an integration (the `specify init --integration` value)".to_owned());
+    }
+    for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
+        if !profile.phase_commands.contains_key(&phase) {
+            return Err(format!("has no command for the {phase} phase"));
+        }
+    }
+    let names = profile
+        .env
+        .keys()
+        .chain(profile.secret_env.iter())
+        .chain(profile.options.values());
+    if let Some(bad) = names.into_iter().find(|n| !valid_env_name(n)) {
+        return Err(format!(
+            "{bad:?} is not an environment variable name (A-Z, 0-9, _)"
+        ));
+    }
+    if let Some(bad) = profile.home_files.keys().find(|p| !valid_home_path(p)) {
+        return Err(format!(
+            "home file {bad:?} must be a relative path inside HOME"
+        ));
+    }
+    Ok(())
+}
+
+impl AgentRegistry {
+    /// The built-in profiles only.
+    pub fn builtins() -> Self {
+        AgentRegistry {
+            profiles: AgentProfile::builtins()
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
+            default: None,
+        }
+    }
+
+    /// The built-ins plus (and overridden by) the profiles of an agents file.
+    pub fn from_toml(text: &str) -> Result<Self, AgentsFileError> {
+        let file: FileToml = toml::from_str(text)?;
+        let mut registry = AgentRegistry::builtins();
+        for (name, profile) in file.agents {
+            if !valid_name(&name) {
+                return Err(AgentsFileError::Profile {
+                    agent: name,
+                    reason: "names are 1-32 of a-z, 0-9, '-'".to_owned(),
+                });
+            }
+            let profile =
+                profile
+                    .into_profile(&name)
+                    .map_err(|reason| AgentsFileError::Profile {
+                        agent: name.clone(),
+                        reason,
+                    })?;
+            registry.profiles.insert(name, profile);
+        }
+        if let Some(default) = &file.default {
+            if !registry.profiles.contains_key(default) {
+                return Err(AgentsFileError::UnknownDefault(default.clone()));
+            }
+        }
+        registry.default = file.default;
+        Ok(registry)
+    }
+
+    /// The agents file's default, if it names one.
+    pub fn default_agent(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    pub fn get(&self, name: &str) -> Result<&AgentProfile, crate::agent::AgentError> {
+        self.profiles
+            .get(name)
+            .ok_or_else(|| crate::agent::AgentError::Unknown {
+                name: name.to_owned(),
+                known: self.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_extends_and_adds_agents() -> Result<(), AgentsFileError> {
+        let registry = AgentRegistry::from_toml(
+            r#"
+            default = "codex-local"
+            [agents.codex-local]
+            extends = "codex"
+            network = "network:specrun-test-1"
+            secret_env = ["SPECRUN_MODEL_KEY"]
+            [agents.codex-local.home_files]
+            ".codex/config.toml" = "model = 'x'"
+            [agents.echo]
+            integration = "none"
+            version_command = ["echo", "1"]
+            [agents.echo.phases]
+            specify = ["echo", "{text}"]
+            plan = ["echo", "plan"]
+            tasks = ["echo", "tasks"]
+            "#,
+        )?;
+        assert_eq!(registry.default_agent(), Some("codex-local"));
+        let local = registry
+            .get("codex-local")
+            .map_err(|e| AgentsFileError::UnknownDefault(e.to_string()))?;
+        assert_eq!(local.network, Network::Named("specrun-test-1".to_owned()));
+        assert_eq!(local.integration, "codex");
+        assert_eq!(local.output, OutputFormat::CodexJson);
+        assert!(local.home_files.contains_key(".codex/config.toml"));
+        assert!(registry.get("scripted").is_ok(), "built-ins stay");
+        assert!(registry.get("echo").is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("default = \"ghost\"", "ghost"),
+            (
+                "[agents.x]\nextends = \"codex\"\nnetwork = \"host\"",
+                "network",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\n[agents.x.home_files]\n\"../.ssh/id\" = \"k\"",
+                "home file",
+            ),
+            ("[agents.x]\nintegration = \"none\"", "no command"),
+            (
+                "[agents.x]\nextends = \"codex\"\nsecret_env = [\"lower\"]",
+                "environment variable",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\ncolour = 1",
+                "unknown field",
+            ),
+            ("[agents.Bad]\nextends = \"codex\"", "names are"),
+        ];
+        for (text, expected) in cases {
+            let err = AgentRegistry::from_toml(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+}
