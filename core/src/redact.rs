@@ -6,7 +6,14 @@
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Everything but RFC 3986's unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// What replaces a secret.
 pub const MASK: &[u8] = b"***";
@@ -71,6 +78,8 @@ fn encoded_forms(secret: &str) -> Vec<String> {
     let mut forms = vec![
         secret.to_owned(),
         utf8_percent_encode(secret, NON_ALPHANUMERIC).to_string(),
+        // RFC 3986 component encoding keeps the unreserved `-._~`, as most libraries do.
+        utf8_percent_encode(secret, COMPONENT).to_string(),
     ];
     let json = serde_json::to_string(secret).unwrap_or_default();
     forms.push(json.trim_matches('"').to_owned());
@@ -161,17 +170,23 @@ impl RedactingStream {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "ghp_S3cr3t/Value+with&odd\"chars";
+    const SECRET: &str = "ghp_S3cr3t/Value+with&odd\"chars-and.dots";
 
     #[test]
     fn masks_the_secret_and_its_encodings() {
         let redactor = Redactor::new([SECRET]);
         let json = serde_json::to_string(SECRET).unwrap_or_default();
         let url = utf8_percent_encode(SECRET, NON_ALPHANUMERIC).to_string();
+        let component = utf8_percent_encode(SECRET, COMPONENT).to_string();
+        assert_ne!(
+            url, component,
+            "the secret has a character the two encodings treat apart"
+        );
         for text in [
             format!("token={SECRET}!"),
             format!("body {json}"),
             format!("q={url}&x"),
+            format!("q={component}&x"),
         ] {
             let out = redactor.redact_str(&text);
             assert!(

@@ -49,7 +49,13 @@ impl Harness {
         config.forge_git_base = forge.git_base_url();
         config.forge_api_url = Some(forge.api_url());
         config.forge_token = Some(Secret::new(CANARY_TOKEN));
-        config.runner_id = "test-runner".to_owned();
+        // Unique per test, so a test finds its own job containers by label.
+        let suffix = state
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        config.runner_id = format!("test-runner-{}", suffix.trim_start_matches('.'));
         config.phase_timeout = Duration::from_secs(120);
         Ok(Harness {
             forge,

@@ -23,7 +23,11 @@ fn write_agents_file(dir: &std::path::Path, text: &str) -> anyhow::Result<String
 
 /// Runs `docker inspect` on every job container that appears until stopped; returns what
 /// it saw, so the test can prove no secret shows there.
-fn watch_inspections(stop: Arc<Mutex<bool>>) -> std::thread::JoinHandle<Vec<String>> {
+fn watch_inspections(
+    runner: String,
+    stop: Arc<Mutex<bool>>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let label = format!("label=io.specrun.runner-id={runner}");
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while !*stop
@@ -31,7 +35,7 @@ fn watch_inspections(stop: Arc<Mutex<bool>>) -> std::thread::JoinHandle<Vec<Stri
             .unwrap_or_else(std::sync::PoisonError::into_inner)
         {
             let ids = std::process::Command::new("docker")
-                .args(["ps", "-q", "--filter", "label=io.specrun.managed=true"])
+                .args(["ps", "-q", "--filter", &label])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
@@ -68,7 +72,7 @@ async fn the_real_codex_cli_takes_a_run_to_a_pull_request() -> TestResult {
         .insert(MODEL_KEY_ENV.to_owned(), Secret::new(MODEL_KEY));
 
     let stop = Arc::new(Mutex::new(false));
-    let watcher = watch_inspections(stop.clone());
+    let watcher = watch_inspections(h.config.runner_id.clone(), stop.clone());
     let mut request = h.request(
         "octo/album",
         "Add a photo album organiser that groups photos by date",
