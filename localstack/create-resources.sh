@@ -77,6 +77,8 @@ lifecycle=$(cat <<JSON
    "Expiration": {"Days": $RETENTION}, "NoncurrentVersionExpiration": {"NoncurrentDays": $RETENTION}},
   {"ID": "specrun-idempotency-retention", "Status": "Enabled", "Filter": {"Prefix": "idempotency/"},
    "Expiration": {"Days": $RETENTION}, "NoncurrentVersionExpiration": {"NoncurrentDays": $RETENTION}},
+  {"ID": "specrun-index-retention", "Status": "Enabled", "Filter": {"Prefix": "index/"},
+   "Expiration": {"Days": $RETENTION}, "NoncurrentVersionExpiration": {"NoncurrentDays": $RETENTION}},
   {"ID": "specrun-abort-incomplete-multipart", "Status": "Enabled", "Filter": {"Prefix": ""},
    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
 ]}
@@ -89,7 +91,7 @@ import json, sys
 rules = {r["ID"]: r for r in json.loads(sys.argv[1])["Rules"]}
 days = int(sys.argv[2])
 for rid, prefix in (("specrun-runs-retention", "runs/"), ("specrun-celery-retention", "celery/"),
-                    ("specrun-idempotency-retention", "idempotency/")):
+                    ("specrun-idempotency-retention", "idempotency/"), ("specrun-index-retention", "index/")):
     r = rules.get(rid)
     assert r, f"lifecycle rule {rid} missing after put: {sorted(rules)}"
     assert r["Status"] == "Enabled", r

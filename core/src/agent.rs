@@ -56,6 +56,9 @@ pub enum OutputFormat {
     Text,
     /// Codex's `--json` event stream: kept as the log and summarised (commands, tokens).
     CodexJson,
+    /// Claude Code's `--output-format stream-json --verbose` stream: kept as the log and
+    /// summarised (tool calls, tokens, how the session ended).
+    ClaudeStreamJson,
 }
 
 /// How to run one agent through the Spec Kit phases.
@@ -212,9 +215,129 @@ impl AgentProfile {
         }
     }
 
+    /// Anthropic's Claude Code (`claude -p '/speckit-specify ...'`), invoking the skills
+    /// Spec Kit's `claude` integration writes to `.claude/skills/speckit-*/SKILL.md`.
+    ///
+    /// Non-interactive and allowed to write without prompts through
+    /// `--dangerously-skip-permissions`, which Claude Code refuses as root (the job
+    /// container runs as uid 1000). `--no-session-persistence` keeps no transcript in HOME.
+    /// `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC` (with the narrower switches it implies)
+    /// leaves the model API as the only host it contacts: without it, it also resolves
+    /// other hosts and probes `HEAD <base URL>/api/hello`. The API key is a secret per
+    /// exec; `ANTHROPIC_BASE_URL` (e.g. a proxy) can be set in an agents file's `env`.
+    pub fn claude() -> Self {
+        let print = |prompt: &str| {
+            argv(&[
+                "claude",
+                "-p",
+                prompt,
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--dangerously-skip-permissions",
+                "--no-session-persistence",
+            ])
+        };
+        AgentProfile {
+            name: "claude".to_owned(),
+            integration: "claude".to_owned(),
+            version_command: argv(&["claude", "--version"]),
+            phase_commands: [
+                (Phase::Specify, print("/speckit-specify {text}")),
+                (Phase::Plan, print("/speckit-plan")),
+                (Phase::Tasks, print("/speckit-tasks")),
+            ]
+            .into_iter()
+            .collect(),
+            env: [
+                ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+                ("DISABLE_AUTOUPDATER", "1"),
+                ("DISABLE_TELEMETRY", "1"),
+                ("DISABLE_ERROR_REPORTING", "1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            secret_env: vec!["ANTHROPIC_API_KEY".to_owned()],
+            options: BTreeMap::new(),
+            network: Network::Bridge,
+            image: None,
+            home_files: BTreeMap::new(),
+            output: OutputFormat::ClaudeStreamJson,
+        }
+    }
+
+    /// Google's Gemini CLI (`gemini -p '/speckit.specify ...' --yolo -o stream-json`),
+    /// invoking the commands Spec Kit's `gemini` integration writes to
+    /// `.gemini/commands/speckit.*.toml`.
+    ///
+    /// Not verified end to end here: the Gemini CLI is not in the job image, so this
+    /// profile needs an image that has it (`image` in an agents file). Its output is kept
+    /// as plain text.
+    pub fn gemini() -> Self {
+        let prompt = |prompt: &str| argv(&["gemini", "-p", prompt, "--yolo", "-o", "stream-json"]);
+        AgentProfile {
+            name: "gemini".to_owned(),
+            integration: "gemini".to_owned(),
+            version_command: argv(&["gemini", "--version"]),
+            phase_commands: [
+                (Phase::Specify, prompt("/speckit.specify {text}")),
+                (Phase::Plan, prompt("/speckit.plan")),
+                (Phase::Tasks, prompt("/speckit.tasks")),
+            ]
+            .into_iter()
+            .collect(),
+            env: BTreeMap::new(),
+            secret_env: vec!["GEMINI_API_KEY".to_owned()],
+            options: BTreeMap::new(),
+            network: Network::Bridge,
+            image: None,
+            home_files: BTreeMap::new(),
+            output: OutputFormat::Text,
+        }
+    }
+
+    /// GitHub's Copilot CLI (`copilot -p '/speckit-specify ...' --yolo --output-format
+    /// json`), invoking the skills Spec Kit's `copilot` integration writes to
+    /// `.github/skills/speckit-*/SKILL.md`. It authenticates with `COPILOT_GITHUB_TOKEN`
+    /// (the first of the variables it reads; never the runner's forge token).
+    ///
+    /// Not verified end to end here: the Copilot CLI is not in the job image, so this
+    /// profile needs an image that has it (`image` in an agents file). Its output is kept
+    /// as plain text.
+    pub fn copilot() -> Self {
+        let prompt =
+            |prompt: &str| argv(&["copilot", "-p", prompt, "--yolo", "--output-format", "json"]);
+        AgentProfile {
+            name: "copilot".to_owned(),
+            integration: "copilot".to_owned(),
+            version_command: argv(&["copilot", "--version"]),
+            phase_commands: [
+                (Phase::Specify, prompt("/speckit-specify {text}")),
+                (Phase::Plan, prompt("/speckit-plan")),
+                (Phase::Tasks, prompt("/speckit-tasks")),
+            ]
+            .into_iter()
+            .collect(),
+            env: BTreeMap::new(),
+            secret_env: vec!["COPILOT_GITHUB_TOKEN".to_owned()],
+            options: BTreeMap::new(),
+            network: Network::Bridge,
+            image: None,
+            home_files: BTreeMap::new(),
+            output: OutputFormat::Text,
+        }
+    }
+
     /// The profiles specrun ships with.
     pub fn builtins() -> Vec<AgentProfile> {
-        vec![AgentProfile::scripted(), AgentProfile::codex()]
+        vec![
+            AgentProfile::scripted(),
+            AgentProfile::codex(),
+            AgentProfile::claude(),
+            AgentProfile::gemini(),
+            AgentProfile::copilot(),
+        ]
     }
 
     /// A built-in profile by name.
@@ -272,8 +395,39 @@ mod tests {
         let err = AgentProfile::builtin("nope").err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("unknown agent \"nope\"; known agents: scripted, codex")
+            Some("unknown agent \"nope\"; known agents: scripted, codex, claude, gemini, copilot")
         );
         assert!(AgentProfile::builtin("scripted").is_ok());
+    }
+
+    #[test]
+    fn claude_invokes_spec_kit_skills_non_interactively() -> Result<(), AgentError> {
+        let claude = AgentProfile::builtin("claude")?;
+        assert_eq!(claude.integration, "claude");
+        assert_eq!(claude.secret_env, ["ANTHROPIC_API_KEY"]);
+        assert_eq!(claude.output, OutputFormat::ClaudeStreamJson);
+        let text = "Add login; $(id) \"quoted\"";
+        let specify = claude.phase_argv(Phase::Specify, text)?;
+        assert_eq!(
+            &specify[..3],
+            ["claude", "-p", &format!("/speckit-specify {text}")]
+        );
+        for flag in ["stream-json", "--verbose", "--dangerously-skip-permissions"] {
+            assert!(specify.iter().any(|a| a == flag), "{flag}");
+        }
+        assert_eq!(claude.phase_argv(Phase::Tasks, text)?[2], "/speckit-tasks");
+        assert_eq!(
+            claude
+                .env
+                .get("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC")
+                .map(String::as_str),
+            Some("1")
+        );
+        let gemini = AgentProfile::builtin("gemini")?;
+        assert_eq!(gemini.phase_argv(Phase::Plan, text)?[2], "/speckit.plan");
+        let copilot = AgentProfile::builtin("copilot")?;
+        assert_eq!(copilot.phase_argv(Phase::Plan, text)?[2], "/speckit-plan");
+        assert_eq!(copilot.secret_env, ["COPILOT_GITHUB_TOKEN"]);
+        Ok(())
     }
 }

@@ -143,7 +143,12 @@ impl ProfileToml {
             profile.output = match output.as_str() {
                 "text" => OutputFormat::Text,
                 "codex-json" => OutputFormat::CodexJson,
-                other => return Err(format!("output {other:?} must be text or codex-json")),
+                "claude-stream-json" => OutputFormat::ClaudeStreamJson,
+                other => {
+                    return Err(format!(
+                        "output {other:?} must be text, codex-json or claude-stream-json"
+                    ))
+                }
             };
         }
         check(&profile)?;

@@ -10,6 +10,7 @@ pub mod agents_file;
 pub mod branch;
 pub mod celery;
 pub mod clarify;
+pub mod claude_events;
 pub mod codex_events;
 pub mod feature;
 pub mod keys;

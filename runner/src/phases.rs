@@ -14,6 +14,7 @@ use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
 use specrun_core::agent::{AgentProfile, OutputFormat};
 use specrun_core::agents_file::AgentRegistry;
 use specrun_core::clarify;
+use specrun_core::claude_events::ClaudeSummary;
 use specrun_core::codex_events::CodexSummary;
 use specrun_core::feature::FeatureDir;
 use specrun_core::redact::Redactor;
@@ -417,12 +418,22 @@ async fn summarise(
     profile: &AgentProfile,
     run: &mut CommandRun,
 ) -> Option<String> {
-    if profile.output != OutputFormat::CodexJson {
+    if profile.output == OutputFormat::Text {
         return None;
     }
     let log = tokio::fs::read_to_string(&run.stdout.path).await.ok()?;
-    let summary = CodexSummary::from_lines(log.lines());
-    let json = serde_json::to_value(&summary).unwrap_or_default();
+    let (json, headline) = match profile.output {
+        OutputFormat::Text => return None,
+        OutputFormat::CodexJson => {
+            let summary = CodexSummary::from_lines(log.lines());
+            (serde_json::to_value(&summary), summary.headline())
+        }
+        OutputFormat::ClaudeStreamJson => {
+            let summary = ClaudeSummary::from_lines(log.lines());
+            (serde_json::to_value(&summary), summary.headline())
+        }
+    };
+    let json = json.unwrap_or_default();
     let bytes = ctx.redactor.redact_bytes(&json_bytes(&json));
     match ctx
         .artifacts
@@ -432,7 +443,7 @@ async fn summarise(
         Ok(artifact) => run.artifacts.push(artifact),
         Err(e) => tracing::warn!(error = %e, "could not store the agent summary"),
     }
-    Some(summary.headline())
+    Some(headline)
 }
 
 /// Turns an agent command's end into a failure unless it exited 0.

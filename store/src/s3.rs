@@ -310,3 +310,98 @@ impl BlobStore for S3BlobStore {
         Ok(Some(request.uri().to_owned()))
     }
 }
+
+/// The lifecycle rules specrun keeps on its bucket: the same IDs and prefixes as
+/// `infra/specrun.yaml` and `localstack/create-resources.sh` (a put replaces the whole
+/// set, so all three must agree).
+pub const RETENTION_RULES: [(&str, &str); 4] = [
+    ("specrun-runs-retention", "runs/"),
+    ("specrun-celery-retention", "celery/"),
+    ("specrun-idempotency-retention", "idempotency/"),
+    ("specrun-index-retention", "index/"),
+];
+
+/// The rule that aborts multipart uploads left half done.
+pub const ABORT_MULTIPART_RULE: &str = "specrun-abort-incomplete-multipart";
+
+impl S3BlobStore {
+    /// Days after which the bucket expires run objects (`runs/`), or `None` when no
+    /// enabled rule expires them.
+    pub async fn retention_days(&self) -> Result<Option<u32>, StoreError> {
+        let config = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(config) => config,
+            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => return Ok(None),
+            Err(e) => return Err(classify(&self.bucket, e)),
+        };
+        let days = config.rules().iter().filter_map(|rule| {
+            let enabled = rule.status() == &aws_sdk_s3::types::ExpirationStatus::Enabled;
+            let prefix = rule.filter().and_then(|f| f.prefix()).unwrap_or("");
+            let covers_runs = "runs/".starts_with(prefix);
+            let days = rule
+                .expiration()
+                .and_then(|e| e.days())
+                .and_then(|d| u32::try_from(d).ok());
+            (enabled && covers_runs).then_some(days).flatten()
+        });
+        Ok(days.min())
+    }
+
+    /// Puts specrun's lifecycle rules: each prefix expires after `days`, and incomplete
+    /// multipart uploads are aborted after a day.
+    pub async fn ensure_retention(&self, days: u32) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{
+            AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
+            LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, NoncurrentVersionExpiration,
+        };
+        let days = i32::try_from(days).unwrap_or(i32::MAX);
+        let build = |e: aws_sdk_s3::error::BuildError| StoreError::backend(&self.bucket, e);
+        let mut rules = Vec::new();
+        for (id, prefix) in RETENTION_RULES {
+            rules.push(
+                LifecycleRule::builder()
+                    .id(id)
+                    .status(ExpirationStatus::Enabled)
+                    .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+                    .expiration(LifecycleExpiration::builder().days(days).build())
+                    .noncurrent_version_expiration(
+                        NoncurrentVersionExpiration::builder()
+                            .noncurrent_days(days)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(build)?,
+            );
+        }
+        rules.push(
+            LifecycleRule::builder()
+                .id(ABORT_MULTIPART_RULE)
+                .status(ExpirationStatus::Enabled)
+                .filter(LifecycleRuleFilter::builder().prefix("").build())
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(1)
+                        .build(),
+                )
+                .build()
+                .map_err(build)?,
+        );
+        let config = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(build)?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(config)
+            .send()
+            .await
+            .map_err(|e| classify(&self.bucket, e))?;
+        Ok(())
+    }
+}

@@ -29,6 +29,9 @@ pub struct BackendArgs {
     /// SQS queue URL for run requests (with --bucket).
     #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
     pub queue_url: Option<String>,
+    /// Put specrun's lifecycle rules on the bucket (retention of --retention-days) at start.
+    #[arg(long, env = "SPECRUN_ENSURE_RETENTION")]
+    pub ensure_retention: bool,
     /// A host repository URLs may name (repeatable; comma-separated in the variable).
     #[arg(
         long = "allow-repo-host",
@@ -95,12 +98,51 @@ pub struct WorkerCommandArgs {
 
 type Backend = (Arc<dyn BlobStore>, Arc<dyn Queue>);
 
-async fn backend(args: &BackendArgs, state_dir: &Path) -> anyhow::Result<Backend> {
+/// SC-002: run objects stay readable for at least seven days and then expire. The bucket's
+/// lifecycle rule does the expiring; say so when it is missing or disagrees.
+async fn check_retention(store: &S3BlobStore, ensure: bool, days: u32) -> anyhow::Result<()> {
+    if ensure {
+        store
+            .ensure_retention(days)
+            .await
+            .with_context(|| format!("putting the lifecycle rules on bucket {}", store.bucket()))?;
+        eprintln!(
+            "specrun: bucket {}: run objects expire after {days} days",
+            store.bucket()
+        );
+        return Ok(());
+    }
+    match store.retention_days().await {
+        Ok(None) => eprintln!(
+            "specrun: warning: bucket {} has no lifecycle rule expiring runs/: artifacts are kept forever and their recorded expires_at is not enforced. Fix: specrun runner --ensure-retention, or deploy infra/specrun.yaml",
+            store.bucket()
+        ),
+        Ok(Some(found)) if found < crate::config::MIN_RETENTION_DAYS => eprintln!(
+            "specrun: warning: bucket {} expires runs/ after {found} days, less than the 7 days operators are promised. Fix: specrun runner --ensure-retention",
+            store.bucket()
+        ),
+        Ok(Some(found)) if found != days => eprintln!(
+            "specrun: warning: bucket {} expires runs/ after {found} days but this runner records {days} (SPECRUN_RETENTION_DAYS); make them agree",
+            store.bucket()
+        ),
+        Ok(Some(_)) => {}
+        Err(e) => eprintln!("specrun: warning: could not read bucket {}'s lifecycle rules: {e}", store.bucket()),
+    }
+    Ok(())
+}
+
+async fn backend(
+    args: &BackendArgs,
+    state_dir: &Path,
+    retention_days: u32,
+) -> anyhow::Result<Backend> {
     match (&args.bucket, &args.queue_url) {
         (Some(bucket), Some(queue_url)) => {
             let config = aws_config().await;
+            let store = S3BlobStore::new(s3_client(&config), bucket.clone());
+            check_retention(&store, args.ensure_retention, retention_days).await?;
             Ok((
-                Arc::new(S3BlobStore::new(s3_client(&config), bucket.clone())),
+                Arc::new(store),
                 Arc::new(SqsQueue::new(sqs_client(&config), queue_url.clone())),
             ))
         }
@@ -156,7 +198,7 @@ async fn shutdown_signal() {
 }
 
 pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow::Result<i32> {
-    let (store, queue) = backend(&args.backend, state_dir).await?;
+    let (store, queue) = backend(&args.backend, state_dir, args.runner.retention_days).await?;
     let worker = worker(
         &args.worker,
         &args.backend,
@@ -173,7 +215,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
 }
 
 pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::Result<i32> {
-    let (store, queue) = backend(&args.backend, state_dir).await?;
+    let (store, queue) = backend(&args.backend, state_dir, args.runner.retention_days).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
