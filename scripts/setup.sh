@@ -11,15 +11,22 @@ log() { echo "setup: $*" >&2; }
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-# Build: git2 links OpenSSL through pkg-config. Tests: git (http-backend), GNU time.
+# Build: git2 and octocrab link OpenSSL/ring through pkg-config and cc. Tests: git
+# (http-backend), GNU time (benchmark), libcurl for the Celery producer's SQS transport.
 missing=()
-for pkg in pkg-config libssl-dev git time debootstrap; do
+for pkg in pkg-config libssl-dev git time debootstrap libcurl4-openssl-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# The emulator (moto), the AWS CLI, a Celery producer and the CloudFormation linter.
+if ! python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt" >&2; then
+    echo "setup: ERROR: pip could not install tests/requirements.txt" >&2
+    exit 1
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
