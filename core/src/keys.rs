@@ -50,6 +50,11 @@ pub fn run_json(run: &RunId) -> String {
     format!("{RUNS_PREFIX}{run}/run.json")
 }
 
+/// The run's lease (see [`crate::lease`]).
+pub fn lease(run: &RunId) -> String {
+    format!("{RUNS_PREFIX}{run}/lease.json")
+}
+
 pub fn phase_json(run: &RunId, phase: Phase) -> String {
     format!("{RUNS_PREFIX}{run}/phases/{phase}.json")
 }

@@ -14,6 +14,7 @@ pub mod claude_events;
 pub mod codex_events;
 pub mod feature;
 pub mod keys;
+pub mod lease;
 pub mod message;
 pub mod phase;
 pub mod ports;

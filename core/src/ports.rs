@@ -50,6 +50,19 @@ pub trait BlobStore: Send + Sync {
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
 
+    /// An object and its version tag (an ETag), for [`BlobStore::put_if_version`].
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError>;
+
+    /// Replaces an object only if it still has `version`; `PreconditionFailed` otherwise.
+    /// With [`BlobStore::put_new`] this is the compare-and-swap leases are built on.
+    async fn put_if_version(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        version: &str,
+    ) -> Result<(), StoreError>;
+
     /// Up to `limit` keys starting with `prefix`, in ascending order, after `start_after`.
     async fn list(
         &self,

@@ -152,6 +152,23 @@ pub struct RunRecord {
     pub external_ref: Option<String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Earlier attempts that did not finish (their runner died), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_attempts: Vec<AttemptRecord>,
+}
+
+/// An attempt that ended without finishing the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    #[serde(default)]
+    pub runner_id: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<Timestamp>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub abandoned_at: Timestamp,
+    /// The phases as that attempt left them.
+    pub phases: Vec<PhaseState>,
 }
 
 /// A status change the state machine does not allow.
@@ -214,6 +231,7 @@ impl RunRecord {
             attempt: 0,
             external_ref: None,
             idempotency_key: None,
+            previous_attempts: Vec::new(),
         }
     }
 
@@ -256,6 +274,38 @@ impl RunRecord {
     /// A runner takes the run.
     pub fn start(&mut self, runner_id: &str, now: Timestamp) -> Result<(), TransitionError> {
         self.set_status(RunStatus::Running, now)?;
+        self.runner_id = Some(runner_id.to_owned());
+        self.attempt += 1;
+        self.started_at = Some(now);
+        Ok(())
+    }
+
+    /// Starts a new attempt of a run whose earlier attempt never finished (its runner
+    /// died): that attempt's phases are kept in `previous_attempts`, the phases start over.
+    pub fn restart(&mut self, runner_id: &str, now: Timestamp) -> Result<(), TransitionError> {
+        if self.status != RunStatus::Running {
+            return Err(TransitionError::Run {
+                from: self.status,
+                to: RunStatus::Running,
+            });
+        }
+        let phases = std::mem::replace(
+            &mut self.phases,
+            Phase::ALL.into_iter().map(PhaseState::pending).collect(),
+        );
+        self.previous_attempts.push(AttemptRecord {
+            attempt: self.attempt,
+            runner_id: self.runner_id.take(),
+            started_at: self.started_at,
+            abandoned_at: now,
+            phases,
+        });
+        self.artifacts.clear();
+        self.error = None;
+        self.status_timeline.push(StatusEvent {
+            status: RunStatus::Running,
+            at: now,
+        });
         self.runner_id = Some(runner_id.to_owned());
         self.attempt += 1;
         self.started_at = Some(now);
@@ -408,6 +458,34 @@ mod tests {
             [RunStatus::Queued, RunStatus::Running, RunStatus::NoChanges]
         );
         assert_eq!(run.attempt, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_restart_keeps_the_abandoned_attempt() -> Result<(), TransitionError> {
+        let mut run = record();
+        run.start("runner-a", datetime!(2026-11-24 10:00:01 UTC))?;
+        run.begin_phase(Phase::Prepare, datetime!(2026-11-24 10:00:01 UTC))?;
+        run.restart("runner-b", datetime!(2026-11-24 10:05 UTC))?;
+        assert_eq!(
+            (run.attempt, run.runner_id.as_deref()),
+            (2, Some("runner-b"))
+        );
+        assert_eq!(run.previous_attempts.len(), 1);
+        assert_eq!(
+            run.previous_attempts[0].runner_id.as_deref(),
+            Some("runner-a")
+        );
+        assert_eq!(
+            run.previous_attempts[0].phases[0].status,
+            PhaseStatus::Running
+        );
+        assert_eq!(run.phase(Phase::Prepare).status, PhaseStatus::Pending);
+        let statuses: Vec<_> = run.status_timeline.iter().map(|e| e.status).collect();
+        assert_eq!(
+            statuses,
+            [RunStatus::Queued, RunStatus::Running, RunStatus::Running]
+        );
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod docker;
 mod failure;
 pub mod forge;
 pub mod git;
+pub mod lease;
 mod phases;
 pub mod pipeline;
 pub mod progress;

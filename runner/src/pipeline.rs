@@ -178,8 +178,11 @@ impl Pipeline {
         self.progress.event(ProgressEvent::RunStarted {
             run_id: ctx.run_id.to_string(),
         });
-        if let Err(e) = ctx.record.start(&self.config.runner_id, now()) {
-            tracing::warn!(error = %e, "run was not queued; running it anyway");
+        // A restarted run (see `RunRecord::restart`) is running already.
+        if ctx.record.status == RunStatus::Queued {
+            if let Err(e) = ctx.record.start(&self.config.runner_id, now()) {
+                tracing::warn!(error = %e, "unexpected start transition");
+            }
         }
         let (status, reason) = match self.persist(&ctx).await {
             Ok(()) => self.run_phases(&mut ctx).await,
@@ -194,6 +197,32 @@ impl Pipeline {
         }
         self.persist(&ctx).await?;
         Ok(ctx.record)
+    }
+
+    /// Removes job containers an earlier attempt of `run_id` left behind; returns how many.
+    pub async fn remove_orphans(&self, run_id: &RunId) -> usize {
+        let Ok(docker) = DockerClient::connect(
+            self.config.docker_host.as_deref(),
+            self.config.docker_timeout,
+        )
+        .await
+        else {
+            return 0;
+        };
+        let mut removed = 0;
+        for container in docker
+            .containers_of(Some(run_id.as_str()))
+            .await
+            .unwrap_or_default()
+        {
+            match docker.remove(&container).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, %container, "could not remove an orphaned job container")
+                }
+            }
+        }
+        removed
     }
 
     async fn run_phases(&self, ctx: &mut RunContext) -> (RunStatus, Option<String>) {

@@ -3,6 +3,7 @@
 //! run's final state is written. It accepts specrun's own messages, bare run requests and
 //! Celery tasks, and writes each Celery task's result where Celery's S3 backend reads it.
 
+use crate::lease::{self, Claim};
 use crate::pipeline::Pipeline;
 use sha2::{Digest, Sha256};
 use specrun_core::celery::{self, CeleryState, CeleryTask};
@@ -42,6 +43,9 @@ pub struct WorkerConfig {
     /// The queue's redrive `maxReceiveCount`: on the last delivery a run that still cannot
     /// finish is marked failed before its message moves to the dead-letter queue.
     pub max_receives: u32,
+    /// How long a run's lease lasts without renewal: after a runner dies, its run can be
+    /// taken over this long after the last renewal.
+    pub lease_ttl: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -55,6 +59,7 @@ impl Default for WorkerConfig {
             celery_result_prefix: "celery/".to_owned(),
             shutdown_grace: Duration::from_secs(600),
             max_receives: 3,
+            lease_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -372,17 +377,45 @@ impl Worker {
             )
             .await;
         }
-        match record.status {
-            RunStatus::Queued => self.pipeline.execute(record, request).await,
-            _ => {
-                // Another delivery is running it, or a runner died mid-run; the message
-                // comes back, and after too many tries lands in the dead-letter queue.
-                Err(StoreError::PreconditionFailed(format!(
-                    "run {} is already {}",
-                    job.run_id, record.status
-                )))
+        self.run_under_lease(record, request).await
+    }
+
+    /// Runs the job while holding its lease. A run another runner holds is left alone (the
+    /// message comes back later); a run whose runner died (still `running`, lease run out)
+    /// is taken over: its orphaned container is removed and a new attempt starts.
+    async fn run_under_lease(
+        &self,
+        mut record: RunRecord,
+        request: specrun_core::ValidatedRequest,
+    ) -> Result<RunRecord, StoreError> {
+        let run_id =
+            RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+        let runner_id = self.pipeline.config().runner_id.clone();
+        let held = match lease::claim(
+            self.pipeline.store.clone(),
+            &run_id,
+            &runner_id,
+            self.config.lease_ttl,
+        )
+        .await?
+        {
+            Claim::Held(held) => held,
+            Claim::Busy { runner_id } => {
+                return Err(StoreError::PreconditionFailed(format!(
+                    "run {run_id} is being worked on by {runner_id}"
+                )));
+            }
+        };
+        if record.status == RunStatus::Running {
+            let removed = self.pipeline.remove_orphans(&run_id).await;
+            tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
+            if record.restart(&runner_id, now()).is_ok() {
+                runs::save_run(self.store(), &record).await?;
             }
         }
+        let result = self.pipeline.execute(record, request).await;
+        held.release().await;
+        result
     }
 
     /// Records a request the queue delivered but validation refused.

@@ -64,6 +64,69 @@ impl FsBlobStore {
     }
 }
 
+/// The version tag of an object: the sha256 of its content.
+fn version_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// Serialises compare-and-swap writes to one key across processes: a lock file made with
+/// `create_new`, removed on drop; a lock older than [`KeyLock::STALE`] is a dead holder's.
+struct KeyLock {
+    path: PathBuf,
+}
+
+impl KeyLock {
+    const STALE: Duration = Duration::from_secs(10);
+
+    async fn acquire(target: &Path) -> std::io::Result<KeyLock> {
+        let mut name = target
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".lock");
+        let path = target.with_file_name(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).await?;
+        }
+        let give_up = tokio::time::Instant::now() + Self::STALE * 2;
+        loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+            {
+                Ok(_) => return Ok(KeyLock { path }),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let stale = fs::metadata(&path)
+                        .await
+                        .and_then(|m| m.modified())
+                        .map(|t| t.elapsed().unwrap_or_default() > Self::STALE)
+                        .unwrap_or(false);
+                    if stale {
+                        let _ = fs::remove_file(&path).await;
+                    } else if tokio::time::Instant::now() > give_up {
+                        return Err(std::io::Error::new(
+                            ErrorKind::TimedOut,
+                            "the key stayed locked",
+                        ));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path
         .file_name()
@@ -74,7 +137,7 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 fn is_temp(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "tmp")
+    path.extension().is_some_and(|e| e == "tmp" || e == "lock")
 }
 
 #[async_trait]
@@ -113,6 +176,35 @@ impl BlobStore for FsBlobStore {
         match fs::read(&path).await {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(key.to_owned())),
+            Err(e) => Err(StoreError::backend(key, e)),
+        }
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        let bytes = self.get(key).await?;
+        let version = version_of(&bytes);
+        Ok((bytes, version))
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        _content_type: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.path_of(key)?;
+        let _lock = KeyLock::acquire(&path)
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        match fs::read(&path).await {
+            Ok(current) if version_of(&current) == version => {
+                self.write_atomic(key, &body, false).await
+            }
+            Ok(_) => Err(StoreError::PreconditionFailed(key.to_owned())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(StoreError::PreconditionFailed(key.to_owned()))
+            }
             Err(e) => Err(StoreError::backend(key, e)),
         }
     }
@@ -370,6 +462,40 @@ mod tests {
             store.get("../etc/passwd").await,
             Err(StoreError::InvalidKey(_))
         ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn put_if_version_is_compare_and_swap() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        store
+            .put_new("runs/x/lease.json", b"one".to_vec(), "application/json")
+            .await?;
+        let (_, version) = store.get_versioned("runs/x/lease.json").await?;
+        store
+            .put_if_version(
+                "runs/x/lease.json",
+                b"two".to_vec(),
+                "application/json",
+                &version,
+            )
+            .await?;
+        let stale = store
+            .put_if_version(
+                "runs/x/lease.json",
+                b"three".to_vec(),
+                "application/json",
+                &version,
+            )
+            .await;
+        assert!(matches!(stale, Err(StoreError::PreconditionFailed(_))));
+        assert_eq!(store.get("runs/x/lease.json").await?, b"two");
+        assert_eq!(
+            store.list("runs/", None, 10).await?.keys,
+            ["runs/x/lease.json"],
+            "no lock file is listed"
+        );
         Ok(())
     }
 

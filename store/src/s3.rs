@@ -261,6 +261,46 @@ impl BlobStore for S3BlobStore {
         Ok(bytes.into_bytes().to_vec())
     }
 
+    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
+        Self::check(key)?;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        let version = object.e_tag().unwrap_or_default().to_owned();
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        Ok((bytes.into_bytes().to_vec(), version))
+    }
+
+    async fn put_if_version(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        Self::check(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(version)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
     async fn list(
         &self,
         prefix: &str,

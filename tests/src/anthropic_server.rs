@@ -283,7 +283,10 @@ fn respond(body: &Value, n: u64) -> Response<Full<Bytes>> {
     let model = body.get("model").cloned().unwrap_or(Value::Null);
     let input_tokens = estimate_tokens(body);
     if body.get("stream").and_then(Value::as_bool) != Some(true) {
-        return json_response(StatusCode::OK, &whole_message(&reply, n, &model, input_tokens));
+        return json_response(
+            StatusCode::OK,
+            &whole_message(&reply, n, &model, input_tokens),
+        );
     }
     let events = reply_events(&reply, n, &model, input_tokens);
     let mut response = Response::new(Full::new(Bytes::from(render_sse(&events))));
@@ -363,16 +366,20 @@ fn block_text(block: &Value) -> Option<&str> {
 
 /// The last user message that invokes a Spec Kit skill, with the phase it asks for.
 fn find_phase(messages: &[Value]) -> Option<(usize, Phase)> {
-    messages.iter().enumerate().rev().find_map(|(index, message)| {
-        if message.get("role").and_then(Value::as_str) != Some("user") {
-            return None;
-        }
-        content_blocks(message)
-            .into_iter()
-            .filter_map(block_text)
-            .find_map(parse_command)
-            .map(|phase| (index, phase))
-    })
+    messages
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(index, message)| {
+            if message.get("role").and_then(Value::as_str) != Some("user") {
+                return None;
+            }
+            content_blocks(message)
+                .into_iter()
+                .filter_map(block_text)
+                .find_map(parse_command)
+                .map(|phase| (index, phase))
+        })
 }
 
 /// The text between `<tag>` and `</tag>`.
@@ -522,10 +529,15 @@ pub fn reply_events(reply: &Reply, n: u64, model: &Value, input_tokens: u64) -> 
             Some("tool_use") => {
                 let mut start = block.clone();
                 start["input"] = json!({});
-                events.push(json!({"type": "content_block_start", "index": index, "content_block": start}));
+                events.push(
+                    json!({"type": "content_block_start", "index": index, "content_block": start}),
+                );
                 // The input arrives as JSON text in pieces, as the API streams it.
                 let input = block["input"].to_string();
-                let cut = input.char_indices().nth(input.chars().count() / 2).map_or(0, |(i, _)| i);
+                let cut = input
+                    .char_indices()
+                    .nth(input.chars().count() / 2)
+                    .map_or(0, |(i, _)| i);
                 for piece in [&input[..cut], &input[cut..]] {
                     events.push(json!({"type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}}));
@@ -552,7 +564,10 @@ pub fn render_sse(events: &[Value]) -> String {
     events
         .iter()
         .map(|event| {
-            let kind = event.get("type").and_then(Value::as_str).unwrap_or("message");
+            let kind = event
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("message");
             format!("event: {kind}\ndata: {event}\n\n")
         })
         .collect()
@@ -575,11 +590,16 @@ mod tests {
             Some(Phase::Specify("Add a photo album organiser".into()))
         );
         assert_eq!(
-            parse_command("<command-name>/speckit-tasks</command-name>\n<command-args></command-args>"),
+            parse_command(
+                "<command-name>/speckit-tasks</command-name>\n<command-args></command-args>"
+            ),
             Some(Phase::Tasks)
         );
         assert_eq!(parse_command("/speckit-plan"), None);
-        assert_eq!(parse_command("<command-name>/speckit-implement</command-name>"), None);
+        assert_eq!(
+            parse_command("<command-name>/speckit-implement</command-name>"),
+            None
+        );
     }
 
     #[test]

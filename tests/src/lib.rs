@@ -2,6 +2,7 @@
 //! smart-HTTP server ([`git_http`]) and a pipeline harness on a real Docker engine with
 //! the real job image ([`harness`]).
 
+pub mod anthropic_server;
 pub mod emulator;
 pub mod forge;
 pub mod git_http;

@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// failed before the message moves to the dead-letter queue.
     #[arg(long, env = "SPECRUN_MAX_RECEIVES", default_value_t = 3)]
     pub max_receives: u32,
+    /// Seconds a run's lease lasts without renewal; a dead runner's run is taken over after it.
+    #[arg(long, env = "SPECRUN_LEASE_SECS", default_value_t = 60)]
+    pub lease_secs: u64,
     /// Seconds in-flight runs get to finish after SIGTERM.
     #[arg(long, env = "SPECRUN_SHUTDOWN_GRACE_SECS", default_value_t = 600)]
     pub shutdown_grace_secs: u64,
@@ -175,6 +178,7 @@ fn worker(
         celery_result_prefix: args.celery_result_prefix.clone(),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_receives: args.max_receives.max(1),
+        lease_ttl: Duration::from_secs(args.lease_secs.max(3)),
         ..WorkerConfig::default()
     };
     Ok(Worker::new(pipeline, queue, config))

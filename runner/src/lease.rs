@@ -1,0 +1,149 @@
+//! Holding a run's lease in the store: claimed with a conditional write (`put_new`, or a
+//! compare-and-swap over an expired lease), renewed in the background while the run lives,
+//! released when it ends.
+
+use specrun_core::keys::{self, RunId};
+use specrun_core::lease::{Lease, LeaseDecision};
+use specrun_core::ports::{BlobStore, StoreError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// The outcome of a claim.
+pub enum Claim {
+    /// This runner holds the run now, for `attempt`.
+    Held(HeldLease),
+    /// Another runner holds a live lease.
+    Busy { runner_id: String },
+}
+
+/// A lease this runner holds; renewing stops when it is released or dropped.
+pub struct HeldLease {
+    pub attempt: u32,
+    renewer: tokio::task::JoinHandle<()>,
+    state: Arc<Mutex<(Lease, String)>>,
+    store: Arc<dyn BlobStore>,
+    key: String,
+}
+
+fn json(lease: &Lease) -> Vec<u8> {
+    serde_json::to_vec_pretty(lease).unwrap_or_default()
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Claims `run` for `runner_id` for `ttl`, renewed every third of it.
+pub async fn claim(
+    store: Arc<dyn BlobStore>,
+    run: &RunId,
+    runner_id: &str,
+    ttl: Duration,
+) -> Result<Claim, StoreError> {
+    let key = keys::lease(run);
+    let ttl_time = time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(5));
+    let current = match store.get_versioned(&key).await {
+        Ok((bytes, version)) => Some((serde_json::from_slice::<Lease>(&bytes).ok(), version)),
+        Err(StoreError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let existing = current.as_ref().and_then(|(lease, _)| lease.clone());
+    if let LeaseDecision::HeldBy { runner_id, .. } =
+        Lease::decide(existing.as_ref(), runner_id, now())
+    {
+        return Ok(Claim::Busy { runner_id });
+    }
+    let lease = Lease {
+        run_id: run.to_string(),
+        runner_id: runner_id.to_owned(),
+        attempt: existing.map(|l| l.attempt + 1).unwrap_or(1),
+        expires_at: now() + ttl_time,
+    };
+    let written = match &current {
+        None => store.put_new(&key, json(&lease), "application/json").await,
+        Some((_, version)) => {
+            store
+                .put_if_version(&key, json(&lease), "application/json", version)
+                .await
+        }
+    };
+    match written {
+        Ok(()) => {}
+        // Another runner claimed it between our read and our write.
+        Err(StoreError::PreconditionFailed(_)) => {
+            return Ok(Claim::Busy {
+                runner_id: "another runner".to_owned(),
+            })
+        }
+        Err(e) => return Err(e),
+    }
+    let (_, version) = store.get_versioned(&key).await?;
+    let attempt = lease.attempt;
+    let state = Arc::new(Mutex::new((lease, version)));
+    let renewer = tokio::spawn(renew(store.clone(), key.clone(), state.clone(), ttl));
+    Ok(Claim::Held(HeldLease {
+        attempt,
+        renewer,
+        state,
+        store,
+        key,
+    }))
+}
+
+async fn renew(
+    store: Arc<dyn BlobStore>,
+    key: String,
+    state: Arc<Mutex<(Lease, String)>>,
+    ttl: Duration,
+) {
+    let ttl_time = time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(5));
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let (mut lease, version) = match state.lock() {
+            Ok(guard) => guard.clone(),
+            Err(_) => return,
+        };
+        lease.expires_at = now() + ttl_time;
+        let written = store
+            .put_if_version(&key, json(&lease), "application/json", &version)
+            .await;
+        let renewed = match written {
+            Ok(()) => store.get_versioned(&key).await.map(|(_, v)| v),
+            Err(e) => Err(e),
+        };
+        match renewed {
+            Ok(version) => {
+                if let Ok(mut guard) = state.lock() {
+                    *guard = (lease, version);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, %key, "could not renew the run's lease"),
+        }
+    }
+}
+
+impl HeldLease {
+    /// Stops renewing and lets the lease lapse now.
+    pub async fn release(self) {
+        self.renewer.abort();
+        let (mut lease, version) = match self.state.lock() {
+            Ok(guard) => guard.clone(),
+            Err(_) => return,
+        };
+        lease.expires_at = now();
+        if let Err(e) = self
+            .store
+            .put_if_version(&self.key, json(&lease), "application/json", &version)
+            .await
+        {
+            tracing::debug!(error = %e, "the lease was not released; it lapses by itself");
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
