@@ -50,6 +50,11 @@ pub fn run_json(run: &RunId) -> String {
     format!("{RUNS_PREFIX}{run}/run.json")
 }
 
+/// Present when an operator asked to cancel the run.
+pub fn cancel(run: &RunId) -> String {
+    format!("{RUNS_PREFIX}{run}/cancel.json")
+}
+
 /// The run's lease (see [`crate::lease`]).
 pub fn lease(run: &RunId) -> String {
     format!("{RUNS_PREFIX}{run}/lease.json")

@@ -76,6 +76,8 @@ pub struct RunnerConfig {
     pub retention_days: u32,
     /// Longest time one agent phase may take.
     pub phase_timeout: Duration,
+    /// Longest time a whole run may take, cleanup aside.
+    pub run_timeout: Duration,
     /// The Docker engine (`unix://...` or `tcp://...`); None: `DOCKER_HOST` or the local socket.
     pub docker_host: Option<String>,
     /// How long to wait for the Docker engine to answer.
@@ -121,6 +123,7 @@ impl RunnerConfig {
             status_base_url: None,
             retention_days: 30,
             phase_timeout: Duration::from_secs(20 * 60),
+            run_timeout: Duration::from_secs(60 * 60),
             docker_host: None,
             docker_timeout: Duration::from_secs(10),
             runner_id: "specrun-local".to_owned(),

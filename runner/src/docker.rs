@@ -321,8 +321,34 @@ impl DockerClient {
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
+            // Someone else (the stop watcher) is removing it already: wait until it is gone.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => self.wait_gone(container).await,
             Err(e) => Err(api("removing the job container")(e)),
         }
+    }
+
+    async fn wait_gone(&self, container: &str) -> Result<(), DockerError> {
+        for _ in 0..100 {
+            let inspected = self
+                .client
+                .inspect_container(
+                    container,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await;
+            match inspected {
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Err(e) => return Err(api("waiting for the job container's removal")(e)),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Err(DockerError::ContainerGone(format!(
+            "{container} is still being removed after 10 s"
+        )))
     }
 
     /// IDs of job containers labelled with a run id (all of them when `run_id` is None).

@@ -17,6 +17,7 @@ mod phases;
 pub mod pipeline;
 pub mod progress;
 pub mod serve;
+pub mod stop;
 pub mod worker;
 pub mod workspace;
 

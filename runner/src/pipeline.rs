@@ -11,6 +11,7 @@ use crate::config::RunnerConfig;
 use crate::docker::DockerClient;
 use crate::phases;
 use crate::progress::{Progress, ProgressEvent};
+use crate::stop::{StopReason, StopWatch, StopWatchConfig};
 use crate::workspace::Workspace;
 use specrun_core::agent::AgentProfile;
 use specrun_core::branch::BranchName;
@@ -184,8 +185,16 @@ impl Pipeline {
                 tracing::warn!(error = %e, "unexpected start transition");
             }
         }
+        let stop = StopWatch::start(StopWatchConfig {
+            store: self.store.clone(),
+            run_id: ctx.run_id.clone(),
+            run_timeout: Some(self.config.run_timeout),
+            docker_host: self.config.docker_host.clone(),
+            docker_timeout: self.config.docker_timeout,
+            poll: std::time::Duration::from_secs(1),
+        });
         let (status, reason) = match self.persist(&ctx).await {
-            Ok(()) => self.run_phases(&mut ctx).await,
+            Ok(()) => self.run_phases(&mut ctx, &stop).await,
             Err(e) => {
                 ctx.record.error = Some(crate::failure::store(Phase::Prepare, &e));
                 (RunStatus::Failed, Some(e.to_string()))
@@ -225,10 +234,17 @@ impl Pipeline {
         removed
     }
 
-    async fn run_phases(&self, ctx: &mut RunContext) -> (RunStatus, Option<String>) {
+    async fn run_phases(
+        &self,
+        ctx: &mut RunContext,
+        stop: &StopWatch,
+    ) -> (RunStatus, Option<String>) {
         for phase in Phase::ALL {
             if phase == Phase::Cleanup {
                 break;
+            }
+            if let Some(reason) = stop.reason() {
+                return self.stopped(ctx, None, reason).await;
             }
             if let Some(reason) = skip_reason(phase, ctx.request.publish) {
                 let _ = ctx.record.skip_phase(phase, &reason, now());
@@ -251,6 +267,15 @@ impl Pipeline {
                 Phase::PullRequest => phases::pull_request(ctx).await,
                 Phase::Cleanup => Ok(Step::Continue(PhaseOutcome::default())),
             };
+            if let Some(reason) = stop.reason() {
+                // The interrupted phase's logs are what an operator needs: keep them.
+                let artifacts = match result {
+                    Ok(Step::Continue(outcome) | Step::Stop { outcome, .. }) => outcome.artifacts,
+                    Ok(Step::Skip(_)) => Vec::new(),
+                    Err(failure) => failure.artifacts,
+                };
+                return self.stopped(ctx, Some((phase, artifacts)), reason).await;
+            }
             match result {
                 Ok(Step::Continue(outcome)) => {
                     self.end(ctx, phase, PhaseStatus::Succeeded, outcome).await
@@ -288,6 +313,42 @@ impl Pipeline {
             }
         }
         (RunStatus::Succeeded, Some(success_reason(ctx)))
+    }
+
+    /// Ends a run that was cancelled or ran out of time; `phase` was interrupted.
+    async fn stopped(
+        &self,
+        ctx: &mut RunContext,
+        interrupted: Option<(Phase, Vec<ArtifactRef>)>,
+        reason: StopReason,
+    ) -> (RunStatus, Option<String>) {
+        let phase = interrupted.as_ref().map(|(phase, _)| *phase);
+        let (status, text) = match &reason {
+            StopReason::Cancelled => (RunStatus::Cancelled, "cancelled by an operator".to_owned()),
+            StopReason::TimedOut(limit) => (
+                RunStatus::Failed,
+                format!("the run did not finish within its time limit of {limit:?}"),
+            ),
+        };
+        if let Some((phase, artifacts)) = interrupted {
+            let outcome = PhaseOutcome {
+                message: Some(format!("stopped: {text}")),
+                artifacts,
+                ..Default::default()
+            };
+            self.end(ctx, phase, PhaseStatus::Failed, outcome).await;
+        }
+        if let StopReason::TimedOut(_) = reason {
+            let error = crate::failure::error(
+                phase.unwrap_or(Phase::Prepare),
+                "run_timeout",
+                text.clone(),
+                "Raise the run's time limit (SPECRUN_RUN_TIMEOUT_SECS) or make the specification smaller.",
+            );
+            ctx.record.error = Some(error);
+        }
+        self.skip_rest(ctx, &format!("skipped: {text}")).await;
+        (status, Some(text))
     }
 
     async fn skip_rest(&self, ctx: &mut RunContext, reason: &str) {

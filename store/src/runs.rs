@@ -92,6 +92,50 @@ pub async fn claim_idempotency(
     }
 }
 
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run had not started: it is now `cancelled`.
+    BeforeStart,
+    /// The run is in progress: its runner stops it within seconds.
+    Requested,
+    /// The run had already ended with this status.
+    AlreadyFinished(specrun_core::RunStatus),
+}
+
+/// Cancels a run: a queued run is marked cancelled at once; a running one gets a cancel
+/// marker its runner acts on. `None` when there is no such run.
+pub async fn cancel_run(
+    store: &dyn BlobStore,
+    id: &RunId,
+    by: &str,
+) -> Result<Option<Cancelled>, StoreError> {
+    let Some(mut record) = load_run(store, id).await? else {
+        return Ok(None);
+    };
+    if record.status.is_final() {
+        return Ok(Some(Cancelled::AlreadyFinished(record.status)));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let marker = serde_json::json!({
+        "requested_by": by,
+        "requested_at": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    });
+    store.put(&keys::cancel(id), to_json(&marker), JSON).await?;
+    if record.status == specrun_core::RunStatus::Queued {
+        let reason = Some(format!("cancelled by {by} before it started"));
+        if record
+            .finish(specrun_core::RunStatus::Cancelled, reason, now)
+            .is_ok()
+        {
+            record.skip_pending("skipped: the run was cancelled", &[], now);
+            save_run(store, &record).await?;
+        }
+        return Ok(Some(Cancelled::BeforeStart));
+    }
+    Ok(Some(Cancelled::Requested))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

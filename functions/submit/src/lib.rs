@@ -40,12 +40,48 @@ pub struct Submit {
 impl Submit {
     /// Answers one HTTP request.
     pub async fn handle(&self, request: ApiRequest) -> ApiResponse {
-        match (request.method(), path(&request)) {
+        let route = path(&request).to_owned();
+        if let Some(id) = route
+            .strip_prefix("/runs/")
+            .and_then(|rest| rest.strip_suffix("/cancel"))
+        {
+            return match request.method() {
+                &Method::POST => self.cancel(id).await,
+                _ => specrun_http::method_not_allowed("POST"),
+            };
+        }
+        match (request.method(), route.as_str()) {
             (&Method::POST, "/runs") => self.submit(request.into_body()).await,
             (_, "/runs") => specrun_http::method_not_allowed("POST"),
             (_, other) => {
                 specrun_http::not_found(&format!("no route {other}; submit runs with POST /runs"))
             }
+        }
+    }
+
+    /// `POST /runs/{id}/cancel`: a queued run is cancelled at once (200), a running one
+    /// within seconds (202); a finished run answers 409.
+    async fn cancel(&self, id: &str) -> ApiResponse {
+        let Ok(run_id) = RunId::parse(id) else {
+            return specrun_http::not_found(&format!("no run {id}"));
+        };
+        match runs::cancel_run(self.store.as_ref(), &run_id, "the submit API").await {
+            Ok(None) => specrun_http::not_found(&format!("no run {id}")),
+            Ok(Some(runs::Cancelled::BeforeStart)) => json(
+                StatusCode::OK,
+                &serde_json::json!({"run_id": id, "status": "cancelled"}),
+            ),
+            Ok(Some(runs::Cancelled::Requested)) => json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"run_id": id, "status": "cancel_requested"}),
+            ),
+            Ok(Some(runs::Cancelled::AlreadyFinished(status))) => error(
+                StatusCode::CONFLICT,
+                "already_finished",
+                &format!("run {id} already ended: {status}"),
+                None,
+            ),
+            Err(e) => specrun_http::unavailable(&e.to_string()),
         }
     }
 

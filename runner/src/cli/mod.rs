@@ -64,6 +64,8 @@ pub enum Command {
     Serve(Box<service::ServeArgs>),
     /// Take runs from the queue and execute them until SIGTERM.
     Runner(Box<service::WorkerCommandArgs>),
+    /// Cancel a run: a queued run at once, a running one within seconds.
+    Cancel { run_id: String },
     /// Print a run's logs.
     Logs {
         run_id: String,
@@ -133,6 +135,9 @@ pub struct RunnerArgs {
     /// Days artifacts are kept; at least 7.
     #[arg(long, env = "SPECRUN_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
+    /// Time limit of a whole run, in seconds.
+    #[arg(long, env = "SPECRUN_RUN_TIMEOUT_SECS", default_value_t = 3600)]
+    pub run_timeout_secs: u64,
     /// Time limit of one agent phase, in seconds.
     #[arg(long, env = "SPECRUN_PHASE_TIMEOUT_SECS", default_value_t = 1200)]
     pub phase_timeout_secs: u64,
@@ -192,6 +197,7 @@ impl RunnerArgs {
             .map(Secret::new);
         config.retention_days = self.retention_days;
         config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
+        config.run_timeout = Duration::from_secs(self.run_timeout_secs);
         config.runner_id = self.runner_id.clone().unwrap_or_else(default_runner_id);
         config.docker_host = self.docker_host.clone();
         config.forge_api_url = self.forge_api_url.clone();
@@ -242,6 +248,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run(*args, store, &cli.global.state_dir).await,
         Command::Status { run_id, json } => status(&run_id, json, store.as_ref()).await,
         Command::Logs { run_id, phase } => logs(&run_id, phase, store.as_ref()).await,
+        Command::Cancel { run_id } => cancel(&run_id, store.as_ref()).await,
         Command::Serve(args) => service::serve_command(*args, &cli.global.state_dir).await,
         Command::Runner(args) => service::runner(*args, &cli.global.state_dir).await,
     }
@@ -337,6 +344,27 @@ async fn status(run_id: &str, json: bool, store: &dyn BlobStore) -> anyhow::Resu
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         print_status(&mut std::io::stdout(), &record);
+    }
+    Ok(0)
+}
+
+async fn cancel(run_id: &str, store: &dyn BlobStore) -> anyhow::Result<i32> {
+    let id = RunId::parse(run_id)?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "an operator".to_owned());
+    match specrun_store::runs::cancel_run(store, &id, &format!("{user} (specrun cancel)")).await? {
+        None => {
+            bail!("no run {run_id} in this state store (check --state-dir / SPECRUN_STATE_DIR)")
+        }
+        Some(specrun_store::runs::Cancelled::BeforeStart) => {
+            println!("run {run_id} cancelled before it started")
+        }
+        Some(specrun_store::runs::Cancelled::Requested) => {
+            println!("run {run_id}: cancel requested; its runner stops it within seconds")
+        }
+        Some(specrun_store::runs::Cancelled::AlreadyFinished(status)) => {
+            println!("run {run_id} had already finished: {status}");
+            return Ok(1);
+        }
     }
     Ok(0)
 }

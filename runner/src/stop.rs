@@ -1,0 +1,84 @@
+//! Stopping a run from outside its phases: an operator's cancel request (a marker object
+//! in the store) or the per-run time limit. A watcher notices either within a second or
+//! two and removes the run's job container, which ends the phase in progress; the
+//! pipeline then records `cancelled`, or `failed` with `run_timeout`.
+
+use crate::docker::DockerClient;
+use specrun_core::keys::{self, RunId};
+use specrun_core::ports::BlobStore;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a run was stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    TimedOut(Duration),
+}
+
+/// Watches one run for a reason to stop it.
+pub struct StopWatch {
+    reason: Arc<Mutex<Option<StopReason>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Where the watcher looks and what it may do.
+pub struct StopWatchConfig {
+    pub store: Arc<dyn BlobStore>,
+    pub run_id: RunId,
+    pub run_timeout: Option<Duration>,
+    pub docker_host: Option<String>,
+    pub docker_timeout: Duration,
+    pub poll: Duration,
+}
+
+impl StopWatch {
+    pub fn start(config: StopWatchConfig) -> Self {
+        let reason = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(watch(config, reason.clone()));
+        StopWatch { reason, task }
+    }
+
+    /// Set once the run must stop.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl Drop for StopWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn watch(config: StopWatchConfig, reason: Arc<Mutex<Option<StopReason>>>) {
+    let started = Instant::now();
+    let key = keys::cancel(&config.run_id);
+    let found = loop {
+        tokio::time::sleep(config.poll).await;
+        if config.store.get(&key).await.is_ok() {
+            break StopReason::Cancelled;
+        }
+        if let Some(limit) = config
+            .run_timeout
+            .filter(|limit| started.elapsed() > *limit)
+        {
+            break StopReason::TimedOut(limit);
+        }
+    };
+    if let Ok(mut slot) = reason.lock() {
+        *slot = Some(found);
+    }
+    // Removing the container ends whatever command runs in it.
+    if let Ok(docker) =
+        DockerClient::connect(config.docker_host.as_deref(), config.docker_timeout).await
+    {
+        for container in docker
+            .containers_of(Some(config.run_id.as_str()))
+            .await
+            .unwrap_or_default()
+        {
+            let _ = docker.remove(&container).await;
+        }
+    }
+}
