@@ -27,6 +27,11 @@ impl Workspace {
     pub fn create(work_root: &Path, run_id: &str) -> io::Result<Self> {
         fs::create_dir_all(work_root)?;
         let root = work_root.join(run_id);
+        // A workspace left by an earlier attempt whose runner died: start clean.
+        match fs::remove_dir_all(&root) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         fs::create_dir(&root)?;
         let workspace = Workspace {
             repo: root.join("repo"),

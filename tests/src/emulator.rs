@@ -149,7 +149,7 @@ impl Moto {
             .stderr(File::create(&log)?);
         with_aws_env_std(&mut command, &format!("http://127.0.0.1:{port}"));
         let child = command.spawn().context(
-            "starting moto_server (install it with: python3 -m pip install 'moto[server]')",
+            "starting moto_server (scripts/setup.sh installs it from tests/requirements.txt)",
         )?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut moto = Moto {
@@ -368,7 +368,9 @@ impl Moto {
         let output = tokio::time::timeout(Duration::from_secs(60), command.output())
             .await
             .with_context(|| format!("aws {} timed out", args.join(" ")))?
-            .context("running the AWS CLI (install it with: python3 -m pip install awscli)")?;
+            .context(
+                "running the AWS CLI (scripts/setup.sh installs it from tests/requirements.txt)",
+            )?;
         ensure!(
             output.status.success(),
             "aws {} failed ({}): {}",
@@ -466,7 +468,8 @@ pub struct SpecrunProcess {
     what: String,
     stderr: PathBuf,
     base_url: Option<String>,
-    dir: tempfile::TempDir,
+    /// Holds the state and work directories and the output files; removed on drop.
+    _dir: tempfile::TempDir,
 }
 
 impl SpecrunProcess {
@@ -532,7 +535,7 @@ impl SpecrunProcess {
             what: format!("specrun {}", args.join(" ")),
             stderr,
             base_url: None,
-            dir,
+            _dir: dir,
         })
     }
 
@@ -567,11 +570,6 @@ impl SpecrunProcess {
         self.base_url
             .as_deref()
             .with_context(|| format!("{} serves no HTTP", self.what))
-    }
-
-    /// The process's state directory (unused with a bucket, but set).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// The last `lines` lines of its stderr.

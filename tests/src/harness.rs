@@ -187,8 +187,24 @@ pub fn specrun_bin() -> anyhow::Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = std::process::Command::new(cargo)
+            // The same command and environment as a shell's `cargo build`: the variables
+            // cargo and nextest set for tests would count as a changed build environment
+            // and rebuild much of the dependency graph, twice.
+            let keep = [
+                "PATH",
+                "HOME",
+                "CARGO_HOME",
+                "RUSTUP_HOME",
+                "CARGO_TARGET_DIR",
+                "TMPDIR",
+            ];
+            let status = std::process::Command::new("cargo")
+                .env_clear()
+                .envs(
+                    keep.iter()
+                        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+                )
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .args([
                     "build",
                     "--quiet",

@@ -278,6 +278,12 @@ async fn bad_requests_are_refused_over_http_and_leave_nothing_behind() -> TestRe
             "repository",
         ),
         (
+            "the git server's host on another port",
+            serde_json::to_vec(&run_request("http://127.0.0.1:1/web.git", "x"))?,
+            400,
+            "repository",
+        ),
+        (
             "an unknown field",
             serde_json::to_vec(&json!({
                 "repository": git_url, "specify_text": "x", "colour": "blue"
@@ -354,8 +360,8 @@ async fn require_celery() -> TestResult {
         .context("running python3")?;
     ensure!(
         found.status.success(),
-        "the Python celery package is missing ({}): run scripts/setup-python.sh \
-         (python3 -m pip install 'celery[sqs]' boto3)",
+        "the Python celery package is missing ({}): run scripts/setup.sh \
+         (python3 -m pip install -r tests/requirements.txt)",
         String::from_utf8_lossy(&found.stderr).trim()
     );
     Ok(())
@@ -456,6 +462,7 @@ async fn a_run_that_can_never_finish_lands_in_the_dead_letter_queue_marked_faile
     assert_eq!(stored.status, RunStatus::Failed, "{stored:#?}");
     let error = stored.error.context("no error recorded")?;
     assert_eq!(error.code, "retries_exhausted", "{error:#?}");
+    assert!(error.message.contains("after 2 deliveries"), "{error:#?}");
     assert!(world.moto.queue_depth(&world.queues.url).await?.is_empty());
     let dead = world
         .moto
