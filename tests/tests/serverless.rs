@@ -420,7 +420,23 @@ async fn a_run_that_can_never_finish_lands_in_the_dead_letter_queue_marked_faile
         .await?
         .0
     };
-    // A runner took it and died: run.json says running, so no delivery can finish it.
+    // Another runner holds the run's lease and never lets go (its lease is renewed far
+    // into the future), so no delivery here can ever run it.
+    let lease = json!({
+        "run_id": run_id,
+        "runner_id": "a-runner-that-never-lets-go",
+        "attempt": 1,
+        "expires_at": "2999-01-01T00:00:00Z",
+    });
+    world
+        .moto
+        .put_object(
+            BUCKET,
+            &format!("runs/{run_id}/lease.json"),
+            serde_json::to_vec(&lease)?,
+            "application/json",
+        )
+        .await?;
     let key = format!("runs/{run_id}/run.json");
     let mut record: Value = serde_json::from_slice(&world.moto.get_object(BUCKET, &key).await?)?;
     let at = record["created_at"].clone();
