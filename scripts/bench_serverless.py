@@ -241,10 +241,14 @@ class SetupError(Exception):
     pass
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def tail(path, lines=40):
+    """The last lines of a log, without terminal colour codes."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
+            return ANSI.sub("", "".join(f.readlines()[-lines:]))
     except OSError:
         return ""
 
@@ -470,6 +474,7 @@ class Bench:
             "SPECRUN_WORK_DIR": work,
             "SPECRUN_SHUTDOWN_GRACE_SECS": "5",
             "SPECRUN_LOG": "info",
+            "NO_COLOR": "1",
         })
         return env
 
@@ -529,7 +534,7 @@ class Bench:
 
         timeout = max(600.0, 120.0 * n / level)
         result = {"concurrency": level, "bucket": bucket, "queue_url": queue_url,
-                  "dlq_url": dlq_url, "warmup": None, "runs": []}
+                  "dlq_url": dlq_url, "loadavg_1m_before": loadavg(), "warmup": None, "runs": []}
         if not self.args.no_warmup:
             t0 = time.perf_counter()
             warm = [self.submit(port, f"bench-c{level}-warmup")]
@@ -562,6 +567,7 @@ class Bench:
         result["run_ms"] = stats([r["run_ms"] for r in result["runs"]])
         result["runners_seen"] = sorted({r["runner_id"] for r in result["runs"] if r["runner_id"]})
         result["max_in_flight"] = max_overlap(result["runs"])
+        result["loadavg_1m_after"] = loadavg()
         log(f"concurrency {level}: {len(ok)}/{n} succeeded in "
             f"{result['wall_s'] or float('nan'):.1f} s")
         warm_ok = result["warmup"] is None or result["warmup"]["ok"]
@@ -662,6 +668,14 @@ class Bench:
         return levels, start_results
 
 
+def loadavg():
+    """The 1-minute load average (other work on the host skews the figures)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def max_overlap(runs):
     """Most runs running at once, from run.json's started_at/finished_at."""
     events = []
@@ -718,6 +732,9 @@ def report(args, levels, starts, setup_s, bench, elapsed_s):
          [fmt(lv["wall_s"] * 1000.0, True) if lv["wall_s"] else "-" for lv in levels])
     line("runs/minute", [f"{lv['runs_per_minute']:.2f}" if lv["runs_per_minute"] else "-" for lv in levels])
     line("most runs in flight (run.json)", [str(lv["max_in_flight"]) for lv in levels])
+    line("host load avg 1 min, before/after",
+         [f"{lv['loadavg_1m_before']:.1f} / {lv['loadavg_1m_after']:.1f}"
+          if lv["loadavg_1m_before"] is not None else "-" for lv in levels])
     for key, label in (("latency_ms", "latency submit -> final"), ("queue_wait_ms", "  queued (run.json)"),
                        ("run_ms", "  running (run.json)")):
         for stat in ("mean", "median", "max"):
