@@ -549,3 +549,34 @@ async fn two_runners_share_one_queue_and_run_each_run_once() -> TestResult {
     world.wait_queue_empty().await?;
     Ok(())
 }
+
+/// SC-002: the runner's lifecycle rules are read back from the bucket, and they are the
+/// same rules (IDs and prefixes) the CloudFormation template and the emulator script put.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_rules_are_checked_and_put_like_the_infrastructure_does() -> anyhow::Result<()> {
+    let moto = specrun_tests::emulator::Moto::start().await?;
+    moto.create_bucket("retention-check").await?;
+    let store = specrun_store::S3BlobStore::new(moto.s3().clone(), "retention-check");
+    assert_eq!(
+        store.retention_days().await?,
+        None,
+        "a new bucket has no rule"
+    );
+    store.ensure_retention(14).await?;
+    assert_eq!(store.retention_days().await?, Some(14));
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let infra = std::fs::read_to_string(format!("{root}/infra/specrun.yaml"))?;
+    let script = std::fs::read_to_string(format!("{root}/localstack/create-resources.sh"))?;
+    for (id, prefix) in specrun_store::s3::RETENTION_RULES {
+        assert!(
+            infra.contains(&format!("Id: {id}")) && infra.contains(&format!("Prefix: {prefix}")),
+            "{id} in infra"
+        );
+        assert!(
+            script.contains(&format!("\"ID\": \"{id}\""))
+                && script.contains(&format!("\"Prefix\": \"{prefix}\"")),
+            "{id} in the script"
+        );
+    }
+    Ok(())
+}
