@@ -183,20 +183,46 @@ impl S3BlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for S3BlobStore {
-    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
-        Self::check(key)?;
-        self.client
+/// The precondition of a PUT.
+enum Condition<'a> {
+    None,
+    /// `If-None-Match: *`: create only.
+    IfAbsent,
+    /// `If-Match: <etag>`: replace only this version.
+    IfVersion(&'a str),
+}
+
+impl S3BlobStore {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: ByteStream,
+        content_type: &str,
+        condition: Condition<'_>,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| classify(key, e))?;
+            .body(body);
+        let request = match condition {
+            Condition::None => request,
+            Condition::IfAbsent => request.if_none_match("*"),
+            Condition::IfVersion(version) => request.if_match(version),
+        };
+        request.send().await.map_err(|e| classify(key, e))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+        Self::check(key)?;
+        self.put_object(key, ByteStream::from(body), content_type, Condition::None)
+            .await
     }
 
     async fn put_new(
@@ -206,17 +232,13 @@ impl BlobStore for S3BlobStore {
         content_type: &str,
     ) -> Result<(), StoreError> {
         Self::check(key)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .if_none_match("*")
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| classify(key, e))?;
-        Ok(())
+        self.put_object(
+            key,
+            ByteStream::from(body),
+            content_type,
+            Condition::IfAbsent,
+        )
+        .await
     }
 
     async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<(), StoreError> {
@@ -231,16 +253,8 @@ impl BlobStore for S3BlobStore {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| StoreError::backend(key, e))?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(body)
-            .send()
+        self.put_object(key, body, content_type, Condition::None)
             .await
-            .map_err(|e| classify(key, e))?;
-        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
@@ -288,17 +302,13 @@ impl BlobStore for S3BlobStore {
         version: &str,
     ) -> Result<(), StoreError> {
         Self::check(key)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .if_match(version)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| classify(key, e))?;
-        Ok(())
+        self.put_object(
+            key,
+            ByteStream::from(body),
+            content_type,
+            Condition::IfVersion(version),
+        )
+        .await
     }
 
     async fn list(
