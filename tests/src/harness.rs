@@ -187,24 +187,7 @@ pub fn specrun_bin() -> anyhow::Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            // The same command and environment as a shell's `cargo build`: the variables
-            // cargo and nextest set for tests would count as a changed build environment
-            // and rebuild much of the dependency graph, twice.
-            let keep = [
-                "PATH",
-                "HOME",
-                "CARGO_HOME",
-                "RUSTUP_HOME",
-                "CARGO_TARGET_DIR",
-                "TMPDIR",
-            ];
-            let status = std::process::Command::new("cargo")
-                .env_clear()
-                .envs(
-                    keep.iter()
-                        .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-                )
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
+            let status = clean_cargo()
                 .args([
                     "build",
                     "--quiet",
@@ -225,4 +208,27 @@ pub fn specrun_bin() -> anyhow::Result<PathBuf> {
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// `cargo` with the same environment as a shell's, run from the workspace: the variables
+/// cargo and nextest set for tests would count as a changed build environment and rebuild
+/// much of the dependency graph, twice.
+pub fn clean_cargo() -> std::process::Command {
+    let keep = [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "CARGO_TARGET_DIR",
+        "TMPDIR",
+    ];
+    let mut command = std::process::Command::new("cargo");
+    command
+        .env_clear()
+        .envs(
+            keep.iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+        )
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    command
 }

@@ -3,7 +3,8 @@
 //! `/lambda-url/<bin>/...` (path and query reach the handler as on AWS), against moto.
 
 use specrun_tests::emulator::{aws_env, free_port, http_request, Moto};
-use std::process::{Child, Command, Stdio};
+use specrun_tests::harness::clean_cargo;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
@@ -29,23 +30,7 @@ fn cargo_lambda_watch(
         .filter(|(_, v)| !v.contains(','))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    // A shell-like environment: the test's CARGO_* variables would make `cargo run`
-    // rebuild the dependency graph (see harness::specrun_bin).
-    let keep = [
-        "PATH",
-        "HOME",
-        "CARGO_HOME",
-        "RUSTUP_HOME",
-        "CARGO_TARGET_DIR",
-        "TMPDIR",
-    ];
-    let child = Command::new("cargo")
-        .env_clear()
-        .envs(
-            keep.iter()
-                .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-        )
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    let child = clean_cargo()
         .args([
             "lambda",
             "watch",
