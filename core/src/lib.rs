@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod agents_file;
+pub mod backoff;
 pub mod branch;
 pub mod celery;
 pub mod clarify;

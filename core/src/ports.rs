@@ -21,6 +21,14 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store or queue could not be reached, timed out, or answered that it is busy
+    /// (5xx, throttling): the same request may well work a little later.
+    #[error("storage unavailable at {key}: {source}")]
+    Unavailable {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StoreError {
@@ -32,6 +40,21 @@ impl StoreError {
             key: key.into(),
             source: source.into(),
         }
+    }
+
+    pub fn unavailable(
+        key: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Unavailable {
+            key: key.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether trying the same operation again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
     }
 }
 

@@ -353,13 +353,26 @@ impl DockerClient {
 
     /// IDs of job containers labelled with a run id (all of them when `run_id` is None).
     pub async fn containers_of(&self, run_id: Option<&str>) -> Result<Vec<String>, DockerError> {
-        let label = match run_id {
+        self.containers_labelled(run_id, None).await
+    }
+
+    /// Job containers of `run_id` (all of specrun's when `None`), only those `runner_id`
+    /// started when it is given.
+    pub async fn containers_labelled(
+        &self,
+        run_id: Option<&str>,
+        runner_id: Option<&str>,
+    ) -> Result<Vec<String>, DockerError> {
+        let mut labels = vec![match run_id {
             Some(id) => format!("{LABEL_RUN}={id}"),
             None => format!("{LABEL_MANAGED}=true"),
-        };
+        }];
+        if let Some(runner) = runner_id {
+            labels.push(format!("{LABEL_RUNNER}={runner}"));
+        }
         let options = ListContainersOptionsBuilder::new()
             .all(true)
-            .filters(&HashMap::from([("label".to_owned(), vec![label])]))
+            .filters(&HashMap::from([("label".to_owned(), labels)]))
             .build();
         let list = self
             .client

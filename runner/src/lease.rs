@@ -5,6 +5,7 @@
 use specrun_core::keys::{self, RunId};
 use specrun_core::lease::{Lease, LeaseDecision};
 use specrun_core::ports::{BlobStore, StoreError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -24,6 +25,7 @@ pub struct HeldLease {
     state: Arc<Mutex<(Lease, String)>>,
     store: Arc<dyn BlobStore>,
     key: String,
+    lost: Arc<AtomicBool>,
 }
 
 fn json(lease: &Lease) -> Vec<u8> {
@@ -78,24 +80,50 @@ pub async fn claim(
         }
         Err(e) => return Err(e),
     }
-    let (_, version) = store.get_versioned(&key).await?;
+    let Some(version) = version_if_ours(store.as_ref(), &key, &json(&lease)).await? else {
+        return Ok(Claim::Busy {
+            runner_id: "another runner".to_owned(),
+        });
+    };
     let attempt = lease.attempt;
     let state = Arc::new(Mutex::new((lease, version)));
-    let renewer = tokio::spawn(renew(store.clone(), key.clone(), state.clone(), ttl));
+    let lost = Arc::new(AtomicBool::new(false));
+    let renewer = tokio::spawn(renew(
+        store.clone(),
+        key.clone(),
+        state.clone(),
+        ttl,
+        lost.clone(),
+    ));
     Ok(Claim::Held(HeldLease {
         attempt,
         renewer,
         state,
         store,
         key,
+        lost,
     }))
 }
 
+/// Whether the lease object holds exactly `body` (our write) and, if so, its version.
+async fn version_if_ours(
+    store: &dyn BlobStore,
+    key: &str,
+    body: &[u8],
+) -> Result<Option<String>, StoreError> {
+    let (current, version) = store.get_versioned(key).await?;
+    Ok((current == body).then_some(version))
+}
+
+/// Extends the lease every third of its life. When the lease turns out to belong to
+/// another runner (it lapsed, say during a storage outage, and was taken over), `lost` is
+/// set and renewing stops: the run is no longer this runner's to finish.
 async fn renew(
     store: Arc<dyn BlobStore>,
     key: String,
     state: Arc<Mutex<(Lease, String)>>,
     ttl: Duration,
+    lost: Arc<AtomicBool>,
 ) {
     let ttl_time = time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(5));
     loop {
@@ -105,18 +133,25 @@ async fn renew(
             Err(_) => return,
         };
         lease.expires_at = now() + ttl_time;
+        let body = json(&lease);
         let written = store
-            .put_if_version(&key, json(&lease), "application/json", &version)
+            .put_if_version(&key, body.clone(), "application/json", &version)
             .await;
         let renewed = match written {
-            Ok(()) => store.get_versioned(&key).await.map(|(_, v)| v),
+            Ok(()) => version_if_ours(store.as_ref(), &key, &body).await,
+            Err(StoreError::PreconditionFailed(_)) => Ok(None),
             Err(e) => Err(e),
         };
         match renewed {
-            Ok(version) => {
+            Ok(Some(version)) => {
                 if let Ok(mut guard) = state.lock() {
                     *guard = (lease, version);
                 }
+            }
+            Ok(None) => {
+                tracing::error!(%key, "the run's lease was taken over by another runner; stopping this attempt");
+                lost.store(true, Ordering::SeqCst);
+                return;
             }
             Err(e) => tracing::warn!(error = %e, %key, "could not renew the run's lease"),
         }
@@ -124,6 +159,11 @@ async fn renew(
 }
 
 impl HeldLease {
+    /// Set once another runner has taken the run over.
+    pub fn lost(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
     /// Stops renewing and lets the lease lapse now.
     pub async fn release(self) {
         self.renewer.abort();

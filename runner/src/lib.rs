@@ -16,6 +16,7 @@ pub mod lease;
 mod phases;
 pub mod pipeline;
 pub mod progress;
+pub mod run_locks;
 pub mod serve;
 pub mod stop;
 pub mod worker;

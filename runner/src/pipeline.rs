@@ -24,6 +24,7 @@ use specrun_core::state::{AgentConfiguration, ArtifactRef, PhaseOutcome, RunErro
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_store::runs;
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -85,6 +86,8 @@ pub(crate) struct RunContext {
     pub specs_before: Vec<String>,
     pub feature: Option<FeatureDir>,
     pub branch: Option<BranchName>,
+    /// Another runner holds the run now: nothing more is recorded by this one.
+    pub abandoned: bool,
 }
 
 fn now() -> OffsetDateTime {
@@ -146,6 +149,18 @@ impl Pipeline {
         record: RunRecord,
         request: ValidatedRequest,
     ) -> Result<RunRecord, StoreError> {
+        self.execute_leased(record, request, None).await
+    }
+
+    /// [`Pipeline::execute`] under a lease: once `lease_lost` is set, the run is stopped
+    /// and abandoned without recording anything more (`PreconditionFailed`), so that the
+    /// runner that took it over is the only one that pushes and writes its state.
+    pub async fn execute_leased(
+        &self,
+        record: RunRecord,
+        request: ValidatedRequest,
+        lease_lost: Option<Arc<AtomicBool>>,
+    ) -> Result<RunRecord, StoreError> {
         let run_id =
             RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
         let secrets: Vec<String> = self
@@ -175,6 +190,7 @@ impl Pipeline {
             specs_before: Vec::new(),
             feature: None,
             branch: None,
+            abandoned: false,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: ctx.run_id.to_string(),
@@ -192,6 +208,8 @@ impl Pipeline {
             docker_host: self.config.docker_host.clone(),
             docker_timeout: self.config.docker_timeout,
             poll: std::time::Duration::from_secs(1),
+            runner_id: self.config.runner_id.clone(),
+            lease_lost,
         });
         let (status, reason) = match self.persist(&ctx).await {
             Ok(()) => self.run_phases(&mut ctx, &stop).await,
@@ -201,6 +219,13 @@ impl Pipeline {
             }
         };
         self.cleanup(&mut ctx).await;
+        if ctx.abandoned {
+            tracing::warn!(run_id = %ctx.run_id, "another runner took this run over; this runner stopped and recorded nothing more");
+            return Err(StoreError::PreconditionFailed(format!(
+                "run {}: the lease went to another runner",
+                ctx.run_id
+            )));
+        }
         if let Err(e) = ctx.record.finish(status, reason, now()) {
             tracing::warn!(error = %e, "unexpected final transition");
         }
@@ -324,6 +349,13 @@ impl Pipeline {
     ) -> (RunStatus, Option<String>) {
         let phase = interrupted.as_ref().map(|(phase, _)| *phase);
         let (status, text) = match &reason {
+            StopReason::LeaseLost => {
+                ctx.abandoned = true;
+                return (
+                    RunStatus::Failed,
+                    Some("the lease went to another runner".to_owned()),
+                );
+            }
             StopReason::Cancelled => (RunStatus::Cancelled, "cancelled by an operator".to_owned()),
             StopReason::TimedOut(limit) => (
                 RunStatus::Failed,
@@ -433,6 +465,9 @@ impl Pipeline {
     }
 
     async fn persist_phase(&self, ctx: &RunContext, phase: Phase) -> Result<(), StoreError> {
+        if ctx.abandoned {
+            return Ok(());
+        }
         let key = keys::phase_json(&ctx.run_id, phase);
         let state = runs::to_json(ctx.record.phase(phase));
         self.store.put(&key, state, "application/json").await?;
@@ -440,6 +475,9 @@ impl Pipeline {
     }
 
     async fn persist(&self, ctx: &RunContext) -> Result<(), StoreError> {
+        if ctx.abandoned {
+            return Ok(());
+        }
         runs::save_run(self.store.as_ref(), &ctx.record).await
     }
 }

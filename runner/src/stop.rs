@@ -1,11 +1,14 @@
 //! Stopping a run from outside its phases: an operator's cancel request (a marker object
-//! in the store) or the per-run time limit. A watcher notices either within a second or
-//! two and removes the run's job container, which ends the phase in progress; the
-//! pipeline then records `cancelled`, or `failed` with `run_timeout`.
+//! in the store), the per-run time limit, or the loss of the run's lease to another runner.
+//! A watcher notices within a second or two and removes this run's job container, which
+//! ends the phase in progress; the pipeline then records `cancelled`, or `failed` with
+//! `run_timeout`, or (lease lost) walks away and records nothing: the run is another
+//! runner's now.
 
 use crate::docker::DockerClient;
 use specrun_core::keys::{self, RunId};
 use specrun_core::ports::BlobStore;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,8 @@ use std::time::{Duration, Instant};
 pub enum StopReason {
     Cancelled,
     TimedOut(Duration),
+    /// Another runner took the run over (this one could not renew its lease in time).
+    LeaseLost,
 }
 
 /// Watches one run for a reason to stop it.
@@ -30,6 +35,10 @@ pub struct StopWatchConfig {
     pub docker_host: Option<String>,
     pub docker_timeout: Duration,
     pub poll: Duration,
+    /// This runner's id: with a lost lease only its own containers are removed.
+    pub runner_id: String,
+    /// Set when the run's lease has gone to another runner.
+    pub lease_lost: Option<Arc<AtomicBool>>,
 }
 
 impl StopWatch {
@@ -56,6 +65,13 @@ async fn watch(config: StopWatchConfig, reason: Arc<Mutex<Option<StopReason>>>) 
     let key = keys::cancel(&config.run_id);
     let found = loop {
         tokio::time::sleep(config.poll).await;
+        if config
+            .lease_lost
+            .as_ref()
+            .is_some_and(|lost| lost.load(Ordering::SeqCst))
+        {
+            break StopReason::LeaseLost;
+        }
         if config.store.get(&key).await.is_ok() {
             break StopReason::Cancelled;
         }
@@ -66,6 +82,8 @@ async fn watch(config: StopWatchConfig, reason: Arc<Mutex<Option<StopReason>>>) 
             break StopReason::TimedOut(limit);
         }
     };
+    // The new holder's containers are not ours to remove.
+    let only_ours = (found == StopReason::LeaseLost).then_some(config.runner_id.as_str());
     if let Ok(mut slot) = reason.lock() {
         *slot = Some(found);
     }
@@ -74,7 +92,7 @@ async fn watch(config: StopWatchConfig, reason: Arc<Mutex<Option<StopReason>>>) 
         DockerClient::connect(config.docker_host.as_deref(), config.docker_timeout).await
     {
         for container in docker
-            .containers_of(Some(config.run_id.as_str()))
+            .containers_labelled(Some(config.run_id.as_str()), only_ours)
             .await
             .unwrap_or_default()
         {

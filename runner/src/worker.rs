@@ -5,6 +5,7 @@
 
 use crate::lease::{self, Claim};
 use crate::pipeline::Pipeline;
+use crate::run_locks::RunLocks;
 use sha2::{Digest, Sha256};
 use specrun_core::celery::{self, CeleryState, CeleryTask};
 use specrun_core::keys::RunId;
@@ -70,6 +71,7 @@ pub struct Worker {
     pipeline: Pipeline,
     queue: Arc<dyn Queue>,
     config: Arc<WorkerConfig>,
+    running: RunLocks,
 }
 
 /// What to do with a message once handled.
@@ -106,6 +108,7 @@ impl Worker {
             pipeline,
             queue,
             config: Arc::new(config),
+            running: RunLocks::default(),
         }
     }
 
@@ -329,6 +332,7 @@ impl Worker {
 
     /// Runs the job unless an earlier delivery already finished it.
     async fn execute(&self, job: &Job) -> Result<RunRecord, StoreError> {
+        let _working = self.running.lock(job.run_id.as_str()).await;
         let validated = job.request.validate(&self.config.policy);
         let existing = runs::load_run(self.store(), &job.run_id).await?;
         let record = match existing {
@@ -413,7 +417,10 @@ impl Worker {
                 runs::save_run(self.store(), &record).await?;
             }
         }
-        let result = self.pipeline.execute(record, request).await;
+        let result = self
+            .pipeline
+            .execute_leased(record, request, Some(held.lost()))
+            .await;
         held.release().await;
         result
     }

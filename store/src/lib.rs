@@ -2,12 +2,15 @@
 //! directory that mirrors the bucket's key layout, and a spool-directory queue. `s3` and
 //! `sqs` are the serverless deployment's bucket and queue.
 
+mod aws_error;
 pub mod fs;
+pub mod retry;
 pub mod runs;
 pub mod s3;
 pub mod sqs;
 
 pub use fs::{FsBlobStore, FsQueue};
+pub use retry::{RetryingQueue, RetryingStore};
 pub use s3::{s3_client, S3BlobStore};
 pub use sqs::SqsQueue;
 

@@ -3,8 +3,9 @@
 //! `AWS_ENDPOINT_URL`. Conditional creates use `If-None-Match: *`; files go up in one
 //! request when small and as a multipart upload, part by part, when large.
 
+use crate::aws_error::classify;
 use async_trait::async_trait;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -30,38 +31,6 @@ pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     let builder =
         aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some());
     aws_sdk_s3::Client::from_conf(builder.build())
-}
-
-fn status_of<E, R: HttpStatus>(e: &SdkError<E, R>) -> Option<u16> {
-    e.raw_response().map(HttpStatus::status_code)
-}
-
-/// The HTTP status of a raw response, whatever the response type.
-trait HttpStatus {
-    fn status_code(&self) -> u16;
-}
-
-impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
-    }
-}
-
-fn classify<E>(key: &str, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let status = status_of(&e);
-    let code = e.code().map(str::to_owned);
-    match (status, code.as_deref()) {
-        (Some(404), _) | (_, Some("NoSuchKey" | "NotFound")) => {
-            StoreError::NotFound(key.to_owned())
-        }
-        (Some(412 | 409), _) | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
-            StoreError::PreconditionFailed(key.to_owned())
-        }
-        _ => StoreError::backend(key, aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
-    }
 }
 
 impl S3BlobStore {

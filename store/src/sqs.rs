@@ -1,8 +1,8 @@
 //! The run queue: [`Queue`] on SQS. Long polling, visibility extension while a run is in
 //! progress, and the receive count SQS keeps (which drives the dead-letter queue).
 
+use crate::aws_error::classify;
 use async_trait::async_trait;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use specrun_core::ports::{Queue, Received, StoreError};
 use std::time::Duration;
@@ -12,10 +12,6 @@ use std::time::Duration;
 pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
     url: String,
-}
-
-fn backend(what: &str, e: impl std::error::Error + 'static) -> StoreError {
-    StoreError::backend(what, DisplayErrorContext(e).to_string())
 }
 
 fn seconds(d: Duration) -> i32 {
@@ -46,7 +42,7 @@ impl Queue for SqsQueue {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| backend(&self.url, e))?;
+            .map_err(|e| classify(&self.url, e))?;
         Ok(sent.message_id().unwrap_or_default().to_owned())
     }
 
@@ -67,7 +63,7 @@ impl Queue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| backend(&self.url, e))?;
+            .map_err(|e| classify(&self.url, e))?;
         Ok(received
             .messages()
             .iter()
@@ -92,7 +88,7 @@ impl Queue for SqsQueue {
             .visibility_timeout(seconds(visibility))
             .send()
             .await
-            .map_err(|e| backend(&self.url, e))?;
+            .map_err(|e| classify(&self.url, e))?;
         Ok(())
     }
 
@@ -103,7 +99,7 @@ impl Queue for SqsQueue {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| backend(&self.url, e))?;
+            .map_err(|e| classify(&self.url, e))?;
         Ok(())
     }
 }

@@ -9,11 +9,13 @@ use crate::serve::{serve, Api};
 use crate::worker::{Worker, WorkerConfig};
 use anyhow::Context;
 use clap::Args;
+use specrun_core::backoff::Backoff;
 use specrun_core::ports::{BlobStore, Queue};
 use specrun_core::repo::RepoPolicy;
 use specrun_status::Status;
 use specrun_store::{
-    aws_config, s3_client, sqs_client, FsBlobStore, FsQueue, S3BlobStore, SqsQueue,
+    aws_config, s3_client, sqs_client, FsBlobStore, FsQueue, RetryingQueue, RetryingStore,
+    S3BlobStore, SqsQueue,
 };
 use specrun_submit::Submit;
 use std::path::Path;
@@ -66,6 +68,10 @@ pub struct WorkerArgs {
     /// Seconds in-flight runs get to finish after SIGTERM.
     #[arg(long, env = "SPECRUN_SHUTDOWN_GRACE_SECS", default_value_t = 600)]
     pub shutdown_grace_secs: u64,
+    /// Seconds the runner keeps retrying (with backoff) when the store or queue is
+    /// unreachable or busy, before it gives up on the operation.
+    #[arg(long, env = "SPECRUN_STORE_RETRY_SECS", default_value_t = 300)]
+    pub store_retry_secs: u64,
 }
 
 /// `specrun serve` flags.
@@ -166,6 +172,13 @@ fn worker(
     store: Arc<dyn BlobStore>,
     queue: Arc<dyn Queue>,
 ) -> anyhow::Result<Worker> {
+    // A run rides out a store or queue outage rather than failing halfway through.
+    let retry = Backoff {
+        budget: Duration::from_secs(args.store_retry_secs),
+        ..Backoff::default()
+    };
+    let store = Arc::new(RetryingStore::new(store, retry));
+    let queue = Arc::new(RetryingQueue::new(queue, retry));
     let pipeline = Pipeline::new(runner, store, Arc::new(TracingProgress));
     let config = WorkerConfig {
         concurrency: args.concurrency.max(1),
