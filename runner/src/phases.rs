@@ -967,9 +967,10 @@ pub(crate) async fn push(ctx: &mut RunContext) -> StepResult {
         .map(|t| t.expose().to_owned());
     let repository = ctx.record.repository.clone();
     let branch_name = branch.to_string();
+    let run_id = ctx.run_id.to_string();
     let pushed = tokio::task::spawn_blocking(move || {
         let repo = git::open(&workspace.git, &workspace.repo)?;
-        git::push(&repo, &url, &branch_name, token.as_deref())
+        git::push(&repo, &url, &branch_name, &run_id, token.as_deref())
     })
     .await
     .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?
@@ -982,6 +983,14 @@ pub(crate) async fn push(ctx: &mut RunContext) -> StepResult {
         git::Pushed::Created => String::new(),
         git::Pushed::Replaced { previous } => {
             format!(" (replaced specrun's earlier commit {})", short(&previous))
+        }
+        git::Pushed::AlreadyPushed { tip } => {
+            let text = format!(
+                "an earlier attempt of this run already pushed {branch} at {}; not pushing again",
+                short(&tip)
+            );
+            ctx.record.commit_sha = Some(tip);
+            return Ok(Step::Continue(message(text)));
         }
     };
     Ok(Step::Continue(message(format!(

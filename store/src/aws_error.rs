@@ -34,9 +34,35 @@ where
             StoreError::PreconditionFailed(key.to_owned())
         }
         _ if is_transient(&e, status, code.as_deref()) => {
-            StoreError::unavailable(key, DisplayErrorContext(e).to_string())
+            StoreError::unavailable(key, short_reason(&e, status, code.as_deref()))
         }
         _ => StoreError::backend(key, DisplayErrorContext(e).to_string()),
+    }
+}
+
+/// One line an operator can read: the root cause of a failed connection, or the status
+/// and code of a busy answer (the SDK's full context runs to a screenful).
+fn short_reason<E, R>(e: &SdkError<E, R>, status: Option<u16>, code: Option<&str>) -> String
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("no answer: {cause}")
+        }
+        _ => format!(
+            "answered HTTP {} {}",
+            status.map(|s| s.to_string()).unwrap_or_default(),
+            code.unwrap_or_default()
+        )
+        .trim_end()
+        .to_owned(),
     }
 }
 

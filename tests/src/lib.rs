@@ -8,3 +8,5 @@ pub mod forge;
 pub mod git_http;
 pub mod harness;
 pub mod model_server;
+pub mod outage;
+pub mod world;

@@ -6,158 +6,20 @@
 //! Each test starts its own moto, bucket, queues, git server and specrun processes, so
 //! they run in parallel.
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
-use specrun_tests::emulator::{
-    aws_env, http_request, HttpResponse, Moto, Queues, SpecrunEnv, SpecrunProcess,
+use specrun_tests::emulator::{aws_env, http_request, SpecrunProcess};
+use specrun_tests::harness::require_image;
+use specrun_tests::world::{
+    eventually, post_runs, pushes, run_request, submit, wait_final, World, BUCKET, RUN_TIMEOUT,
 };
-use specrun_tests::git_http::GitHttpServer;
-use specrun_tests::harness::{require_image, CANARY_TOKEN};
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
-
-const BUCKET: &str = "specrun-state";
-
-/// How long one run may take from submission to its final status.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// One test's world: an emulator with the bucket and queues, and a git server.
-struct World {
-    moto: Moto,
-    queues: Queues,
-    git: GitHttpServer,
-    env: SpecrunEnv,
-}
-
-impl World {
-    /// Starts moto and the git server; the run queue redrives to its DLQ after
-    /// `max_receive_count` receives.
-    async fn start(max_receive_count: u32) -> anyhow::Result<Self> {
-        let moto = Moto::start().await?;
-        moto.create_bucket(BUCKET).await?;
-        let queues = moto
-            .create_queues("specrun-runs", max_receive_count, 30)
-            .await?;
-        let git = GitHttpServer::start(Some(CANARY_TOKEN))?;
-        let git_host = git.base_url().trim_start_matches("http://").to_owned();
-        let env = SpecrunEnv::new(&moto, BUCKET, &queues.url, &git_host);
-        Ok(World {
-            moto,
-            queues,
-            git,
-            env,
-        })
-    }
-
-    /// run.json as stored in the bucket.
-    async fn stored_run(&self, run_id: &str) -> anyhow::Result<RunRecord> {
-        let bytes = self
-            .moto
-            .get_object(BUCKET, &format!("runs/{run_id}/run.json"))
-            .await?;
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-
-    /// Waits until the run queue holds no message, visible or in flight.
-    async fn wait_queue_empty(&self) -> TestResult {
-        eventually(
-            "the run queue to empty",
-            Duration::from_secs(20),
-            || async {
-                Ok(self
-                    .moto
-                    .queue_depth(&self.queues.url)
-                    .await?
-                    .is_empty()
-                    .then_some(()))
-            },
-        )
-        .await
-    }
-}
-
-/// Polls `check` every half second until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if started.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// A run request for `repo_url` with the scripted agent, publishing the branch only.
-fn run_request(repo_url: &str, text: &str) -> Value {
-    json!({
-        "repository": repo_url,
-        "specify_text": text,
-        "publish": "branch",
-        "agent": "scripted",
-    })
-}
-
-async fn post_runs(base: &str, body: &Value) -> anyhow::Result<HttpResponse> {
-    http_request(
-        "POST",
-        &format!("{base}/runs"),
-        Some(serde_json::to_vec(body)?),
-    )
-    .await
-}
-
-/// Submits and expects 202; returns the run id and status URL.
-async fn submit(base: &str, body: &Value) -> anyhow::Result<(String, String)> {
-    let response = post_runs(base, body).await?;
-    let answer = response.json()?;
-    ensure!(response.status == 202, "submit answered {answer}");
-    let field = |name: &str| {
-        answer[name]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("no {name} in {answer}"))
-    };
-    Ok((field("run_id")?, field("status_url")?))
-}
-
-/// Polls the status URL until the run is final; returns the status document.
-async fn wait_final(status_url: &str, service: &SpecrunProcess) -> anyhow::Result<Value> {
-    let waited = eventually("the run to finish", RUN_TIMEOUT, || async {
-        let response = http_request("GET", status_url, None).await?;
-        ensure!(
-            response.status == 200,
-            "GET {status_url}: {}",
-            response.status
-        );
-        let document = response.json()?;
-        let record: RunRecord = serde_json::from_value(document.clone())?;
-        Ok(record.status.is_final().then_some(document))
-    })
-    .await;
-    waited.with_context(|| format!("specrun's stderr:\n{}", service.stderr_tail(60)))
-}
-
-/// How many pushes (`POST .../git-receive-pack`) reached repository `name`.
-fn pushes(git: &GitHttpServer, name: &str) -> usize {
-    let path = format!("/{name}.git/git-receive-pack");
-    git.requests()
-        .iter()
-        .filter(|r| r.method == "POST" && r.path_and_query == path)
-        .count()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_submit_runs_through_the_queue_into_the_bucket() -> TestResult {

@@ -269,3 +269,58 @@ async fn sigterm_lets_the_run_in_flight_finish() -> TestResult {
     assert!(log.contains("shutting down"), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_runner_died_after_pushing_is_not_pushed_again() -> TestResult {
+    let h = Harness::start().await?;
+    let agents = slow_agent(&h, 0)?;
+    let run_id = enqueue(&h, "pushed", 1).await?;
+    let first = runner(&h, "runner-a", &agents)?;
+    let done = wait_until(&h, &run_id, "a final status", |r| r.status.is_final()).await;
+    stop(first);
+    let done = done?;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:#?}", done.error);
+    assert_eq!(pushes(&h), 1);
+
+    // What runner-a leaves behind when it dies right after the push: run.json still
+    // running, cleanup under way, the message back on the queue.
+    let mut died = done.clone();
+    died.status = RunStatus::Running;
+    died.finished_at = None;
+    died.status_timeline.pop();
+    let cleanup = died
+        .phases
+        .iter_mut()
+        .find(|p| p.phase == Phase::Cleanup)
+        .ok_or_else(|| anyhow::anyhow!("no cleanup phase"))?;
+    cleanup.status = PhaseStatus::Running;
+    cleanup.finished_at = None;
+    runs::save_run(h.store.as_ref(), &died).await?;
+    let url = h.git().repo_url("pushed");
+    let mut request = h.request(&url, "Send a weekly summary of saved reports");
+    request.agent = Some("slow".to_owned());
+    FsQueue::new(h.state.path().join(".queue"))
+        .send(RunMessage::new(run_id.as_str(), request).to_json())
+        .await?;
+
+    let second = runner(&h, "runner-b", &agents)?;
+    let record = wait_until(&h, &run_id, "the second attempt's final status", |r| {
+        r.attempt == 2 && r.status.is_final()
+    })
+    .await;
+    stop(second);
+    let record = record?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
+    assert_eq!(pushes(&h), 1, "the branch the first attempt pushed is kept");
+    assert_eq!(
+        record.commit_sha, done.commit_sha,
+        "the pushed commit is the run's"
+    );
+    let push = record
+        .phase(Phase::Push)
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(push.contains("already pushed"), "{push}");
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Storage and queue outages in the middle of a run, on the serverless path: the runner
+//! reaches moto through an [`OutageRelay`] that refuses connections, then answers 503, then
+//! comes back. The runner retries with backoff and the run lands once: one push, one final
+//! state, one index entry, every artifact whole, the message acknowledged.
+
+use anyhow::Context as _;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use specrun_core::state::RunRecord;
+use specrun_core::{Phase, PhaseStatus, RunStatus};
+use specrun_tests::emulator::SpecrunProcess;
+use specrun_tests::harness::require_image;
+use specrun_tests::outage::OutageRelay;
+use specrun_tests::world::{eventually, pushes, run_request, submit, wait_final, World, BUCKET};
+use std::time::Duration;
+
+type TestResult = anyhow::Result<()>;
+
+/// An agents file whose `slow` agent sleeps `seconds` in the specify phase.
+fn slow_agents_file(dir: &std::path::Path, seconds: u32) -> anyhow::Result<String> {
+    let text = format!(
+        "[agents.slow]\nextends = \"scripted\"\n[agents.slow.phases]\nspecify = [\"sh\", \"-c\", \"sleep {seconds}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"slow\", \"{{text}}\"]\n"
+    );
+    let path = dir.join("agents.toml");
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResult {
+    require_image().await?;
+    let mut world = World::start(5).await?;
+    let dir = tempfile::tempdir()?;
+    let agents = slow_agents_file(dir.path(), 8)?;
+    world
+        .env
+        .extra
+        .push(("SPECRUN_AGENTS_FILE".to_owned(), agents));
+    let relay = OutageRelay::start(&world.moto.endpoint()).await?;
+    let mut through_relay = world.env.clone();
+    through_relay.endpoint = relay.endpoint();
+    through_relay
+        .extra
+        .push(("SPECRUN_STORE_RETRY_SECS".to_owned(), "120".to_owned()));
+
+    let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
+    // A lease and a visibility timeout shorter than the outage: both lapse while the store
+    // and queue are away, and the second receiver slot sees the message come back.
+    let runner = SpecrunProcess::runner(
+        &through_relay,
+        &[
+            "--lease-secs",
+            "6",
+            "--visibility-secs",
+            "10",
+            "--concurrency",
+            "2",
+        ],
+    )
+    .await?;
+    let url = world.git.create_repo("api", "# Api\n")?;
+    let mut request = run_request(&url, "Let operators rotate API keys without downtime");
+    request["agent"] = json!("slow");
+    let (run_id, status_url) = submit(serve.base_url()?, &request).await?;
+
+    eventually(
+        "the specify phase to start",
+        Duration::from_secs(60),
+        || async {
+            let specify_running = match world.stored_run(&run_id).await {
+                Ok(record) => record.phase(Phase::Specify).status == PhaseStatus::Running,
+                Err(_) => false,
+            };
+            Ok(specify_running.then_some(()))
+        },
+    )
+    .await?;
+    relay.refuse();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    relay.answer_503().await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.restore().await?;
+
+    let document = wait_final(&status_url, &runner).await?;
+    let record: RunRecord = serde_json::from_value(document.clone())?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{document:#}");
+    assert_eq!(
+        record.attempt, 1,
+        "the outage must not start a second attempt"
+    );
+    assert!(record.previous_attempts.is_empty(), "{document:#}");
+    assert_eq!(pushes(&world.git, "api"), 1, "one run, one push");
+    let branch = record.branch_name.clone().context("no branch")?;
+    assert!(world.git.branches("api")?.contains(&branch));
+
+    let log = runner.stderr_tail(400);
+    assert!(log.contains("storage unavailable; retrying"), "{log}");
+    assert!(log.contains("storage reachable again"), "{log}");
+
+    // Every phase document agrees with run.json, and every artifact is whole.
+    for phase in Phase::ALL {
+        let key = format!("runs/{run_id}/phases/{}.json", phase.as_str());
+        let stored: serde_json::Value =
+            serde_json::from_slice(&world.moto.get_object(BUCKET, &key).await?)?;
+        assert_eq!(
+            stored["status"],
+            json!(record.phase(phase).status),
+            "{key}: {stored}"
+        );
+    }
+    for artifact in &record.artifacts {
+        let body = world.moto.get_object(BUCKET, &artifact.key).await?;
+        assert_eq!(body.len() as u64, artifact.size, "{}", artifact.key);
+        assert_eq!(format!("{:x}", Sha256::digest(&body)), artifact.sha256);
+    }
+    let index = world.moto.keys(BUCKET, "index/runs/").await?;
+    let entries = index.iter().filter(|k| k.ends_with(&run_id)).count();
+    assert_eq!(entries, 1, "{index:?}");
+
+    // Both deliveries (the original and the one that came back) are acknowledged.
+    world.wait_queue_empty().await?;
+    assert!(relay.connections() > 0);
+    Ok(())
+}
