@@ -582,6 +582,12 @@ impl SpecrunProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGKILL: the process dies mid-work, as on a lost machine.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL when it has not exited after [`STOP_GRACE`].
     pub fn stop(&mut self) {
         if !self.is_running() {

@@ -9,4 +9,5 @@ pub mod git_http;
 pub mod harness;
 pub mod model_server;
 pub mod outage;
+pub mod soak;
 pub mod world;
