@@ -30,204 +30,91 @@
 //! The server runs on its own thread with its own runtime, so it keeps answering while a
 //! test blocks its own runtime; it stops when dropped.
 
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use anyhow::Context as _;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
-use crate::model_server::{feature_dir_name, phase_command, spec_markdown, Phase};
+use crate::http_thread::HttpThread;
+use crate::model_server::{
+    feature_dir_name, phase_command, spec_markdown, Phase, Refusal, ScriptedApi,
+};
 
 /// The header Claude Code sends the API key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
-
-/// Largest request body accepted (Claude Code sends ~60 KB per turn: tools and prompt).
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where the job container keeps the repository, if a request does not say.
 const DEFAULT_WORKDIR: &str = "/workspace/repo";
 
 /// A scripted Messages API server; stops when dropped.
 pub struct AnthropicServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-struct Shared {
-    api_key: String,
-    requests: Mutex<Vec<Value>>,
-    saw_key: AtomicBool,
-    unauthorized: AtomicUsize,
-    next_id: AtomicU64,
-}
-
-impl Shared {
-    fn requests(&self) -> MutexGuard<'_, Vec<Value>> {
-        self.requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+    http: HttpThread,
+    api: Arc<ScriptedApi>,
 }
 
 impl AnthropicServer {
     /// Starts the server on `bind_ip` with an OS-chosen port; requests must carry
     /// `x-api-key: <api_key>`.
     pub async fn start(bind_ip: IpAddr, api_key: &str) -> anyhow::Result<Self> {
-        let listener = StdTcpListener::bind(SocketAddr::new(bind_ip, 0))
-            .with_context(|| format!("binding the Anthropic server to {bind_ip}:0"))?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the listener's address")?;
-        let shared = Arc::new(Shared {
-            api_key: api_key.to_owned(),
-            requests: Mutex::new(Vec::new()),
-            saw_key: AtomicBool::new(false),
-            unauthorized: AtomicUsize::new(0),
-            next_id: AtomicU64::new(0),
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the Anthropic server's runtime")?;
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).context("registering the listener")?
-        };
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("anthropic-server".into())
-            .spawn(move || runtime.block_on(accept_loop(listener, thread_shared, shutdown_rx)))
-            .context("spawning the Anthropic server thread")?;
-        Ok(Self {
-            addr,
-            shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let key_header = HeaderName::from_static(API_KEY_HEADER);
+        let api = ScriptedApi::new(key_header, api_key.to_owned(), true);
+        let (http, api) = api.serve(bind_ip, "anthropic-server", handle)?;
+        Ok(Self { http, api })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.http.addr()
     }
 
     /// The value for `ANTHROPIC_BASE_URL`: `http://IP:PORT` (Claude Code adds `/v1/...`).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Every request received so far, in order, as `{"method", "path", "query",
     /// "headers": {name: value}, "body": JSON or null}`; header names are lower-case and
     /// `x-api-key` and `authorization` are left out.
     pub fn requests(&self) -> Vec<Value> {
-        self.shared.requests().clone()
+        self.api.requests()
     }
 
     /// Whether any request carried the right `x-api-key`.
     pub fn saw_key(&self) -> bool {
-        self.shared.saw_key.load(Ordering::Relaxed)
+        self.api.saw_key()
     }
 
     /// How many requests were refused with 401 (missing or wrong key).
     pub fn unauthorized_requests(&self) -> usize {
-        self.shared.unauthorized.load(Ordering::Relaxed)
+        self.api.unauthorized_requests()
     }
 }
 
-impl Drop for AnthropicServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let shared = Arc::clone(&shared);
-                            async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service);
-                        if let Err(err) = conn.await {
-                            eprintln!("anthropic server: connection error: {err}");
-                        }
-                    });
-                }
-                Err(err) => eprintln!("anthropic server: accept failed: {err}"),
-            },
-        }
-    }
-}
-
-/// Records one request and answers it.
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
+/// Admits one request and answers it.
+async fn handle(api: Arc<ScriptedApi>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, json_body) = match api.admit(req).await {
+        Ok(admitted) => admitted,
+        Err(Refusal::UnreadableBody(err)) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 &format!("body: {err}"),
             )
         }
-    };
-    let json_body = serde_json::from_slice::<Value>(&body).ok();
-    shared.requests().push(json!({
-        "method": parts.method.as_str(),
-        "path": parts.uri.path(),
-        "query": parts.uri.query(),
-        "headers": headers_without_keys(&parts.headers),
-        "body": json_body.clone().unwrap_or(Value::Null),
-    }));
-    let authorized = parts
-        .headers
-        .get(API_KEY_HEADER)
-        .is_some_and(|value| value.as_bytes() == shared.api_key.as_bytes());
-    if !authorized {
-        shared.unauthorized.fetch_add(1, Ordering::Relaxed);
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "invalid x-api-key",
-        );
-    }
-    shared.saw_key.store(true, Ordering::Relaxed);
-    match (&parts.method, parts.uri.path(), json_body) {
-        (&Method::POST, "/v1/messages", Some(body)) => {
-            let n = shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-            respond(&body, n)
+        Err(Refusal::WrongKey) => {
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid x-api-key",
+            )
         }
+    };
+    match (&parts.method, parts.uri.path(), json_body) {
+        (&Method::POST, "/v1/messages", Some(body)) => respond(&body, api.next_id()),
         (&Method::POST, "/v1/messages/count_tokens", Some(body)) => json_response(
             StatusCode::OK,
             &json!({"input_tokens": estimate_tokens(&body)}),
@@ -239,25 +126,6 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
         ),
         _ => error_response(StatusCode::NOT_FOUND, "not_found_error", "not scripted"),
     }
-}
-
-/// The headers as a JSON object (lower-case names; repeated headers joined with ", "),
-/// without the key-bearing ones.
-fn headers_without_keys(headers: &HeaderMap) -> Value {
-    let mut map = serde_json::Map::new();
-    for name in headers
-        .keys()
-        .filter(|name| *name != AUTHORIZATION && name.as_str() != API_KEY_HEADER)
-    {
-        let joined = headers
-            .get_all(name)
-            .iter()
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
-        map.insert(name.as_str().to_owned(), Value::String(joined));
-    }
-    Value::Object(map)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -55,24 +55,21 @@
 //! - **Request bodies** over 1 MiB get 400 "Problems parsing JSON".
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use anyhow::{ensure, Context as _};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LINK, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
 
 use crate::git_http::GitHttpServer;
+use crate::http_thread::HttpThread;
 
 /// The login of the one user every API request acts as.
 pub const FORGE_USER: &str = "specrun-bot";
@@ -138,11 +135,9 @@ pub struct ApiRequestRecord {
 /// A fake GitHub on 127.0.0.1: the REST API under [`API_PREFIX`] on one port, and the
 /// repositories over git smart HTTP on another. Both take the same token. It stops when dropped.
 pub struct ForgeServer {
-    addr: SocketAddr,
+    /// Declared before `git`: fields drop in order, so the API server stops first.
+    api: HttpThread,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-    /// Dropped after the API server has stopped (fields drop after [`Drop::drop`]).
     git: GitHttpServer,
 }
 
@@ -155,10 +150,8 @@ impl ForgeServer {
         let git = GitHttpServer::start(Some(token))?;
         let spec: Value =
             serde_json::from_str(OPENAPI_SUBSET).context("parsing the OpenAPI subset")?;
+        // Bound before the state is built: the state's URLs carry the port.
         let listener = StdTcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
         let addr = listener
             .local_addr()
             .context("reading the listener's address")?;
@@ -174,25 +167,21 @@ impl ForgeServer {
             state: Mutex::new(State::default()),
             log: Mutex::new(Log::default()),
         });
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let thread = spawn_server_thread(listener, Arc::clone(&shared), shutdown_rx)?;
-        Ok(Self {
-            addr,
-            shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-            git,
-        })
+        let handler_shared = Arc::clone(&shared);
+        let api = HttpThread::start(listener, "forge-server", move |req| {
+            handle(Arc::clone(&handler_shared), req)
+        })?;
+        Ok(Self { api, shared, git })
     }
 
     /// The API base URL, `http://127.0.0.1:PORT/api/v3` (octocrab's `base_uri`).
     pub fn api_url(&self) -> String {
-        format!("http://{}{API_PREFIX}", self.addr)
+        format!("http://{}{API_PREFIX}", self.api.addr())
     }
 
     /// The web base URL `http://127.0.0.1:PORT` that `html_url`s start with.
     pub fn web_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.api.addr())
     }
 
     /// The git base URL: repository `owner/name` is at `{git_base_url}/owner/name.git`.
@@ -259,17 +248,6 @@ impl ForgeServer {
     /// fake's own responses, each prefixed with the request (`POST /api/v3/...: ...`).
     pub fn violations(&self) -> Vec<String> {
         self.shared.log().violations.clone()
-    }
-}
-
-impl Drop for ForgeServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -619,7 +597,7 @@ struct ApiRequest {
 }
 
 /// Answers one HTTP request and records it.
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     // A body over the limit is kept as a note and answered 400, as unparsable JSON.
     let (body, body_value) = match Limited::new(body, MAX_BODY_BYTES).collect().await {
@@ -636,7 +614,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>
             Some(Value::String(format!("unreadable body: {err}"))),
         ),
     };
-    let reply = answer(shared, &parts, &body, body_value.clone());
+    let reply = answer(&shared, &parts, &body, body_value.clone());
     shared.log().requests.push(ApiRequestRecord {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -1788,77 +1766,6 @@ fn to_response(reply: Reply) -> Response<Full<Bytes>> {
         }
     }
     response
-}
-
-/// Starts the thread running the accept loop on its own current-thread runtime, and waits
-/// until the runtime is up.
-fn spawn_server_thread(
-    listener: StdTcpListener,
-    shared: Arc<Shared>,
-    shutdown: oneshot::Receiver<()>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("forge-server".into())
-        .spawn(move || {
-            let started = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("building the forge's runtime")
-                .and_then(|runtime| {
-                    let _guard = runtime.enter();
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .context("registering the listener")?;
-                    drop(_guard);
-                    Ok((runtime, listener))
-                });
-            match started {
-                Ok((runtime, listener)) => {
-                    let _ = ready_tx.send(Ok(()));
-                    runtime.block_on(accept_loop(listener, shared, shutdown));
-                }
-                Err(err) => {
-                    let _ = ready_tx.send(Err(err));
-                }
-            }
-        })
-        .context("spawning the forge thread")?;
-    ready_rx
-        .recv()
-        .context("the forge thread died while starting")??;
-    Ok(thread)
-}
-
-/// Accepts connections until `shutdown` fires (or its sender is dropped).
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                Err(err) => eprintln!("forge: accept failed: {err}"),
-            },
-        }
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection.
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let service = hyper::service::service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-    });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    if let Err(err) = conn.await {
-        eprintln!("forge: connection error: {err}");
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,11 @@
 //! A real git smart-HTTP server for tests: bridges HTTP on 127.0.0.1 to the
 //! `git http-backend` CGI program, with optional token (HTTP Basic) authentication.
 
-use std::convert::Infallible;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use anyhow::{bail, ensure, Context as _};
 use base64::Engine as _;
@@ -17,9 +15,9 @@ use hyper::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
 };
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::oneshot;
+
+use crate::http_thread::HttpThread;
 
 /// The Basic-auth user name every authenticated request must use.
 pub const TOKEN_USER: &str = "x-access-token";
@@ -74,10 +72,9 @@ impl Shared {
 /// It runs on its own thread with its own single-threaded tokio runtime, so it works
 /// from plain `#[test]`s and from `#[tokio::test]`s alike. It stops when dropped.
 pub struct GitHttpServer {
-    addr: SocketAddr,
+    /// Declared before `_dir`: fields drop in order, so the server stops first.
+    http: HttpThread,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
     /// Held so the repositories live as long as the server; removed on drop.
     _dir: tempfile::TempDir,
 }
@@ -101,27 +98,22 @@ impl GitHttpServer {
             backend: http_backend_path(dir.path())?,
             requests: Mutex::new(Vec::new()),
         });
-        let listener = StdTcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the listener's address")?;
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let thread = spawn_server_thread(listener, Arc::clone(&shared), shutdown_rx)?;
+        let handler_shared = Arc::clone(&shared);
+        let http = HttpThread::bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            "git-http-server",
+            move |req| handle(Arc::clone(&handler_shared), req),
+        )?;
         Ok(Self {
-            addr,
+            http,
             shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
             _dir: dir,
         })
     }
 
     /// The server's base URL, `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.http.addr())
     }
 
     /// The URL of repository `name`, `http://127.0.0.1:PORT/<name>.git`.
@@ -221,17 +213,6 @@ impl GitHttpServer {
     }
 }
 
-impl Drop for GitHttpServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Locates `git-http-backend` in git's exec path.
 fn http_backend_path(cwd: &Path) -> anyhow::Result<PathBuf> {
     let exec_path = git(cwd, &["--exec-path"])?;
@@ -313,92 +294,17 @@ fn git_succeeds(dir: &Path, args: &[&str]) -> anyhow::Result<bool> {
     Ok(status.success())
 }
 
-/// Starts the thread running the accept loop on its own current-thread runtime, and
-/// waits until the runtime is up (the runtime is created, used and dropped on that thread).
-fn spawn_server_thread(
-    listener: StdTcpListener,
-    shared: Arc<Shared>,
-    shutdown: oneshot::Receiver<()>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("git-http-server".into())
-        .spawn(move || {
-            let (runtime, listener) = match server_runtime(listener) {
-                Ok(started) => started,
-                Err(err) => {
-                    let _ = ready_tx.send(Err(err));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            runtime.block_on(accept_loop(listener, shared, shutdown));
-        })
-        .context("spawning the git server thread")?;
-    ready_rx
-        .recv()
-        .context("the git server thread died while starting")??;
-    Ok(thread)
-}
-
-/// Builds the server's runtime and registers the listener with it.
-fn server_runtime(
-    listener: StdTcpListener,
-) -> anyhow::Result<(tokio::runtime::Runtime, tokio::net::TcpListener)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the git server's runtime")?;
-    let listener = {
-        let _guard = runtime.enter();
-        tokio::net::TcpListener::from_std(listener).context("registering the listener")?
-    };
-    Ok((runtime, listener))
-}
-
-/// Accepts connections until `shutdown` fires (or its sender is dropped).
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                Err(err) => eprintln!("git http server: accept failed: {err}"),
-            },
-        }
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection.
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let service = hyper::service::service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-    });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    if let Err(err) = conn.await {
-        eprintln!("git http server: connection error: {err}");
-    }
-}
-
 /// Answers one request and records it.
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let path_and_query = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.to_string());
     let had_authorization = req.headers().contains_key(AUTHORIZATION);
-    let response = match check_access(shared, req.headers()) {
+    let response = match check_access(&shared, req.headers()) {
         Access::Denied => unauthorized(),
-        access => run_backend(shared, req, access)
+        access => run_backend(&shared, req, access)
             .await
             .unwrap_or_else(|err| {
                 eprintln!("git http server: {err:#}");

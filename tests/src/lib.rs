@@ -7,6 +7,7 @@ pub mod emulator;
 pub mod forge;
 pub mod git_http;
 pub mod harness;
+pub mod http_thread;
 pub mod model_server;
 pub mod outage;
 pub mod soak;

@@ -31,23 +31,22 @@
 //! test blocks its own runtime (for example on a `docker exec`); it stops when dropped.
 
 use std::collections::hash_map::RandomState;
-use std::convert::Infallible;
 use std::hash::{BuildHasher as _, Hasher as _};
-use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command as StdCommand, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+
+use crate::http_thread::HttpThread;
 
 /// The environment variable the generated Codex config reads the API key from.
 pub const MODEL_KEY_ENV: &str = "SPECRUN_MODEL_KEY";
@@ -58,95 +57,49 @@ pub const MODEL: &str = "gpt-test";
 /// The provider id the generated Codex config defines.
 pub const PROVIDER: &str = "scripted";
 
-/// Largest request body accepted (Codex sends ~40 KB per turn, growing with the history).
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
 /// The harness-injected user messages start with one of these tags, not the prompt.
 const INJECTED_PREFIX: char = '<';
 
 /// A scripted Responses API server; stops when dropped.
 pub struct ModelServer {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// State shared by every request handler.
-struct Shared {
-    api_key: String,
-    requests: Mutex<Vec<Value>>,
-    saw_key: AtomicBool,
-    unauthorized: AtomicUsize,
-    next_id: AtomicU64,
-}
-
-impl Shared {
-    fn requests(&self) -> MutexGuard<'_, Vec<Value>> {
-        self.requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
+    http: HttpThread,
+    api: Arc<ScriptedApi>,
 }
 
 impl ModelServer {
     /// Starts the server on `bind_ip` with an OS-chosen port; requests must carry
     /// `Authorization: Bearer <api_key>`.
     pub async fn start(bind_ip: IpAddr, api_key: &str) -> anyhow::Result<Self> {
-        let listener = StdTcpListener::bind(SocketAddr::new(bind_ip, 0))
-            .with_context(|| format!("binding the model server to {bind_ip}:0"))?;
-        listener
-            .set_nonblocking(true)
-            .context("making the listener non-blocking")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the listener's address")?;
-        let shared = Arc::new(Shared {
-            api_key: api_key.to_owned(),
-            requests: Mutex::new(Vec::new()),
-            saw_key: AtomicBool::new(false),
-            unauthorized: AtomicUsize::new(0),
-            next_id: AtomicU64::new(0),
-        });
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let thread = spawn_server_thread(listener, Arc::clone(&shared), shutdown_rx)?;
-        Ok(Self {
-            addr,
-            shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let api = ScriptedApi::new(AUTHORIZATION, format!("Bearer {api_key}"), false);
+        let (http, api) = api.serve(bind_ip, "model-server", handle)?;
+        Ok(Self { http, api })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.http.addr()
     }
 
     /// The provider base URL, `http://IP:PORT/v1`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("http://{}/v1", self.addr())
     }
 
     /// Every request received so far, in order, as
     /// `{"method", "path", "headers": {name: value}, "body": JSON or null}`; header names
     /// are lower-case and `authorization` is left out.
     pub fn requests(&self) -> Vec<Value> {
-        self.shared.requests().clone()
+        self.api.requests()
     }
 
     /// Whether any request carried `Authorization: Bearer <api key>`.
     pub fn saw_key(&self) -> bool {
-        self.shared.saw_key.load(Ordering::Relaxed)
+        self.api.saw_key()
     }
 
     /// How many requests were refused with 401 (missing or wrong key).
     pub fn unauthorized_requests(&self) -> usize {
-        self.shared.unauthorized.load(Ordering::Relaxed)
+        self.api.unauthorized_requests()
     }
 
     /// A Codex `config.toml` that uses this server as the only model provider, reading the
@@ -187,123 +140,28 @@ stream_max_retries = 0
     }
 }
 
-impl Drop for ModelServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Serving
 // ---------------------------------------------------------------------------------------
 
-/// Starts the thread running the accept loop on its own current-thread runtime.
-fn spawn_server_thread(
-    listener: StdTcpListener,
-    shared: Arc<Shared>,
-    shutdown: oneshot::Receiver<()>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the model server's runtime")?;
-    let listener = {
-        let _guard = runtime.enter();
-        tokio::net::TcpListener::from_std(listener).context("registering the listener")?
-    };
-    std::thread::Builder::new()
-        .name("model-server".into())
-        .spawn(move || runtime.block_on(accept_loop(listener, shared, shutdown)))
-        .context("spawning the model server thread")
-}
-
-/// Accepts connections until `shutdown` fires (or its sender is dropped).
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                Err(err) => eprintln!("model server: accept failed: {err}"),
-            },
+/// Admits one request and answers it.
+async fn handle(api: Arc<ScriptedApi>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, json_body) = match api.admit(req).await {
+        Ok(admitted) => admitted,
+        Err(Refusal::UnreadableBody(err)) => {
+            return error_response(StatusCode::BAD_REQUEST, &format!("body: {err}"))
         }
-    }
-}
-
-/// Serves HTTP/1.1 requests on one connection.
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
-    let service = hyper::service::service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-    });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    if let Err(err) = conn.await {
-        eprintln!("model server: connection error: {err}");
-    }
-}
-
-/// Records one request and answers it.
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => return error_response(StatusCode::BAD_REQUEST, &format!("body: {err}")),
+        Err(Refusal::WrongKey) => {
+            return error_response(StatusCode::UNAUTHORIZED, "missing or wrong API key")
+        }
     };
-    let json_body = serde_json::from_slice::<Value>(&body).ok();
-    shared.requests().push(json!({
-        "method": parts.method.as_str(),
-        "path": parts.uri.path(),
-        "headers": headers_without_auth(&parts.headers),
-        "body": json_body.clone().unwrap_or(Value::Null),
-    }));
-    if !authorized(shared, &parts.headers) {
-        shared.unauthorized.fetch_add(1, Ordering::Relaxed);
-        return error_response(StatusCode::UNAUTHORIZED, "missing or wrong API key");
-    }
-    shared.saw_key.store(true, Ordering::Relaxed);
     match (&parts.method, parts.uri.path(), json_body) {
-        (&Method::POST, "/v1/responses", Some(body)) => respond(shared, &body),
+        (&Method::POST, "/v1/responses", Some(body)) => respond(&api, &body),
         (&Method::POST, "/v1/responses", None) => {
             error_response(StatusCode::BAD_REQUEST, "body is not JSON")
         }
         _ => error_response(StatusCode::NOT_FOUND, "not scripted"),
     }
-}
-
-/// Whether the request carries `Authorization: Bearer <api key>`.
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", shared.api_key);
-    headers
-        .get(AUTHORIZATION)
-        .is_some_and(|value| value.as_bytes() == expected.as_bytes())
-}
-
-/// The headers as a JSON object (lower-case names; repeated headers joined with ", "),
-/// without `authorization`.
-fn headers_without_auth(headers: &HeaderMap) -> Value {
-    let mut map = serde_json::Map::new();
-    for name in headers.keys().filter(|name| *name != AUTHORIZATION) {
-        let joined = headers
-            .get_all(name)
-            .iter()
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
-        map.insert(name.as_str().to_owned(), Value::String(joined));
-    }
-    Value::Object(map)
 }
 
 /// An OpenAI-style JSON error.
@@ -319,15 +177,161 @@ fn error_response(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 /// Answers a `POST /v1/responses` with the scripted SSE stream.
-fn respond(shared: &Shared, body: &Value) -> Response<Full<Bytes>> {
+fn respond(api: &ScriptedApi, body: &Value) -> Response<Full<Bytes>> {
     let reply = script(body);
-    let events = reply_events(&reply, shared.next_id(), usage_for(body));
+    let events = reply_events(&reply, api.next_id(), usage_for(body));
     let mut response = Response::new(Full::new(Bytes::from(render_sse(&events))));
     response.headers_mut().insert(
         CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/event-stream"),
     );
     response
+}
+
+// ---------------------------------------------------------------------------------------
+// What this server shares with the Anthropic one
+// ---------------------------------------------------------------------------------------
+
+/// Largest request body accepted (Codex sends ~40 KB per turn, Claude Code ~60 KB: tools
+/// and prompt; both grow with the history).
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// A scripted model API's key check and records, the same for the Responses API
+/// ([`ModelServer`]) and the Messages API ([`crate::anthropic_server::AnthropicServer`]).
+pub(crate) struct ScriptedApi {
+    /// The header carrying the key; left out of the records, as `authorization` is.
+    key_header: HeaderName,
+    /// That header's value on an authorised request.
+    expected_key: String,
+    /// Whether the records carry the query string as `"query"`.
+    records_query: bool,
+    requests: Mutex<Vec<Value>>,
+    saw_key: AtomicBool,
+    unauthorized: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// Why [`ScriptedApi::admit`] turned a request away.
+pub(crate) enum Refusal {
+    /// The body could not be read (too large, or the connection broke); not recorded.
+    UnreadableBody(String),
+    /// The key was missing or wrong; recorded and counted.
+    WrongKey,
+}
+
+impl ScriptedApi {
+    /// An API whose requests must carry `key_header: expected_key`.
+    pub(crate) fn new(key_header: HeaderName, expected_key: String, records_query: bool) -> Self {
+        Self {
+            key_header,
+            expected_key,
+            records_query,
+            requests: Mutex::new(Vec::new()),
+            saw_key: AtomicBool::new(false),
+            unauthorized: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Serves this API on `bind_ip` with an OS-chosen port, on a thread called `name`,
+    /// answering every request with `handler`.
+    pub(crate) fn serve<F, Fut>(
+        self,
+        bind_ip: IpAddr,
+        name: &str,
+        handler: F,
+    ) -> anyhow::Result<(HttpThread, Arc<Self>)>
+    where
+        F: Fn(Arc<Self>, Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let api = Arc::new(self);
+        let handler_api = Arc::clone(&api);
+        let http = HttpThread::bind(SocketAddr::new(bind_ip, 0), name, move |req| {
+            handler(Arc::clone(&handler_api), req)
+        })?;
+        Ok((http, api))
+    }
+
+    /// Reads the request's body, records the request and checks its key; returns the
+    /// request's parts and its body as JSON (`None` when it is not JSON).
+    pub(crate) async fn admit(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(Parts, Option<Value>), Refusal> {
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, MAX_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|err| Refusal::UnreadableBody(err.to_string()))?
+            .to_bytes();
+        let json_body = serde_json::from_slice::<Value>(&body).ok();
+        let mut record = json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+        });
+        if self.records_query {
+            record["query"] = json!(parts.uri.query());
+        }
+        record["headers"] = self.headers_without_keys(&parts.headers);
+        record["body"] = json_body.clone().unwrap_or(Value::Null);
+        self.recorded().push(record);
+        let authorized = parts
+            .headers
+            .get(&self.key_header)
+            .is_some_and(|value| value.as_bytes() == self.expected_key.as_bytes());
+        if !authorized {
+            self.unauthorized.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::WrongKey);
+        }
+        self.saw_key.store(true, Ordering::Relaxed);
+        Ok((parts, json_body))
+    }
+
+    /// Every request recorded so far, in order.
+    pub(crate) fn requests(&self) -> Vec<Value> {
+        self.recorded().clone()
+    }
+
+    /// Whether any request carried the right key.
+    pub(crate) fn saw_key(&self) -> bool {
+        self.saw_key.load(Ordering::Relaxed)
+    }
+
+    /// How many requests were refused for a missing or wrong key.
+    pub(crate) fn unauthorized_requests(&self) -> usize {
+        self.unauthorized.load(Ordering::Relaxed)
+    }
+
+    /// A fresh number for the ids of one answer, from 1.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn recorded(&self) -> MutexGuard<'_, Vec<Value>> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The headers as a JSON object (lower-case names; repeated headers joined with ", "),
+    /// without `authorization` and the key header.
+    fn headers_without_keys(&self, headers: &HeaderMap) -> Value {
+        let mut map = serde_json::Map::new();
+        for name in headers
+            .keys()
+            .filter(|name| **name != AUTHORIZATION && **name != self.key_header)
+        {
+            let joined = headers
+                .get_all(name)
+                .iter()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            map.insert(name.as_str().to_owned(), Value::String(joined));
+        }
+        Value::Object(map)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
