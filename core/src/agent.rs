@@ -10,18 +10,22 @@ use std::collections::BTreeMap;
 pub enum Network {
     /// No network at all: for agents that need no model API.
     None,
-    /// Docker's default bridge: for agents that call a model API.
+    /// Docker's default bridge: everything the host can reach. Opt-in only.
     Bridge,
+    /// No route out; HTTP(S) only through the runner's egress proxy, to the profile's
+    /// `egress` allow-list (the model API). The default for agents that call a model.
+    Egress,
     /// A Docker network the platform prepared (for example one whose only way out is the
     /// model API's proxy).
     Named(String),
 }
 
 impl Network {
-    /// `none`, `bridge`, or `network:<name>`.
+    /// `none`, `egress`, `bridge`, or `network:<name>`.
     pub fn parse(text: &str) -> Result<Network, String> {
         match text {
             "none" => Ok(Network::None),
+            "egress" => Ok(Network::Egress),
             "bridge" => Ok(Network::Bridge),
             other => match other.strip_prefix("network:") {
                 Some(name)
@@ -33,16 +37,16 @@ impl Network {
                     Ok(Network::Named(name.to_owned()))
                 }
                 _ => Err(format!(
-                    "network {other:?} must be none, bridge or network:<docker network name>"
+                    "network {other:?} must be none, egress, bridge or network:<docker network name>"
                 )),
             },
         }
     }
 
-    /// The Docker `NetworkMode`.
+    /// The Docker `NetworkMode` (an `Egress` run's own network is made per run).
     pub fn docker_mode(&self) -> &str {
         match self {
-            Network::None => "none",
+            Network::None | Network::Egress => "none",
             Network::Bridge => "bridge",
             Network::Named(name) => name,
         }
@@ -80,6 +84,8 @@ pub struct AgentProfile {
     /// Request options this agent understands, each mapped to the variable it sets.
     pub options: BTreeMap<String, String>,
     pub network: Network,
+    /// With [`Network::Egress`], the `host:port` destinations the agent may reach.
+    pub egress: Vec<String>,
     /// The job image, when this agent needs another than the runner's default.
     pub image: Option<String>,
     /// Files written into the agent's HOME before the container starts (its own
@@ -171,6 +177,7 @@ impl AgentProfile {
             .into_iter()
             .collect(),
             network: Network::None,
+            egress: Vec::new(),
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,
@@ -208,7 +215,8 @@ impl AgentProfile {
                 .collect(),
             secret_env: vec!["CODEX_API_KEY".to_owned()],
             options: BTreeMap::new(),
-            network: Network::Bridge,
+            network: Network::Egress,
+            egress: vec!["api.openai.com:443".to_owned()],
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::CodexJson,
@@ -260,7 +268,8 @@ impl AgentProfile {
             .collect(),
             secret_env: vec!["ANTHROPIC_API_KEY".to_owned()],
             options: BTreeMap::new(),
-            network: Network::Bridge,
+            network: Network::Egress,
+            egress: vec!["api.anthropic.com:443".to_owned()],
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::ClaudeStreamJson,
@@ -290,7 +299,8 @@ impl AgentProfile {
             env: BTreeMap::new(),
             secret_env: vec!["GEMINI_API_KEY".to_owned()],
             options: BTreeMap::new(),
-            network: Network::Bridge,
+            network: Network::Egress,
+            egress: vec!["generativelanguage.googleapis.com:443".to_owned()],
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,
@@ -322,7 +332,8 @@ impl AgentProfile {
             env: BTreeMap::new(),
             secret_env: vec!["COPILOT_GITHUB_TOKEN".to_owned()],
             options: BTreeMap::new(),
-            network: Network::Bridge,
+            network: Network::Egress,
+            egress: vec!["api.githubcopilot.com:443".to_owned()],
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,

@@ -6,7 +6,8 @@
 //!
 //! [agents.codex-internal]
 //! extends = "codex"                  # start from a built-in profile
-//! network = "network:model-egress"   # none | bridge | network:<docker network>
+//! network = "egress"                # none | egress | bridge | network:<docker network>
+//! egress = ["llm-proxy.example:443"] # with egress: the only destinations reachable
 //! secret_env = ["CODEX_API_KEY"]     # runner variables passed per exec
 //! image = "registry.example/specrun-job:2"
 //! [agents.codex-internal.home_files]
@@ -53,6 +54,7 @@ struct ProfileToml {
     integration: Option<String>,
     image: Option<String>,
     network: Option<String>,
+    egress: Option<Vec<String>>,
     version_command: Option<Vec<String>>,
     phases: Option<BTreeMap<String, Vec<String>>>,
     env: Option<BTreeMap<String, String>>,
@@ -98,6 +100,7 @@ impl ProfileToml {
                 secret_env: Vec::new(),
                 options: BTreeMap::new(),
                 network: Network::None,
+                egress: Vec::new(),
                 image: None,
                 home_files: BTreeMap::new(),
                 output: OutputFormat::Text,
@@ -112,6 +115,16 @@ impl ProfileToml {
         }
         if let Some(network) = self.network {
             profile.network = Network::parse(&network)?;
+        }
+        if let Some(egress) = self.egress {
+            crate::egress::EgressPolicy::new(&egress)?;
+            profile.egress = egress;
+        }
+        if profile.network == Network::Egress && profile.egress.is_empty() {
+            return Err(
+                "network \"egress\" needs an egress list of host:port destinations (the model API)"
+                    .to_owned(),
+            );
         }
         if let Some(command) = self.version_command {
             profile.version_command = command;
@@ -283,6 +296,14 @@ mod tests {
             (
                 "[agents.x]\nextends = \"codex\"\nnetwork = \"host\"",
                 "network",
+            ),
+            (
+                "[agents.x]\nextends = \"scripted\"\nnetwork = \"egress\"",
+                "egress list",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\negress = [\"not a host\"]",
+                "not a host",
             ),
             (
                 "[agents.x]\nextends = \"codex\"\n[agents.x.home_files]\n\"../.ssh/id\" = \"k\"",

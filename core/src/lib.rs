@@ -13,6 +13,7 @@ pub mod celery;
 pub mod clarify;
 pub mod claude_events;
 pub mod codex_events;
+pub mod egress;
 pub mod feature;
 pub mod keys;
 pub mod lease;

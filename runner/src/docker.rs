@@ -155,6 +155,65 @@ impl DockerClient {
         }
     }
 
+    /// Creates an internal network (no route out) for one run, with its bridge interface
+    /// named `bridge` so the host firewall can refer to it; returns the host's address on
+    /// it (the gateway).
+    pub async fn create_internal_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        run_id: &str,
+        runner_id: &str,
+    ) -> Result<std::net::IpAddr, DockerError> {
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".to_owned()),
+            internal: Some(true),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.name".to_owned(),
+                bridge.to_owned(),
+            )])),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_owned(), "true".to_owned()),
+                (LABEL_RUN.to_owned(), run_id.to_owned()),
+                (LABEL_RUNNER.to_owned(), runner_id.to_owned()),
+            ])),
+            ..Default::default()
+        };
+        self.client
+            .create_network(request)
+            .await
+            .map_err(api("creating the run's network"))?;
+        let network = self
+            .client
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .map_err(api("inspecting the run's network"))?;
+        network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|config| config.gateway?.parse().ok())
+            .ok_or_else(|| {
+                DockerError::Unreachable(format!("network {name} has no gateway address"))
+            })
+    }
+
+    /// Removes a network; one that is already gone is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
+        match self.client.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(api("removing the run's network")(e)),
+        }
+    }
+
     /// Creates and starts the run's container, hardened: no capabilities, no new
     /// privileges, read-only root, bounded pids, memory and CPU.
     pub async fn start_job(&self, spec: &JobSpec) -> Result<String, DockerError> {

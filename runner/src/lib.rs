@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod egress;
 mod failure;
 pub mod forge;
 pub mod git;

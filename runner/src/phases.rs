@@ -7,15 +7,17 @@
 
 use crate::artifacts::{CommandLogs, WrittenLog};
 use crate::docker::{DockerClient, ExecEnd, ExecSpec, JobSpec};
+use crate::egress::RunEgress;
 use crate::failure;
 use crate::git;
 use crate::pipeline::{Failure, RunContext, Step, StepResult};
 use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
-use specrun_core::agent::{AgentProfile, OutputFormat};
+use specrun_core::agent::{AgentProfile, Network, OutputFormat};
 use specrun_core::agents_file::AgentRegistry;
 use specrun_core::clarify;
 use specrun_core::claude_events::ClaudeSummary;
 use specrun_core::codex_events::CodexSummary;
+use specrun_core::egress::EgressPolicy;
 use specrun_core::feature::FeatureDir;
 use specrun_core::redact::Redactor;
 use specrun_core::state::{ArtifactRef, PhaseOutcome};
@@ -80,6 +82,7 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
     ctx.workspace = Some(workspace.clone());
     write_home_files(&workspace, &profile)
         .map_err(|e| failure::io(phase, "writing the agent's configuration files", &e))?;
+    let network = agent_network(ctx, &docker, &profile).await?;
 
     let spec = JobSpec {
         name: format!("specrun-{}", ctx.run_id),
@@ -96,7 +99,7 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
             (workspace.home.clone(), HOME_IN_CONTAINER.to_owned(), false),
         ],
         user: format!("{AGENT_UID}:{AGENT_GID}"),
-        network: profile.network.clone(),
+        network,
         memory_bytes: ctx.config.limits.memory_bytes,
         pids_limit: ctx.config.limits.pids,
         nano_cpus: ctx.config.limits.nano_cpus,
@@ -108,6 +111,16 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
     ctx.container = Some(container.clone());
 
     ctx.agent_env = agent_env(&profile, option_env, secrets);
+    if let Some(egress) = &ctx.egress {
+        let proxy = egress.proxy.url();
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+            ctx.agent_env.insert(name.to_owned(), proxy.clone());
+        }
+        // Nothing bypasses the proxy; there is no other way out anyway.
+        for name in ["NO_PROXY", "no_proxy"] {
+            ctx.agent_env.insert(name.to_owned(), String::new());
+        }
+    }
     let (version, mut artifacts) = agent_version(ctx, &profile).await?;
     ctx.record.agent.version = version.clone();
     ctx.record.agent.integration = profile.integration.clone();
@@ -128,6 +141,7 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
             "version": version,
             "integration": profile.integration,
             "network": format!("{:?}", profile.network).to_lowercase(),
+            "egress": profile.egress,
             "secrets_passed": profile.secret_env,
         },
         "limits": {
@@ -281,6 +295,40 @@ fn write_home_files(workspace: &Workspace, profile: &AgentProfile) -> std::io::R
 
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+/// The network the job container joins; for `egress`, the run's own network behind the
+/// proxy, set up here.
+async fn agent_network(
+    ctx: &mut RunContext,
+    docker: &DockerClient,
+    profile: &AgentProfile,
+) -> Result<Network, Failure> {
+    if profile.network != Network::Egress {
+        return Ok(profile.network.clone());
+    }
+    let phase = Phase::Prepare;
+    let policy = EgressPolicy::new(&profile.egress).map_err(|e| {
+        failure::error(
+            phase,
+            "agent_misconfigured",
+            e,
+            "Fix the agent's egress list in the agents file.",
+        )
+    })?;
+    let egress = RunEgress::set_up(docker, ctx.run_id.as_str(), &ctx.config.runner_id, policy)
+        .await
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "egress_setup_failed",
+                e.to_string(),
+                "The runner must run beside the Docker engine, as root (it sets host firewall rules with iptables). Or give the agent network = \"bridge\" in the agents file to opt out of egress control.",
+            )
+        })?;
+    let network = Network::Named(egress.network.clone());
+    ctx.egress = Some(egress);
+    Ok(network)
 }
 
 fn agent_env(

@@ -9,6 +9,7 @@
 use crate::artifacts::ArtifactStore;
 use crate::config::RunnerConfig;
 use crate::docker::DockerClient;
+use crate::egress::RunEgress;
 use crate::phases;
 use crate::progress::{Progress, ProgressEvent};
 use crate::stop::{StopReason, StopWatch, StopWatchConfig};
@@ -88,6 +89,8 @@ pub(crate) struct RunContext {
     pub branch: Option<BranchName>,
     /// Another runner holds the run now: nothing more is recorded by this one.
     pub abandoned: bool,
+    /// The run's network, firewall rules and proxy, for agents with `network = "egress"`.
+    pub egress: Option<RunEgress>,
 }
 
 fn now() -> OffsetDateTime {
@@ -191,6 +194,7 @@ impl Pipeline {
             feature: None,
             branch: None,
             abandoned: false,
+            egress: None,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: ctx.run_id.to_string(),
@@ -256,6 +260,7 @@ impl Pipeline {
                 }
             }
         }
+        crate::egress::remove_orphaned(&docker, run_id.as_str()).await;
         removed
     }
 
@@ -407,6 +412,22 @@ impl Pipeline {
                 Err(e) => problems.push(format!("container {container} not removed: {e}")),
             }
         }
+        let mut artifacts = Vec::new();
+        if let (Some(docker), Some(mut egress)) = (&ctx.docker, ctx.egress.take()) {
+            match egress.tear_down(docker).await[..] {
+                [] => done.push("network removed"),
+                ref failed => problems.push(format!("network not removed: {}", failed.join("; "))),
+            }
+            let log = egress.proxy.events().join("\n") + "\n";
+            match ctx
+                .artifacts
+                .put_bytes(None, "egress.log", log.into_bytes(), "text/plain")
+                .await
+            {
+                Ok(artifact) => artifacts.push(artifact),
+                Err(e) => problems.push(format!("egress.log not stored: {e}")),
+            }
+        }
         if let Some(workspace) = ctx.workspace.take() {
             let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
             match removed {
@@ -427,6 +448,7 @@ impl Pipeline {
         };
         let outcome = PhaseOutcome {
             message: Some(message),
+            artifacts,
             ..Default::default()
         };
         self.end(ctx, Phase::Cleanup, status, outcome).await;

@@ -251,6 +251,7 @@ impl Queue for RetryingQueue {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::FsBlobStore;

@@ -224,3 +224,39 @@ async fn changing_the_agents_file_changes_the_next_run() -> TestResult {
     assert!(error.message.contains("ghost"), "{}", error.message);
     h.assert_clean(&third).await
 }
+
+/// The default way out for a model-calling agent: `network = "egress"`. The real Codex CLI
+/// has no route anywhere and reaches the model server (on the host's loopback, listed in
+/// the agent's allow-list) only through the runner's egress proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_codex_cli_reaches_its_model_only_through_the_egress_proxy() -> TestResult {
+    let mut h = Harness::start().await?;
+    let model = ModelServer::start("127.0.0.1".parse()?, MODEL_KEY).await?;
+    let model_host = model.base_url();
+    let model_host = model_host
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let config = model.codex_config_toml().replace("'''", "");
+    let agents = format!(
+        "[agents.codex-egress]\nextends = \"codex\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nsecret_env = [\"{MODEL_KEY_ENV}\"]\n\n[agents.codex-egress.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n"
+    );
+    h.config.agents_file = Some(write_agents_file(h.work.path(), &agents)?);
+    h.config
+        .agent_secrets
+        .insert(MODEL_KEY_ENV.to_owned(), Secret::new(MODEL_KEY));
+    let url = h.git().create_repo("egress-codex", "# Notes\n")?;
+    let mut request = h.request(&url, "Let members pin notes to the top of a list");
+    request.agent = Some("codex-egress".to_owned());
+    let record = h.run(request).await?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
+    let log = h.artifact(&record, None, "egress.log").await?;
+    assert!(
+        log.contains(&format!("allowed POST {model_host}")),
+        "the model calls went through the proxy:\n{log}"
+    );
+    assert!(!log.contains("refused"), "{log}");
+    Ok(())
+}
