@@ -636,31 +636,13 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
             profile.integration
         ));
     }
-    let argv = profile
-        .phase_argv(phase, &ctx.request.specify_text)
-        .map_err(|e| {
-            failure::error(
-                phase,
-                "agent_misconfigured",
-                e.to_string(),
-                "Fix the agent profile.",
-            )
+    let (agent_artifacts, headline) = run_agent(ctx, phase, &profile, BTreeMap::new())
+        .await
+        .map_err(|mut f| {
+            f.artifacts.splice(0..0, artifacts.clone());
+            f
         })?;
-    let mut run = run_command(
-        ctx,
-        phase,
-        "agent",
-        argv,
-        BTreeMap::new(),
-        ctx.config.phase_timeout,
-    )
-    .await
-    .map_err(|mut f| {
-        f.artifacts.splice(0..0, artifacts.clone());
-        f
-    })?;
-    let headline = summarise(ctx, phase, &profile, &mut run).await;
-    artifacts.extend(require_success(ctx, phase, run, "agent_phase_failed")?);
+    artifacts.extend(agent_artifacts);
     notes.extend(headline);
 
     let feature = match find_feature(ctx) {
@@ -676,15 +658,7 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
     };
     let spec_path = feature.file("spec.md");
     let Some(spec) = read_output(ctx, phase, &spec_path, &mut artifacts)? else {
-        return Err(Failure {
-            error: failure::error(
-                phase,
-                "phase_output_missing",
-                format!("the specify phase did not write {spec_path}"),
-                "Read the specify phase's logs for the agent's reason.",
-            ),
-            artifacts,
-        });
+        return Err(output_missing(phase, &spec_path, artifacts));
     };
     let branch = match &ctx.request.branch_name {
         Some(branch) => branch.clone(),
@@ -842,34 +816,14 @@ pub(crate) async fn plan_or_tasks(ctx: &mut RunContext, phase: Phase) -> StepRes
         )
         .into());
     };
-    let argv = profile
-        .phase_argv(phase, &ctx.request.specify_text)
-        .map_err(|e| {
-            failure::error(
-                phase,
-                "agent_misconfigured",
-                e.to_string(),
-                "Fix the agent profile.",
-            )
-        })?;
     let env = BTreeMap::from([(
         "SPECIFY_FEATURE_DIRECTORY".to_owned(),
         feature.as_str().to_owned(),
     )]);
-    let mut run = run_command(ctx, phase, "agent", argv, env, ctx.config.phase_timeout).await?;
-    let headline = summarise(ctx, phase, &profile, &mut run).await;
-    let mut artifacts = require_success(ctx, phase, run, "agent_phase_failed")?;
+    let (mut artifacts, headline) = run_agent(ctx, phase, &profile, env).await?;
     let file = feature.file(&format!("{phase}.md"));
     let Some(text) = read_output(ctx, phase, &file, &mut artifacts)? else {
-        return Err(Failure {
-            error: failure::error(
-                phase,
-                "phase_output_missing",
-                format!("the {phase} phase did not write {file}"),
-                format!("Read the {phase} phase's logs for the agent's reason."),
-            ),
-            artifacts,
-        });
+        return Err(output_missing(phase, &file, artifacts));
     };
     if let Some(stop) = clarification_stop(ctx, phase, &file, &text, &mut artifacts).await? {
         return Ok(stop);
@@ -882,6 +836,43 @@ pub(crate) async fn plan_or_tasks(ctx: &mut RunContext, phase: Phase) -> StepRes
         }),
         ..Default::default()
     }))
+}
+
+/// Runs the agent's command for `phase`; returns its artifacts and a one-line summary of
+/// what it did, or the failure with its logs when it did not succeed.
+async fn run_agent(
+    ctx: &mut RunContext,
+    phase: Phase,
+    profile: &AgentProfile,
+    env: BTreeMap<String, String>,
+) -> Result<(Vec<ArtifactRef>, Option<String>), Failure> {
+    let argv = profile
+        .phase_argv(phase, &ctx.request.specify_text)
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "agent_misconfigured",
+                e.to_string(),
+                "Fix the agent profile.",
+            )
+        })?;
+    let mut run = run_command(ctx, phase, "agent", argv, env, ctx.config.phase_timeout).await?;
+    let headline = summarise(ctx, phase, profile, &mut run).await;
+    let artifacts = require_success(ctx, phase, run, "agent_phase_failed")?;
+    Ok((artifacts, headline))
+}
+
+/// The agent succeeded but did not write the phase's file.
+fn output_missing(phase: Phase, file: &str, artifacts: Vec<ArtifactRef>) -> Failure {
+    Failure {
+        error: failure::error(
+            phase,
+            "phase_output_missing",
+            format!("the {phase} phase did not write {file}"),
+            format!("Read the {phase} phase's logs for the agent's reason."),
+        ),
+        artifacts,
+    }
 }
 
 /// Commits every change on the feature branch, or stops with no_changes.
