@@ -1,6 +1,7 @@
 //! End-to-end runs of the pipeline on a real Docker engine, the real job image and real
 //! git remotes over HTTP: each outcome a run can have, and that nothing is left behind.
 
+use specrun_core::state::{RunError, RunRecord};
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_tests::harness::{Harness, CANARY_TOKEN};
 
@@ -14,6 +15,22 @@ fn phase(
     phase: Phase,
 ) -> &specrun_core::state::PhaseState {
     record.phase(phase)
+}
+
+/// Asserts the run failed with `code` in `phase`; returns the recorded error.
+fn failed_with(record: &RunRecord, code: &str, phase: Phase) -> anyhow::Result<RunError> {
+    anyhow::ensure!(
+        record.status == RunStatus::Failed,
+        "status {} (error {:?})",
+        record.status,
+        record.error
+    );
+    let error = record
+        .error
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
+    assert_eq!((error.code.as_str(), error.phase), (code, Some(phase)));
+    Ok(error)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,15 +266,7 @@ async fn a_missing_image_fails_fast_at_prepare_with_the_fix() -> TestResult {
     config.image = "specrun-job:does-not-exist".to_owned();
     let record = h.run_with(config, h.request(&url, TEXT)).await?;
 
-    assert_eq!(record.status, RunStatus::Failed);
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("image_missing", Some(Phase::Prepare))
-    );
+    let error = failed_with(&record, "image_missing", Phase::Prepare)?;
     assert!(error
         .remediation
         .contains("scripts/build-image.sh --tag specrun-job:does-not-exist"));
@@ -281,14 +290,7 @@ async fn an_unreachable_docker_engine_fails_fast_with_the_fix() -> TestResult {
     config.docker_host = Some("unix:///nonexistent/docker.sock".to_owned());
     let record = h.run_with(config, h.request(&url, TEXT)).await?;
 
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("docker_unreachable", Some(Phase::Prepare))
-    );
+    let error = failed_with(&record, "docker_unreachable", Phase::Prepare)?;
     assert!(error.remediation.contains("scripts/ensure-docker.sh"));
     assert_eq!(
         phase(&record, Phase::Cleanup).status,
@@ -304,14 +306,7 @@ async fn cloning_a_missing_repository_says_so() -> TestResult {
         .run(h.request(&h.git().repo_url("no-such-repo"), TEXT))
         .await?;
 
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("repository_not_found", Some(Phase::Clone))
-    );
+    let error = failed_with(&record, "repository_not_found", Phase::Clone)?;
     assert!(
         error.remediation.contains("Check the repository name"),
         "{}",
@@ -329,14 +324,7 @@ async fn a_clone_without_access_names_the_token_and_leaks_nothing() -> TestResul
     config.forge_token = Some(specrun_runner::config::Secret::new("wrong-token-value-123"));
     let record = h.run_with(config, h.request(&url, TEXT)).await?;
 
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("clone_permission_denied", Some(Phase::Clone))
-    );
+    let error = failed_with(&record, "clone_permission_denied", Phase::Clone)?;
     assert!(
         error.remediation.contains("SPECRUN_GIT_TOKEN"),
         "{}",
