@@ -232,3 +232,15 @@ pub fn clean_cargo() -> std::process::Command {
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     command
 }
+
+/// Writes `<dir>/agents.toml` with one agent, `name`, the scripted agent that prints
+/// `sleeping` and sleeps `seconds` in the specify phase (so a test can act mid-run);
+/// returns the file's path for `SPECRUN_AGENTS_FILE`.
+pub fn write_slow_agents_file(dir: &Path, name: &str, seconds: u32) -> anyhow::Result<String> {
+    let text = format!(
+        "[agents.{name}]\nextends = \"scripted\"\n[agents.{name}.phases]\nspecify = [\"sh\", \"-c\", \"echo sleeping; sleep {seconds}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"{name}\", \"{{text}}\"]\n"
+    );
+    let path = dir.join("agents.toml");
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
+}

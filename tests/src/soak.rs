@@ -9,6 +9,7 @@
 //! in CI and fails on a lost run or a duplicated effect.
 
 use crate::emulator::{SpecrunEnv, SpecrunProcess};
+use crate::harness::write_slow_agents_file;
 use crate::outage::OutageRelay;
 use crate::world::{pushes, run_request, submit, World, BUCKET};
 use anyhow::Context as _;
@@ -227,18 +228,11 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
     let mut dice = Dice(config.seed);
     let mut world = World::start(8).await?;
     let dir = tempfile::tempdir()?;
-    let agents = dir.path().join("agents.toml");
-    std::fs::write(
-        &agents,
-        format!(
-            "[agents.soak]\nextends = \"scripted\"\n[agents.soak.phases]\nspecify = [\"sh\", \"-c\", \"sleep {}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"soak\", \"{{text}}\"]\n",
-            config.agent_sleep_secs
-        ),
-    )?;
-    world.env.extra.push((
-        "SPECRUN_AGENTS_FILE".to_owned(),
-        agents.display().to_string(),
-    ));
+    let agents = write_slow_agents_file(dir.path(), "soak", config.agent_sleep_secs)?;
+    world
+        .env
+        .extra
+        .push(("SPECRUN_AGENTS_FILE".to_owned(), agents));
     let relay = OutageRelay::start(&world.moto.endpoint()).await?;
     let mut runner_env = world.env.clone();
     runner_env.endpoint = relay.endpoint();

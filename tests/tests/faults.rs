@@ -4,19 +4,14 @@
 
 use specrun_core::keys::RunId;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
-use specrun_tests::harness::Harness;
+use specrun_tests::harness::{write_slow_agents_file, Harness};
 use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
 
 /// An agents file whose `slow` agent sleeps in the specify phase before writing the spec.
 fn slow_agent(h: &mut Harness, seconds: u32) -> anyhow::Result<()> {
-    let text = format!(
-        "[agents.slow]\nextends = \"scripted\"\n[agents.slow.phases]\nspecify = [\"sh\", \"-c\", \"echo sleeping; sleep {seconds}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"slow\", \"{{text}}\"]\n"
-    );
-    let path = h.work.path().join("agents.toml");
-    std::fs::write(&path, text)?;
-    h.config.agents_file = Some(path.display().to_string());
+    h.config.agents_file = Some(write_slow_agents_file(h.work.path(), "slow", seconds)?);
     Ok(())
 }
 

@@ -9,29 +9,19 @@ use sha2::{Digest as _, Sha256};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_tests::emulator::SpecrunProcess;
-use specrun_tests::harness::require_image;
+use specrun_tests::harness::{require_image, write_slow_agents_file};
 use specrun_tests::outage::OutageRelay;
 use specrun_tests::world::{eventually, pushes, run_request, submit, wait_final, World, BUCKET};
 use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
 
-/// An agents file whose `slow` agent sleeps `seconds` in the specify phase.
-fn slow_agents_file(dir: &std::path::Path, seconds: u32) -> anyhow::Result<String> {
-    let text = format!(
-        "[agents.slow]\nextends = \"scripted\"\n[agents.slow.phases]\nspecify = [\"sh\", \"-c\", \"sleep {seconds}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"slow\", \"{{text}}\"]\n"
-    );
-    let path = dir.join("agents.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResult {
     require_image().await?;
     let mut world = World::start(5).await?;
     let dir = tempfile::tempdir()?;
-    let agents = slow_agents_file(dir.path(), 8)?;
+    let agents = write_slow_agents_file(dir.path(), "slow", 8)?;
     world
         .env
         .extra

@@ -9,7 +9,9 @@ use specrun_core::repo::RepoPolicy;
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_store::{runs, FsQueue};
-use specrun_tests::harness::{job_image, specrun_bin, Harness, CANARY_TOKEN};
+use specrun_tests::harness::{
+    job_image, specrun_bin, write_slow_agents_file, Harness, CANARY_TOKEN,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,12 +19,7 @@ type TestResult = anyhow::Result<()>;
 
 /// Writes the agents file: `slow` sleeps `seconds` before writing the spec.
 fn slow_agent(h: &Harness, seconds: u32) -> anyhow::Result<String> {
-    let text = format!(
-        "[agents.slow]\nextends = \"scripted\"\n[agents.slow.phases]\nspecify = [\"sh\", \"-c\", \"sleep {seconds}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"slow\", \"{{text}}\"]\n"
-    );
-    let path = h.work.path().join("agents.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
+    write_slow_agents_file(h.work.path(), "slow", seconds)
 }
 
 /// Starts `specrun runner` on the harness's embedded store and queue.
