@@ -4,7 +4,7 @@
 
 use specrun_core::keys::RunId;
 use specrun_core::message::RunMessage;
-use specrun_core::ports::Queue;
+use specrun_core::ports::{BlobStore, Queue};
 use specrun_core::repo::RepoPolicy;
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
@@ -319,5 +319,53 @@ async fn a_run_whose_runner_died_after_pushing_is_not_pushed_again() -> TestResu
         .clone()
         .unwrap_or_default();
     assert!(push.contains("already pushed"), "{push}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_that_lost_its_lease_stops_and_records_nothing_more() -> TestResult {
+    let h = Harness::start().await?;
+    let agents = slow_agent(&h, 120)?;
+    let run_id = enqueue(&h, "fenced", 1).await?;
+    let a = runner(&h, "runner-a", &agents)?;
+    wait_until(&h, &run_id, "specify running", |r| {
+        r.phase(Phase::Specify).status == PhaseStatus::Running
+    })
+    .await?;
+    // Another runner took the run over (runner-a's lease lapsed during an outage, say).
+    let lease = specrun_core::lease::Lease {
+        run_id: run_id.to_string(),
+        runner_id: "runner-z".to_owned(),
+        attempt: 2,
+        expires_at: time::OffsetDateTime::now_utc() + time::Duration::minutes(10),
+    };
+    h.store
+        .put(
+            &specrun_core::keys::lease(&run_id),
+            serde_json::to_vec(&lease)?,
+            "application/json",
+        )
+        .await?;
+    let mut stopped = false;
+    for _ in 0..200 {
+        if containers_of(&run_id)?.is_empty() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(a);
+    assert!(stopped, "runner-a stopped its job container");
+    let record = load(&h, &run_id).await?;
+    assert_eq!(
+        record.status,
+        RunStatus::Running,
+        "runner-a wrote no final state"
+    );
+    assert_eq!(record.phase(Phase::Specify).status, PhaseStatus::Running);
+    assert_eq!(pushes(&h), 0);
+    let log = std::fs::read_to_string(h.work.path().join("runner-a.log"))?;
+    assert!(log.contains("taken over by another runner"), "{log}");
     Ok(())
 }
