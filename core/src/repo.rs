@@ -160,12 +160,13 @@ fn parse_owner_name(input: &str) -> Result<RepoRef, InvalidRepo> {
 }
 
 fn parse_url(input: &str, policy: &RepoPolicy) -> Result<RepoRef, InvalidRepo> {
-    // URL parsing folds `..` away; refuse it before that hides a traversal attempt.
+    // URL parsing folds `..` away; refuse it before that hides a traversal attempt. The
+    // parser reads `\` as `/` in http(s) URLs, so it separates segments here too.
     let after_scheme = input
         .split_once("://")
         .map(|(_, rest)| rest)
         .unwrap_or(input);
-    let traversal = after_scheme.split('/').any(|segment| {
+    let traversal = after_scheme.split(['/', '\\']).any(|segment| {
         let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
         decoded == "." || decoded == ".."
     });
@@ -272,6 +273,10 @@ mod tests {
             "https://git.example.com/../../etc",
             "https://git.example.com/a/b?x=1",
             "https://git.example.com/a/%2E%2E/b",
+            // Found by the `request` fuzz target: `\` is a `/` to the URL parser, which
+            // folded these dot segments away after the check.
+            "https://git.example.com/t\\./eam/app.git",
+            "https://git.example.com/a\\..\\b/c",
             "https://git.example.com/",
             "a/..",
             "a/.",

@@ -5,7 +5,8 @@
 
 use crate::phase::{Phase, PhaseStatus, RunStatus};
 use crate::request::Publish;
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
@@ -97,6 +98,26 @@ fn schema_version() -> u32 {
     SCHEMA_VERSION
 }
 
+/// Reads a run's `phases`, refusing any list but the nine phases in [`Phase::ALL`] order.
+fn nine_phases<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PhaseState>, D::Error> {
+    let phases = Vec::<PhaseState>::deserialize(deserializer)?;
+    let in_order = phases.len() == Phase::ALL.len()
+        && phases
+            .iter()
+            .zip(Phase::ALL)
+            .all(|(state, phase)| state.phase == phase);
+    if in_order {
+        Ok(phases)
+    } else {
+        let listed: Vec<&str> = phases.iter().map(|state| state.phase.as_str()).collect();
+        Err(D::Error::custom(format!(
+            "phases must be the nine phases in order (prepare, clone, specify, plan, tasks, \
+             commit, push, pull_request, cleanup), not [{}]",
+            listed.join(", ")
+        )))
+    }
+}
+
 impl PhaseState {
     pub fn pending(phase: Phase) -> Self {
         PhaseState {
@@ -128,6 +149,9 @@ pub struct RunRecord {
     #[serde(default)]
     pub status_reason: Option<String>,
     pub status_timeline: Vec<StatusEvent>,
+    /// The nine phases in [`Phase::ALL`] order, which [`RunRecord::phase`] relies on; a
+    /// stored record that lists them otherwise is refused rather than misread.
+    #[serde(deserialize_with = "nine_phases")]
     pub phases: Vec<PhaseState>,
     #[serde(default)]
     pub pull_request_url: Option<String>,
@@ -275,7 +299,8 @@ impl RunRecord {
     pub fn start(&mut self, runner_id: &str, now: Timestamp) -> Result<(), TransitionError> {
         self.set_status(RunStatus::Running, now)?;
         self.runner_id = Some(runner_id.to_owned());
-        self.attempt += 1;
+        // `attempt` comes from stored JSON: any u32, so no plain `+ 1`.
+        self.attempt = self.attempt.saturating_add(1);
         self.started_at = Some(now);
         Ok(())
     }
@@ -307,7 +332,7 @@ impl RunRecord {
             at: now,
         });
         self.runner_id = Some(runner_id.to_owned());
-        self.attempt += 1;
+        self.attempt = self.attempt.saturating_add(1);
         self.started_at = Some(now);
         Ok(())
     }
@@ -502,6 +527,40 @@ mod tests {
                 now
             )
             .is_err());
+    }
+
+    #[test]
+    fn a_stored_run_with_phases_missing_or_out_of_order_is_refused() {
+        // Found by the `state` fuzz target: `phase()` indexes by position, so a run.json
+        // whose first phase was `cleanup` made `phase(Prepare)` return cleanup's state, and
+        // one with fewer than nine phases made it panic.
+        let good = serde_json::to_value(record()).unwrap_or_default();
+        let mut swapped = good.clone();
+        swapped["phases"][0]["phase"] = "cleanup".into();
+        let mut short = good.clone();
+        if let Some(phases) = short["phases"].as_array_mut() {
+            phases.truncate(3);
+        }
+        let mut empty = good.clone();
+        empty["phases"] = serde_json::json!([]);
+        for bad in [swapped, short, empty] {
+            let err = serde_json::from_value::<RunRecord>(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("nine phases in order"), "{err}");
+        }
+        assert!(serde_json::from_value::<RunRecord>(good).is_ok());
+    }
+
+    #[test]
+    fn a_stored_attempt_count_at_its_limit_does_not_overflow() -> Result<(), TransitionError> {
+        let mut run = record();
+        run.attempt = u32::MAX;
+        run.start("runner-a", datetime!(2026-11-24 10:00:01 UTC))?;
+        run.restart("runner-b", datetime!(2026-11-24 10:05 UTC))?;
+        assert_eq!(run.attempt, u32::MAX);
+        Ok(())
     }
 
     #[test]
