@@ -70,59 +70,20 @@ for pair in "runs:$RUNS" "starts:$STARTS"; do
     [ "$value" -ge 1 ] || { echo "bench-serverless: --$name must be at least 1" >&2; exit 2; }
 done
 
-log() { echo "bench-serverless: $*" >&2; }
 die() { echo "bench-serverless: ERROR: $*" >&2; exit 2; }
 
-now_us() {
-    if [ -n "${EPOCHREALTIME:-}" ]; then
-        local t="${EPOCHREALTIME//[!0-9]/}"
-        echo "$((10#$t))"
-    else
-        echo "$(( $(date +%s%N) / 1000 ))"
-    fi
-}
-BENCH_START_US="$(now_us)"
-elapsed_s() { awk -v a="$1" -v b="$(now_us)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-
-# --- temp dir -----------------------------------------------------------------
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/specrun-bench-serverless.XXXXXX")"
 PY_PID=""
-cleanup() {
-    local rc=$?
-    # The measuring helper stops every process it started; make sure it ends first.
+# The measuring helper stops every process it started; make sure it ends first.
+bench_before_cleanup() {
     if [ -n "$PY_PID" ] && kill -0 "$PY_PID" 2>/dev/null; then
         kill -TERM "$PY_PID" 2>/dev/null || true
         wait "$PY_PID" 2>/dev/null || true
     fi
-    if [ "$KEEP" -eq 1 ]; then
-        log "kept $TMP"
-    else
-        rm -rf --one-file-system "$TMP" 2>/dev/null || $SUDO rm -rf --one-file-system "$TMP" || true
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-mkdir -p "$TMP/setup"
-
-# Run a set-up step with its output in a log; show the log only if it fails.
-quiet_step() {
-    local name="$1"; shift
-    local logf="$TMP/setup/$name.log" t0 rc=0
-    t0="$(now_us)"
-    "$@" >"$logf" 2>&1 </dev/null || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        echo "bench-serverless: set-up step '$name' failed (exit $rc): $*" >&2
-        sed 's/^/    | /' "$logf" | tail -n 60 >&2
-        exit 2
-    fi
-    echo "$name $(elapsed_s "$t0")" >>"$TMP/setup/durations.txt"
-    log "$name ok ($(elapsed_s "$t0") s)"
-}
+BENCH_NAME=bench-serverless
+BENCH_SETUP_EXIT=2
+# shellcheck source=scripts/lib/bench-common.sh
+. "$ROOT/scripts/lib/bench-common.sh"
 
 # --- set-up -------------------------------------------------------------------
 cd "$ROOT"
@@ -134,10 +95,6 @@ quiet_step ensure-docker "$ROOT/scripts/ensure-docker.sh"
 quiet_step build-image "$ROOT/scripts/build-image.sh" --tag "$IMAGE"
 quiet_step cargo-build "$CARGO" build --release -p specrun-runner
 
-TARGET_DIR="$ROOT/target"
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then
-    case "$CARGO_TARGET_DIR" in /*) TARGET_DIR="$CARGO_TARGET_DIR" ;; *) TARGET_DIR="$ROOT/$CARGO_TARGET_DIR" ;; esac
-fi
 SPECRUN="$TARGET_DIR/release/specrun"
 [ -x "$SPECRUN" ] || die "release binary not found at $SPECRUN"
 SPECRUN_VERSION="$("$SPECRUN" --version 2>/dev/null || echo unknown)"

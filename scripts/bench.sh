@@ -26,7 +26,6 @@
 # shellcheck disable=SC2317
 set -euo pipefail
 
-BENCH_START_US=""
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS=5
 KEEP=0
@@ -51,55 +50,13 @@ case "$RUNS" in
 esac
 [ "$RUNS" -ge 1 ] || { echo "bench: --runs must be at least 1" >&2; exit 2; }
 
-log() { echo "bench: $*" >&2; }
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
-# Microseconds since the epoch, without forking (bash 5 EPOCHREALTIME; the
-# decimal separator depends on the locale, so keep digits only).
-now_us() {
-    if [ -n "${EPOCHREALTIME:-}" ]; then
-        local t="${EPOCHREALTIME//[!0-9]/}"
-        echo "$((10#$t))"
-    else
-        echo "$(( $(date +%s%N) / 1000 ))"
-    fi
-}
-BENCH_START_US="$(now_us)"
-elapsed_s() { awk -v a="$1" -v b="$(now_us)" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-
-# --- temp dir -----------------------------------------------------------------
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/specrun-bench.XXXXXX")"
-cleanup() {
-    local rc=$?
-    if [ "$KEEP" -eq 1 ]; then
-        log "kept $TMP"
-    else
-        rm -rf --one-file-system "$TMP" 2>/dev/null || $SUDO rm -rf --one-file-system "$TMP" || true
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-mkdir -p "$TMP/setup" "$TMP/runs" "$TMP/floor"
-
-# Run a set-up step with its output in a log; show the log only if it fails.
-quiet_step() {
-    local name="$1"; shift
-    local logf="$TMP/setup/$name.log" t0 rc=0
-    t0="$(now_us)"
-    "$@" >"$logf" 2>&1 </dev/null || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        echo "bench: set-up step '$name' failed (exit $rc): $*" >&2
-        sed 's/^/    | /' "$logf" | tail -n 60 >&2
-        exit 1
-    fi
-    echo "$name $(elapsed_s "$t0")" >>"$TMP/setup/durations.txt"
-    log "$name ok ($(elapsed_s "$t0") s)"
-}
+BENCH_NAME=bench
+BENCH_SETUP_EXIT=1
+# shellcheck source=scripts/lib/bench-common.sh
+. "$ROOT/scripts/lib/bench-common.sh"
+mkdir -p "$TMP/runs" "$TMP/floor"
 
 # --- set-up -------------------------------------------------------------------
 cd "$ROOT"
@@ -120,10 +77,6 @@ command -v python3 >/dev/null 2>&1 || die "python3 is needed for the report (scr
 command -v git >/dev/null 2>&1 || die "git is needed"
 
 quiet_step cargo-build "$CARGO" build --release -p specrun-runner
-TARGET_DIR="$ROOT/target"
-if [ -n "${CARGO_TARGET_DIR:-}" ]; then
-    case "$CARGO_TARGET_DIR" in /*) TARGET_DIR="$CARGO_TARGET_DIR" ;; *) TARGET_DIR="$ROOT/$CARGO_TARGET_DIR" ;; esac
-fi
 SPECRUN="$TARGET_DIR/release/specrun"
 [ -x "$SPECRUN" ] || die "release binary not found at $SPECRUN"
 SPECRUN_VERSION="$("$SPECRUN" --version 2>/dev/null || echo unknown)"
