@@ -240,7 +240,7 @@ impl Worker {
         let Ok(Some(mut record)) = runs::load_run(self.store(), &job.run_id).await else {
             return;
         };
-        if record.status.is_final() || self.held_by_another(&job.run_id).await {
+        if record.status.is_final() {
             return;
         }
         record.error = Some(RunError {
@@ -265,22 +265,6 @@ impl Worker {
         if let Some(task) = &job.celery {
             self.celery_outcome(task, &record).await;
         }
-    }
-
-    /// Whether another runner holds a live lease on the run (it will finish it).
-    async fn held_by_another(&self, run_id: &RunId) -> bool {
-        let Ok(bytes) = self.store().get(&specrun_core::keys::lease(run_id)).await else {
-            return false;
-        };
-        let lease = serde_json::from_slice::<specrun_core::lease::Lease>(&bytes).ok();
-        matches!(
-            specrun_core::lease::Lease::decide(
-                lease.as_ref(),
-                &self.pipeline.config().runner_id,
-                now()
-            ),
-            specrun_core::lease::LeaseDecision::HeldBy { .. }
-        )
     }
 
     /// Sorts a message into a job; a message that can never run is answered (a failed run,

@@ -234,11 +234,7 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
         .extra
         .push(("SPECRUN_AGENTS_FILE".to_owned(), agents));
     let relay = OutageRelay::start(&world.moto.endpoint()).await?;
-    let mut runner_env = world.env.clone();
-    runner_env.endpoint = relay.endpoint();
-    runner_env
-        .extra
-        .push(("SPECRUN_STORE_RETRY_SECS".to_owned(), "120".to_owned()));
+    let runner_env = world.env_via(&relay);
     let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
     let mut runners = Runners::start(runner_env, config.runners).await?;
 

@@ -45,6 +45,16 @@ impl World {
         })
     }
 
+    /// What a runner reaching the emulator through `relay` is pointed at: it retries a
+    /// store or queue outage for up to two minutes.
+    pub fn env_via(&self, relay: &crate::outage::OutageRelay) -> SpecrunEnv {
+        let mut env = self.env.clone();
+        env.endpoint = relay.endpoint();
+        env.extra
+            .push(("SPECRUN_STORE_RETRY_SECS".to_owned(), "120".to_owned()));
+        env
+    }
+
     /// run.json as stored in the bucket.
     pub async fn stored_run(&self, run_id: &str) -> anyhow::Result<RunRecord> {
         let bytes = self

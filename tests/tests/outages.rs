@@ -27,11 +27,7 @@ async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResu
         .extra
         .push(("SPECRUN_AGENTS_FILE".to_owned(), agents));
     let relay = OutageRelay::start(&world.moto.endpoint()).await?;
-    let mut through_relay = world.env.clone();
-    through_relay.endpoint = relay.endpoint();
-    through_relay
-        .extra
-        .push(("SPECRUN_STORE_RETRY_SECS".to_owned(), "120".to_owned()));
+    let through_relay = world.env_via(&relay);
 
     let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
     // A lease and a visibility timeout shorter than the outage: both lapse while the store
