@@ -201,3 +201,40 @@ async fn the_real_claude_code_cli_takes_a_run_to_a_pull_request() -> TestResult 
     eprintln!("claude run took {:?}", started.elapsed());
     h.assert_clean(&record).await
 }
+
+/// Claude Code's default network, `egress`: no route anywhere, the Messages API (here the
+/// scripted server on the host's loopback, the one allowed destination) reached only
+/// through the runner's egress proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_claude_code_cli_reaches_its_model_only_through_the_egress_proxy() -> TestResult {
+    let mut h = Harness::start().await?;
+    let model = AnthropicServer::start("127.0.0.1".parse()?, API_KEY).await?;
+    let base_url = model.base_url();
+    let model_host = base_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let agents = format!(
+        "[agents.claude-egress]\nextends = \"claude\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nenv = {{ ANTHROPIC_BASE_URL = \"{base_url}\" }}\n"
+    );
+    let path = h.work.path().join("agents.toml");
+    std::fs::write(&path, &agents)?;
+    h.config.agents_file = Some(path.display().to_string());
+    h.config
+        .agent_secrets
+        .insert("ANTHROPIC_API_KEY".to_owned(), Secret::new(API_KEY));
+    let url = h.git().create_repo("egress-claude", "# Album\n")?;
+    let mut request = h.request(&url, SPEC_TEXT);
+    request.agent = Some("claude-egress".to_owned());
+    let record = h.run(request).await?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
+    let log = h.artifact(&record, None, "egress.log").await?;
+    assert!(
+        log.contains(&format!("allowed POST {model_host}")),
+        "the model calls went through the proxy:\n{log}"
+    );
+    assert!(!log.contains("refused"), "{log}");
+    Ok(())
+}
