@@ -8,10 +8,13 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
+use specrun_tests::emulator::http_request;
 use specrun_tests::emulator::SpecrunProcess;
 use specrun_tests::harness::{require_image, write_slow_agents_file};
 use specrun_tests::outage::OutageRelay;
-use specrun_tests::world::{eventually, pushes, run_request, submit, wait_final, World, BUCKET};
+use specrun_tests::world::{
+    eventually, post_runs, pushes, run_request, submit, wait_final, World, BUCKET,
+};
 use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
@@ -106,5 +109,33 @@ async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResu
     // Both deliveries (the original and the one that came back) are acknowledged.
     world.wait_queue_empty().await?;
     assert!(relay.connections() > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_503_during_an_outage_and_works_again_after() -> TestResult {
+    let world = World::start(3).await?;
+    let relay = OutageRelay::start(&world.moto.endpoint()).await?;
+    let serve = SpecrunProcess::serve(&world.env_via(&relay), &["--no-runner"]).await?;
+    let base = serve.base_url()?;
+    let url = world.git.create_repo("api", "# Api\n")?;
+    let mut body = run_request(&url, "Let operators rotate API keys");
+    body["idempotency_key"] = json!("rotate-keys-1");
+
+    relay.refuse();
+    let refused = post_runs(base, &body).await?;
+    let answer = refused.json()?;
+    assert_eq!(refused.status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+    let listing = http_request("GET", &format!("{base}/runs"), None).await?;
+    assert_eq!(listing.status, 503);
+
+    relay.restore().await?;
+    // The same idempotency key after the outage: one run, queued once.
+    let (run_id, _) = submit(base, &body).await?;
+    let again = post_runs(base, &body).await?.json()?;
+    assert_eq!(again["run_id"], run_id.as_str(), "{again}");
+    let depth = world.moto.queue_depth(&world.queues.url).await?;
+    assert_eq!(depth.visible + depth.in_flight, 1, "{depth:?}");
     Ok(())
 }

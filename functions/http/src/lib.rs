@@ -51,14 +51,22 @@ pub fn method_not_allowed(allowed: &str) -> ApiResponse {
     response
 }
 
-/// A storage or queue failure: the client may retry.
+/// How long a client should wait before retrying after a storage or queue failure.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// A storage or queue failure: the client may retry, after `Retry-After` seconds.
 pub fn unavailable(message: &str) -> ApiResponse {
-    error(
+    let mut response = error(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         message,
         None,
-    )
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    response
 }
 
 /// The value of `name` in the request's query string, percent-decoded.
@@ -140,6 +148,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_answer_says_when_to_retry() {
+        let response = unavailable("storage unavailable at runs/x/run.json: no answer");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+        assert_eq!(body["error"]["code"], "unavailable");
+    }
 
     #[test]
     fn reads_query_parameters() {
