@@ -7,7 +7,7 @@
 
 use crate::artifacts::{CommandLogs, WrittenLog};
 use crate::docker::{DockerClient, ExecEnd, ExecSpec, JobSpec};
-use crate::egress::RunEgress;
+use crate::egress::{EgressError, RunEgress};
 use crate::failure;
 use crate::git;
 use crate::pipeline::{Failure, RunContext, Step, StepResult};
@@ -323,12 +323,20 @@ async fn agent_network(
                 phase,
                 "egress_setup_failed",
                 e.to_string(),
-                "The runner must run beside the Docker engine, as root (it sets host firewall rules with iptables). Or give the agent network = \"bridge\" in the agents file to opt out of egress control.",
+                egress_remediation(&e),
             )
         })?;
     let network = Network::Named(egress.network.clone());
     ctx.egress = Some(egress);
     Ok(network)
+}
+
+fn egress_remediation(e: &EgressError) -> &'static str {
+    match e {
+        EgressError::Docker(_) => "Docker could not create the run's network. Each run of an egress agent in flight takes one network from Docker's default-address-pools: look for leftovers with `docker network ls --filter label=io.specrun.managed`, or widen the pools in daemon.json. Or give the agent network = \"bridge\" to opt out of egress control.",
+        EgressError::Proxy { .. } => "The runner serves the egress proxy on the run network's gateway, so it must run on the Docker engine's host (not against a remote DOCKER_HOST). Or give the agent network = \"bridge\" to opt out of egress control.",
+        EgressError::Firewall { .. } => "The runner sets host firewall rules with iptables: run it as root (or with CAP_NET_ADMIN) and install iptables. Or give the agent network = \"bridge\" to opt out of egress control.",
+    }
 }
 
 fn agent_env(

@@ -157,3 +157,43 @@ async fn an_egress_agent_reaches_its_allow_list_and_nothing_else() -> TestResult
     h.assert_clean(&record).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_host_firewall_an_egress_run_fails_at_prepare_with_the_fix() -> TestResult {
+    let h = Harness::start().await?;
+    let allowed = http_server("127.0.0.1:0", "allowed-body")?;
+    let mut config = h.config.clone();
+    config.agents_file = Some(agents_file(&h, allowed, allowed)?);
+    let url = h.git().create_repo("nofirewall", "# x\n")?;
+    // No iptables to be found: what a runner without root or the tool meets. (nextest
+    // runs each test in its own process, so no other test sees this PATH.)
+    std::env::set_var("PATH", "/nonexistent");
+    let mut request = h.request(&url, "Let members export their data");
+    request.agent = Some("probe".to_owned());
+    let record = h.run_with(config, request).await?;
+
+    assert_eq!(record.status, RunStatus::Failed);
+    let error = record
+        .error
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
+    assert_eq!(
+        (error.code.as_str(), error.phase),
+        ("egress_setup_failed", Some(Phase::Prepare))
+    );
+    assert!(error.message.contains("iptables"), "{}", error.message);
+    assert!(error.remediation.contains("root"), "{}", error.remediation);
+    assert!(
+        error.remediation.contains("bridge"),
+        "{}",
+        error.remediation
+    );
+    // The half-made network was taken down again.
+    let (network, _) = specrun_runner::egress::names(&record.run_id);
+    let networks = Command::new("/usr/bin/docker")
+        .args(["network", "ls", "--format", "{{.Name}}"])
+        .output()?;
+    assert!(!String::from_utf8_lossy(&networks.stdout).contains(&network));
+    h.assert_clean(&record).await?;
+    Ok(())
+}
