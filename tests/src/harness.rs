@@ -244,3 +244,61 @@ pub fn write_slow_agents_file(dir: &Path, name: &str, seconds: u32) -> anyhow::R
     std::fs::write(&path, text)?;
     Ok(path.display().to_string())
 }
+
+/// `HOST:PORT` of an `http://HOST:PORT/...` URL: what an egress allow-list names.
+pub fn authority(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Asserts the run failed with `code` in `phase`; returns the recorded error.
+pub fn failed_with(
+    record: &RunRecord,
+    code: &str,
+    phase: specrun_core::Phase,
+) -> anyhow::Result<specrun_core::state::RunError> {
+    anyhow::ensure!(
+        record.status == specrun_core::RunStatus::Failed,
+        "status {} (error {:?})",
+        record.status,
+        record.error
+    );
+    let error = record
+        .error
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
+    anyhow::ensure!(
+        (error.code.as_str(), error.phase) == (code, Some(phase)),
+        "expected {code} in {phase}, got {} in {:?}: {}",
+        error.code,
+        error.phase,
+        error.message
+    );
+    Ok(error)
+}
+
+impl Harness {
+    /// Asserts the run succeeded and its egress.log shows calls to `host` (`HOST:PORT`)
+    /// allowed through the proxy and nothing refused.
+    pub async fn assert_model_reached_through_proxy(
+        &self,
+        record: &RunRecord,
+        host: &str,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            record.status == specrun_core::RunStatus::Succeeded,
+            "{:#?}",
+            record.error
+        );
+        let log = self.artifact(record, None, "egress.log").await?;
+        anyhow::ensure!(
+            log.contains(&format!("allowed POST {host}")),
+            "the model calls did not go through the proxy:\n{log}"
+        );
+        anyhow::ensure!(!log.contains("refused"), "{log}");
+        Ok(())
+    }
+}

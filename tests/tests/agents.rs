@@ -6,7 +6,7 @@
 use specrun_core::request::Publish;
 use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
-use specrun_tests::harness::{Harness, CANARY_TOKEN};
+use specrun_tests::harness::{authority, Harness, CANARY_TOKEN};
 use specrun_tests::model_server::{ModelServer, TestNetwork, MODEL_KEY_ENV};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -232,13 +232,7 @@ async fn changing_the_agents_file_changes_the_next_run() -> TestResult {
 async fn the_real_codex_cli_reaches_its_model_only_through_the_egress_proxy() -> TestResult {
     let mut h = Harness::start().await?;
     let model = ModelServer::start("127.0.0.1".parse()?, MODEL_KEY).await?;
-    let model_host = model.base_url();
-    let model_host = model_host
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let model_host = authority(&model.base_url());
     let config = model.codex_config_toml().replace("'''", "");
     let agents = format!(
         "[agents.codex-egress]\nextends = \"codex\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nsecret_env = [\"{MODEL_KEY_ENV}\"]\n\n[agents.codex-egress.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n"
@@ -251,12 +245,7 @@ async fn the_real_codex_cli_reaches_its_model_only_through_the_egress_proxy() ->
     let mut request = h.request(&url, "Let members pin notes to the top of a list");
     request.agent = Some("codex-egress".to_owned());
     let record = h.run(request).await?;
-    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
-    let log = h.artifact(&record, None, "egress.log").await?;
-    assert!(
-        log.contains(&format!("allowed POST {model_host}")),
-        "the model calls went through the proxy:\n{log}"
-    );
-    assert!(!log.contains("refused"), "{log}");
+    h.assert_model_reached_through_proxy(&record, &model_host)
+        .await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use specrun_core::request::Publish;
 use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
 use specrun_tests::anthropic_server::AnthropicServer;
-use specrun_tests::harness::{Harness, CANARY_TOKEN};
+use specrun_tests::harness::{authority, Harness, CANARY_TOKEN};
 use specrun_tests::model_server::TestNetwork;
 
 type TestResult = anyhow::Result<()>;
@@ -210,12 +210,7 @@ async fn the_real_claude_code_cli_reaches_its_model_only_through_the_egress_prox
     let mut h = Harness::start().await?;
     let model = AnthropicServer::start("127.0.0.1".parse()?, API_KEY).await?;
     let base_url = model.base_url();
-    let model_host = base_url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let model_host = authority(&base_url);
     let agents = format!(
         "[agents.claude-egress]\nextends = \"claude\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nenv = {{ ANTHROPIC_BASE_URL = \"{base_url}\" }}\n"
     );
@@ -229,12 +224,7 @@ async fn the_real_claude_code_cli_reaches_its_model_only_through_the_egress_prox
     let mut request = h.request(&url, SPEC_TEXT);
     request.agent = Some("claude-egress".to_owned());
     let record = h.run(request).await?;
-    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
-    let log = h.artifact(&record, None, "egress.log").await?;
-    assert!(
-        log.contains(&format!("allowed POST {model_host}")),
-        "the model calls went through the proxy:\n{log}"
-    );
-    assert!(!log.contains("refused"), "{log}");
+    h.assert_model_reached_through_proxy(&record, &model_host)
+        .await?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use specrun_core::{Phase, RunStatus};
-use specrun_tests::harness::Harness;
+use specrun_tests::harness::{failed_with, Harness};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
@@ -172,15 +172,7 @@ async fn without_a_host_firewall_an_egress_run_fails_at_prepare_with_the_fix() -
     request.agent = Some("probe".to_owned());
     let record = h.run_with(config, request).await?;
 
-    assert_eq!(record.status, RunStatus::Failed);
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("egress_setup_failed", Some(Phase::Prepare))
-    );
+    let error = failed_with(&record, "egress_setup_failed", Phase::Prepare)?;
     assert!(error.message.contains("iptables"), "{}", error.message);
     assert!(error.remediation.contains("root"), "{}", error.remediation);
     assert!(

@@ -1,9 +1,8 @@
 //! End-to-end runs of the pipeline on a real Docker engine, the real job image and real
 //! git remotes over HTTP: each outcome a run can have, and that nothing is left behind.
 
-use specrun_core::state::{RunError, RunRecord};
 use specrun_core::{Phase, PhaseStatus, RunStatus};
-use specrun_tests::harness::{Harness, CANARY_TOKEN};
+use specrun_tests::harness::{failed_with, Harness, CANARY_TOKEN};
 
 type TestResult = anyhow::Result<()>;
 
@@ -15,22 +14,6 @@ fn phase(
     phase: Phase,
 ) -> &specrun_core::state::PhaseState {
     record.phase(phase)
-}
-
-/// Asserts the run failed with `code` in `phase`; returns the recorded error.
-fn failed_with(record: &RunRecord, code: &str, phase: Phase) -> anyhow::Result<RunError> {
-    anyhow::ensure!(
-        record.status == RunStatus::Failed,
-        "status {} (error {:?})",
-        record.status,
-        record.error
-    );
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
-    assert_eq!((error.code.as_str(), error.phase), (code, Some(phase)));
-    Ok(error)
 }
 
 #[tokio::test(flavor = "multi_thread")]
