@@ -4,7 +4,7 @@
 
 use specrun_core::keys::RunId;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
-use specrun_tests::harness::{write_slow_agents_file, Harness};
+use specrun_tests::harness::{failed_with, write_slow_agents_file, Harness};
 use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
@@ -115,4 +115,36 @@ impl Probe {
         }
         anyhow::bail!("the specify phase never started")
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phase_over_its_time_limit_fails_with_phase_timeout_and_keeps_its_logs() -> TestResult {
+    let mut h = Harness::start().await?;
+    let url = h.git().create_repo("stalled", "# Stalled\n")?;
+    slow_agent(&mut h, 120)?;
+    // Spec Kit's initialisation takes about a second; the agent then sleeps past the limit.
+    h.config.phase_timeout = Duration::from_secs(6);
+    let started = std::time::Instant::now();
+    let record = h.run(slow_request(&h, &url)).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the phase was not stopped at its limit"
+    );
+    let error = failed_with(&record, "phase_timeout", Phase::Specify)?;
+    assert!(
+        error.remediation.contains("SPECRUN_PHASE_TIMEOUT_SECS"),
+        "{}",
+        error.remediation
+    );
+    assert_eq!(record.phase(Phase::Specify).status, PhaseStatus::Failed);
+    assert_eq!(record.phase(Phase::Plan).status, PhaseStatus::Skipped);
+    let log = h
+        .artifact(&record, Some(Phase::Specify), "agent.stdout.log")
+        .await?;
+    assert!(
+        log.contains("sleeping"),
+        "the stopped phase keeps its logs: {log}"
+    );
+    assert_eq!(h.git().branches("stalled")?, vec!["main".to_owned()]);
+    h.assert_clean(&record).await
 }
