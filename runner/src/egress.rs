@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 
 /// Largest request head the proxy reads.
 const MAX_HEAD: usize = 16 * 1024;
+/// Connections one run's agent may hold open through the proxy at once: enough for any
+/// model client, few enough that an agent cannot exhaust the runner's file descriptors.
+const MAX_CONNECTIONS: usize = 64;
 /// How long connecting to an allowed destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -166,11 +169,21 @@ impl EgressProxy {
         let address = listener.local_addr()?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let policy = Arc::new(policy);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn({
             let events = events.clone();
             async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(serve(client, policy.clone(), events.clone()));
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        let reason = format!("more than {MAX_CONNECTIONS} connections at once");
+                        let _ = refuse(&mut client, "503 Service Unavailable", &reason).await;
+                        continue;
+                    };
+                    let (policy, events) = (policy.clone(), events.clone());
+                    tokio::spawn(async move {
+                        serve(client, policy, events).await;
+                        drop(slot);
+                    });
                 }
             }
         });
@@ -386,6 +399,38 @@ mod tests {
         let asked = parse(b"GET http://example.test HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(asked.port, 80);
         assert_eq!(asked.upstream_head.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_connections_is_refused_past_the_limit() {
+        let proxy = EgressProxy::start("127.0.0.1".parse().unwrap(), EgressPolicy::default())
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(TcpStream::connect(proxy.address()).await.unwrap());
+        }
+        // Idle connections keep their slots while the proxy waits for a request head.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut extra = TcpStream::connect(proxy.address()).await.unwrap();
+        let mut answer = String::new();
+        extra.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("connections at once"), "{answer}");
+
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut next = TcpStream::connect(proxy.address()).await.unwrap();
+        next.write_all(b"CONNECT elsewhere.test:443 HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        next.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "slots come back: {answer}"
+        );
+        assert_eq!(proxy.events().len(), 1, "{:?}", proxy.events());
     }
 
     #[test]
