@@ -13,7 +13,7 @@
 # schedule (what the faults hit still depends on timing).
 #
 # Prints faults injected (by kind), runs submitted, completed, failed (by error code),
-# duplicated effects (extra pushes; must be 0), lost runs (no final state; must be 0),
+# duplicated effects (extra pushes and extra pull requests; must be 0), lost runs (no final state; must be 0),
 # runs taken over, and the wall time; writes the same to target/bench/soak.txt.
 # Exit status: 0 when nothing was lost or duplicated, 1 otherwise.
 #

@@ -3,7 +3,7 @@
 //! random moments: runners SIGKILLed or SIGTERMed and replaced, the store and queue
 //! refusing connections or answering 503, messages duplicated, job containers killed from
 //! outside. Then it counts what a user cares about: every run reached a final state (none
-//! lost) and no run pushed twice (no duplicated effect).
+//! lost) and no run pushed twice or opened a second pull request (no duplicated effect).
 //!
 //! `scripts/soak.sh` runs it as a benchmark; `tests/tests/faults_soak.rs` runs a small one
 //! in CI and fails on a lost run or a duplicated effect.
@@ -21,6 +21,9 @@ use specrun_core::RunStatus;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
+
+/// The forge account the soak's repositories belong to.
+const OWNER: &str = "soak";
 
 /// What a soak does.
 #[derive(Debug, Clone)]
@@ -78,10 +81,13 @@ pub struct SoakReport {
     pub submitted: usize,
     pub succeeded: usize,
     pub failed: usize,
-    /// Runs pushed more than once, counted once per extra push.
+    /// Extra pushes and extra pull requests, over all runs (each run may push once and
+    /// open one pull request).
     pub duplicated_effects: usize,
     /// Runs with no final state at the deadline.
     pub lost: usize,
+    /// Pull requests on the forge at the end (one per completed run is right).
+    pub pull_requests: usize,
     /// Runs that needed more than one attempt.
     pub taken_over: usize,
     pub faults: BTreeMap<String, usize>,
@@ -101,6 +107,7 @@ impl fmt::Display for SoakReport {
             "runs failed          {} {:?}",
             self.failed, self.failure_codes
         )?;
+        writeln!(f, "pull requests        {}", self.pull_requests)?;
         writeln!(f, "duplicated effects   {}", self.duplicated_effects)?;
         writeln!(f, "lost runs            {}", self.lost)?;
         writeln!(f, "runs taken over      {}", self.taken_over)?;
@@ -241,9 +248,11 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
     let mut submitted = Vec::new();
     for n in 0..config.runs {
         let repo = format!("soak-{n}");
-        let url = world.git.create_repo(&repo, "# Soak\n")?;
-        let mut body = run_request(&url, &format!("Let members export report number {n}"));
+        world.forge.create_repo(OWNER, &repo, "# Soak\n")?;
+        let slug = format!("{OWNER}/{repo}");
+        let mut body = run_request(&slug, &format!("Let members export report number {n}"));
         body["agent"] = json!("soak");
+        body["publish"] = json!("pr");
         let (run_id, _) = submit(serve.base_url()?, &body).await?;
         submitted.push(Submitted { run_id, repo, body });
     }
@@ -289,7 +298,11 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
             }
             _ => report.lost += 1,
         }
-        report.duplicated_effects += pushes(&world.git, &run.repo).saturating_sub(1);
+        let slug = format!("{OWNER}/{}", run.repo);
+        report.duplicated_effects += pushes(world.git(), &slug).saturating_sub(1);
+        let pulls = world.forge.pulls(OWNER, &run.repo).len();
+        report.pull_requests += pulls;
+        report.duplicated_effects += pulls.saturating_sub(1);
     }
     report.wall = started.elapsed();
     drop(runners);

@@ -4,6 +4,7 @@
 //! pushes).
 
 use crate::emulator::{http_request, HttpResponse, Moto, Queues, SpecrunEnv, SpecrunProcess};
+use crate::forge::ForgeServer;
 use crate::git_http::GitHttpServer;
 use crate::harness::CANARY_TOKEN;
 use anyhow::{bail, ensure, Context as _};
@@ -17,11 +18,12 @@ pub const BUCKET: &str = "specrun-state";
 /// How long one run may take from submission to its final status.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// One test's world: an emulator with the bucket and queues, and a git server.
+/// One test's world: an emulator with the bucket and queues, and a forge (a token-guarded
+/// git server with the fake GitHub API in front) that the specrun processes publish to.
 pub struct World {
     pub moto: Moto,
     pub queues: Queues,
-    pub git: GitHttpServer,
+    pub forge: ForgeServer,
     pub env: SpecrunEnv,
 }
 
@@ -34,15 +36,28 @@ impl World {
         let queues = moto
             .create_queues("specrun-runs", max_receive_count, 30)
             .await?;
-        let git = GitHttpServer::start(Some(CANARY_TOKEN))?;
-        let git_host = git.base_url().trim_start_matches("http://").to_owned();
-        let env = SpecrunEnv::new(&moto, BUCKET, &queues.url, &git_host);
+        let forge = ForgeServer::start(CANARY_TOKEN)?;
+        let git_host = forge
+            .git()
+            .base_url()
+            .trim_start_matches("http://")
+            .to_owned();
+        let mut env = SpecrunEnv::new(&moto, BUCKET, &queues.url, &git_host);
+        env.extra.extend([
+            ("SPECRUN_FORGE_URL".to_owned(), forge.git_base_url()),
+            ("SPECRUN_FORGE_API_URL".to_owned(), forge.api_url()),
+        ]);
         Ok(World {
             moto,
             queues,
-            git,
+            forge,
             env,
         })
+    }
+
+    /// The git server behind the forge.
+    pub fn git(&self) -> &GitHttpServer {
+        self.forge.git()
     }
 
     /// What a runner reaching the emulator through `relay` is pointed at: it retries a

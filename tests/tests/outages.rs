@@ -47,7 +47,7 @@ async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResu
         ],
     )
     .await?;
-    let url = world.git.create_repo("api", "# Api\n")?;
+    let url = world.git().create_repo("api", "# Api\n")?;
     let mut request = run_request(&url, "Let operators rotate API keys without downtime");
     request["agent"] = json!("slow");
     let (run_id, status_url) = submit(serve.base_url()?, &request).await?;
@@ -78,9 +78,9 @@ async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResu
         "the outage must not start a second attempt"
     );
     assert!(record.previous_attempts.is_empty(), "{document:#}");
-    assert_eq!(pushes(&world.git, "api"), 1, "one run, one push");
+    assert_eq!(pushes(world.git(), "api"), 1, "one run, one push");
     let branch = record.branch_name.clone().context("no branch")?;
-    assert!(world.git.branches("api")?.contains(&branch));
+    assert!(world.git().branches("api")?.contains(&branch));
 
     let log = runner.stderr_tail(400);
     assert!(log.contains("storage unavailable; retrying"), "{log}");
@@ -118,7 +118,7 @@ async fn the_api_answers_503_during_an_outage_and_works_again_after() -> TestRes
     let relay = OutageRelay::start(&world.moto.endpoint()).await?;
     let serve = SpecrunProcess::serve(&world.env_via(&relay), &["--no-runner"]).await?;
     let base = serve.base_url()?;
-    let url = world.git.create_repo("api", "# Api\n")?;
+    let url = world.git().create_repo("api", "# Api\n")?;
     let mut body = run_request(&url, "Let operators rotate API keys");
     body["idempotency_key"] = json!("rotate-keys-1");
 

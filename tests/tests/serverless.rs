@@ -25,7 +25,7 @@ type TestResult = anyhow::Result<()>;
 async fn http_submit_runs_through_the_queue_into_the_bucket() -> TestResult {
     require_image().await?;
     let world = World::start(3).await?;
-    let url = world.git.create_repo("web", "# Web\n")?;
+    let url = world.git().create_repo("web", "# Web\n")?;
     let serve = SpecrunProcess::serve(&world.env, &[]).await?;
     let base = serve.base_url()?;
 
@@ -45,10 +45,10 @@ async fn http_submit_runs_through_the_queue_into_the_bucket() -> TestResult {
     assert_eq!(record.status, RunStatus::Succeeded, "{document:#}");
     let branch = record.branch_name.clone().context("no branch name")?;
     assert!(
-        world.git.branches("web")?.contains(&branch),
+        world.git().branches("web")?.contains(&branch),
         "branch {branch} not on the git server"
     );
-    assert_eq!(pushes(&world.git, "web"), 1, "one run, one push");
+    assert_eq!(pushes(world.git(), "web"), 1, "one run, one push");
 
     // The AWS CLI reads the same run.json from the bucket.
     let cli_json = world
@@ -125,7 +125,7 @@ async fn bad_requests_are_refused_over_http_and_leave_nothing_behind() -> TestRe
     let world = World::start(3).await?;
     let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
     let base = serve.base_url()?;
-    let git_url = world.git.repo_url("web");
+    let git_url = world.git().repo_url("web");
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "a file:// repository",
@@ -234,7 +234,7 @@ async fn a_python_celery_producer_submits_a_run_and_reads_its_result() -> TestRe
     require_celery().await?;
     require_image().await?;
     let world = World::start(3).await?;
-    let url = world.git.create_repo("celery", "# Celery\n")?;
+    let url = world.git().create_repo("celery", "# Celery\n")?;
     let runner = SpecrunProcess::runner(&world.env, &[]).await?;
 
     let kwargs = run_request(&url, "Email a weekly summary of open support tickets");
@@ -257,7 +257,7 @@ async fn a_python_celery_producer_submits_a_run_and_reads_its_result() -> TestRe
     let branch = result["branch_name"]
         .as_str()
         .with_context(|| format!("no branch in {answer:#}"))?;
-    assert!(world.git.branches("celery")?.contains(&branch.to_owned()));
+    assert!(world.git().branches("celery")?.contains(&branch.to_owned()));
 
     let run_id = result["run_id"].as_str().context("no run_id")?;
     let stored = world.stored_run(run_id).await?;
@@ -270,7 +270,7 @@ async fn a_python_celery_producer_submits_a_run_and_reads_its_result() -> TestRe
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_that_can_never_finish_lands_in_the_dead_letter_queue_marked_failed() -> TestResult {
     let world = World::start(2).await?;
-    let url = world.git.create_repo("stuck", "# Stuck\n")?;
+    let url = world.git().create_repo("stuck", "# Stuck\n")?;
 
     // A queued run and its message, from the submit function.
     let run_id = {
@@ -384,7 +384,7 @@ async fn two_runners_share_one_queue_and_run_each_run_once() -> TestResult {
     let mut submitted = Vec::new();
     for (i, text) in texts.iter().enumerate() {
         let name = format!("repo{i}");
-        let url = world.git.create_repo(&name, "# Repo\n")?;
+        let url = world.git().create_repo(&name, "# Repo\n")?;
         let (run_id, status_url) = submit(serve.base_url()?, &run_request(&url, text)).await?;
         submitted.push((name, run_id, status_url));
     }
@@ -398,9 +398,9 @@ async fn two_runners_share_one_queue_and_run_each_run_once() -> TestResult {
         let record: RunRecord = serde_json::from_value(document)?;
         assert_eq!(record.status, RunStatus::Succeeded, "{run_id}: {record:#?}");
         assert_eq!(record.attempt, 1, "{run_id} ran more than once");
-        assert_eq!(pushes(&world.git, name), 1, "{run_id}: pushes to {name}");
+        assert_eq!(pushes(world.git(), name), 1, "{run_id}: pushes to {name}");
         let branch = record.branch_name.clone().context("no branch")?;
-        assert!(world.git.branches(name)?.contains(&branch));
+        assert!(world.git().branches(name)?.contains(&branch));
         runner_ids.insert(record.runner_id.clone().unwrap_or_default());
     }
     assert_eq!(
