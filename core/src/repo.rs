@@ -143,6 +143,13 @@ fn parse_owner_name(input: &str) -> Result<RepoRef, InvalidRepo> {
         return refuse("must be 'owner/name' or an https URL on an allowed host");
     };
     let name = name.strip_suffix(".git").unwrap_or(name);
+    // `owner/name.git.git` would name `name.git`, which a second reading shortens again:
+    // GitHub refuses such names, and the request must mean the same when read twice.
+    if name.to_ascii_lowercase().ends_with(".git") {
+        return refuse(format!(
+            "name {name:?} may not end in '.git'; give the name once, with or without one '.git'"
+        ));
+    }
     if !valid_owner(owner) {
         return refuse(format!(
             "owner {owner:?} must be 1-39 letters, digits or single hyphens, not at either end"
@@ -242,6 +249,17 @@ mod tests {
             url.ok().as_deref(),
             Some("https://github.com/octo-org/hello.world.git")
         );
+    }
+
+    /// Found by the queue_message fuzz target: `o/h.git.git` read as `o/h.git`, whose
+    /// wire form then read as `o/h`.
+    #[test]
+    fn a_name_means_the_same_when_read_twice() {
+        let once = RepoRef::parse("o/h.git", &policy()).map(|r| r.clone_url("https://x/"));
+        assert_eq!(once.ok().as_deref(), Some("https://x/o/h.git"));
+        for twice in ["o/h.git.git", "o/h.GIT.git", "o/h.git.git.git"] {
+            assert!(RepoRef::parse(twice, &policy()).is_err(), "{twice}");
+        }
     }
 
     #[test]
