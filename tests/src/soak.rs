@@ -88,6 +88,8 @@ pub struct SoakReport {
     pub lost: usize,
     /// Pull requests on the forge at the end (one per completed run is right).
     pub pull_requests: usize,
+    /// Completed runs whose pull request is missing (must be 0).
+    pub completed_without_pr: usize,
     /// Runs that needed more than one attempt.
     pub taken_over: usize,
     pub faults: BTreeMap<String, usize>,
@@ -107,7 +109,11 @@ impl fmt::Display for SoakReport {
             "runs failed          {} {:?}",
             self.failed, self.failure_codes
         )?;
-        writeln!(f, "pull requests        {}", self.pull_requests)?;
+        writeln!(
+            f,
+            "pull requests        {} ({} completed runs without one)",
+            self.pull_requests, self.completed_without_pr
+        )?;
         writeln!(f, "duplicated effects   {}", self.duplicated_effects)?;
         writeln!(f, "lost runs            {}", self.lost)?;
         writeln!(f, "runs taken over      {}", self.taken_over)?;
@@ -279,10 +285,14 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
 
     for run in &submitted {
         let record = stored_run(&world, &run.run_id).await;
+        let pulls = world.forge.pulls(OWNER, &run.repo).len();
         match record {
             Some(record) if record.status.is_final() => {
                 if record.status == RunStatus::Succeeded {
                     report.succeeded += 1;
+                    if pulls == 0 {
+                        report.completed_without_pr += 1;
+                    }
                 } else {
                     report.failed += 1;
                     let code = record
@@ -300,7 +310,6 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
         }
         let slug = format!("{OWNER}/{}", run.repo);
         report.duplicated_effects += pushes(world.git(), &slug).saturating_sub(1);
-        let pulls = world.forge.pulls(OWNER, &run.repo).len();
         report.pull_requests += pulls;
         report.duplicated_effects += pulls.saturating_sub(1);
     }

@@ -24,10 +24,7 @@ async fn runs_survive_random_faults_without_loss_or_duplicated_effects() -> anyh
     assert_eq!(report.duplicated_effects, 0, "{report}");
     assert_eq!(report.submitted, 6);
     assert_eq!(report.succeeded + report.failed, 6, "{report}");
-    assert_eq!(
-        report.pull_requests, report.succeeded,
-        "one PR per completed run: {report}"
-    );
+    assert_eq!(report.completed_without_pr, 0, "{report}");
     assert!(
         report.faults.values().sum::<usize>() > 0,
         "no fault was injected"

@@ -43,8 +43,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let report = soak(&config).await?;
     println!("{report}");
-    if report.duplicated_effects > 0 || report.lost > 0 {
-        eprintln!("specrun-soak: FAILED: runs were lost or pushed twice");
+    if report.duplicated_effects > 0 || report.lost > 0 || report.completed_without_pr > 0 {
+        eprintln!("specrun-soak: FAILED: runs were lost, published twice, or completed without their pull request");
         std::process::exit(1);
     }
     Ok(())
