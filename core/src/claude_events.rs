@@ -7,6 +7,7 @@
 //! "tool_result","tool_use_id":..,"is_error":..}]}}`, and the closing `{"type":"result",
 //! "subtype":"success"|"error_...","is_error":..,"num_turns":..,"usage":{..},"result":..}`.
 
+use crate::event_summary::EventSummary;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -42,18 +43,7 @@ pub struct ToolCall {
     id: String,
 }
 
-impl ClaudeSummary {
-    /// Folds the event lines of a log; lines that are not events are passed over.
-    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut summary = ClaudeSummary::default();
-        for line in lines {
-            if let Ok(event) = serde_json::from_str::<Value>(line.trim()) {
-                summary.add(&event);
-            }
-        }
-        summary
-    }
-
+impl EventSummary for ClaudeSummary {
     fn add(&mut self, event: &Value) {
         let text = |v: &Value| v.as_str().map(str::to_owned);
         let blocks = || {
@@ -134,7 +124,7 @@ impl ClaudeSummary {
     }
 
     /// One line for the phase's message.
-    pub fn headline(&self) -> String {
+    fn headline(&self) -> String {
         let failed = self
             .tools
             .iter()

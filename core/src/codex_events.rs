@@ -2,6 +2,7 @@
 //! wants to know about a phase: the commands the agent ran, the tokens it used, and
 //! whether a turn failed.
 
+use crate::event_summary::EventSummary;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -26,18 +27,7 @@ pub struct CommandRun {
     pub exit_code: Option<i64>,
 }
 
-impl CodexSummary {
-    /// Folds the event lines of a log; lines that are not events are passed over.
-    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut summary = CodexSummary::default();
-        for line in lines {
-            if let Ok(event) = serde_json::from_str::<Value>(line.trim()) {
-                summary.add(&event);
-            }
-        }
-        summary
-    }
-
+impl EventSummary for CodexSummary {
     fn add(&mut self, event: &Value) {
         let text = |v: &Value| v.as_str().map(str::to_owned);
         match event["type"].as_str() {
@@ -71,7 +61,7 @@ impl CodexSummary {
     }
 
     /// One line for the phase's message.
-    pub fn headline(&self) -> String {
+    fn headline(&self) -> String {
         format!(
             "codex ran {} command(s), {} input and {} output tokens",
             self.commands.len(),

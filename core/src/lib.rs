@@ -14,6 +14,7 @@ pub mod clarify;
 pub mod claude_events;
 pub mod codex_events;
 pub mod egress;
+pub mod event_summary;
 pub mod feature;
 pub mod keys;
 pub mod lease;

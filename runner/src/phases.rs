@@ -18,6 +18,7 @@ use specrun_core::clarify;
 use specrun_core::claude_events::ClaudeSummary;
 use specrun_core::codex_events::CodexSummary;
 use specrun_core::egress::EgressPolicy;
+use specrun_core::event_summary::EventSummary;
 use specrun_core::feature::FeatureDir;
 use specrun_core::redact::Redactor;
 use specrun_core::state::{ArtifactRef, PhaseOutcome};
@@ -480,16 +481,9 @@ async fn summarise(
     let log = tokio::fs::read_to_string(&run.stdout.path).await.ok()?;
     let (json, headline) = match profile.output {
         OutputFormat::Text => return None,
-        OutputFormat::CodexJson => {
-            let summary = CodexSummary::from_lines(log.lines());
-            (serde_json::to_value(&summary), summary.headline())
-        }
-        OutputFormat::ClaudeStreamJson => {
-            let summary = ClaudeSummary::from_lines(log.lines());
-            (serde_json::to_value(&summary), summary.headline())
-        }
+        OutputFormat::CodexJson => summary_of::<CodexSummary>(&log),
+        OutputFormat::ClaudeStreamJson => summary_of::<ClaudeSummary>(&log),
     };
-    let json = json.unwrap_or_default();
     let bytes = ctx.redactor.redact_bytes(&json_bytes(&json));
     match ctx
         .artifacts
@@ -500,6 +494,15 @@ async fn summarise(
         Err(e) => tracing::warn!(error = %e, "could not store the agent summary"),
     }
     Some(headline)
+}
+
+/// The summary of an event log as JSON, and its headline.
+fn summary_of<S: EventSummary>(log: &str) -> (serde_json::Value, String) {
+    let summary = S::from_lines(log.lines());
+    (
+        serde_json::to_value(&summary).unwrap_or_default(),
+        summary.headline(),
+    )
 }
 
 /// Turns an agent command's end into a failure unless it exited 0.
