@@ -6,7 +6,7 @@
 use specrun_core::request::Publish;
 use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
-use specrun_tests::harness::{authority, Harness, CANARY_TOKEN};
+use specrun_tests::harness::{authority, failed_with, Harness, CANARY_TOKEN};
 use specrun_tests::model_server::{ModelServer, TestNetwork, MODEL_KEY_ENV};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -213,14 +213,7 @@ async fn changing_the_agents_file_changes_the_next_run() -> TestResult {
     // A broken file fails the next run at prepare, saying what is wrong.
     std::fs::write(&path, "default = \"ghost\"\n")?;
     let third = h.run(request(&h)).await?;
-    let error = third
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("agents_file_invalid", Some(Phase::Prepare))
-    );
+    let error = failed_with(&third, "agents_file_invalid", Phase::Prepare)?;
     assert!(error.message.contains("ghost"), "{}", error.message);
     h.assert_clean(&third).await
 }

@@ -81,15 +81,7 @@ async fn a_run_over_its_time_limit_fails_with_run_timeout() -> TestResult {
     slow_agent(&mut h, 120)?;
     h.config.run_timeout = Duration::from_secs(4);
     let record = h.run(slow_request(&h, &url)).await?;
-    assert_eq!(record.status, RunStatus::Failed);
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("run_timeout", Some(Phase::Specify))
-    );
+    let error = failed_with(&record, "run_timeout", Phase::Specify)?;
     assert!(error.remediation.contains("SPECRUN_RUN_TIMEOUT_SECS"));
     h.assert_clean(&record).await
 }

@@ -4,7 +4,7 @@
 
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_runner::config::Secret;
-use specrun_tests::harness::Harness;
+use specrun_tests::harness::{failed_with, Harness};
 use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
@@ -130,15 +130,7 @@ async fn symlinks_planted_by_the_agent_are_not_followed() -> TestResult {
         "",
     )?;
     let record = h.run(probe_request(&h, &url)).await?;
-    assert_eq!(record.status, RunStatus::Failed);
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("unsafe_output", Some(Phase::Specify))
-    );
+    let error = failed_with(&record, "unsafe_output", Phase::Specify)?;
     assert!(error.message.contains("symbolic link"), "{}", error.message);
     for file in h.state_files() {
         let text = String::from_utf8_lossy(&std::fs::read(&file)?).into_owned();

@@ -5,7 +5,7 @@
 
 use specrun_core::request::Publish;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
-use specrun_tests::harness::Harness;
+use specrun_tests::harness::{failed_with, Harness};
 
 type TestResult = anyhow::Result<()>;
 
@@ -128,15 +128,7 @@ async fn a_branch_with_someone_elses_commits_is_not_overwritten() -> TestResult 
     request.branch_name = Some("taken".to_owned());
     let record = h.run(request).await?;
 
-    assert_eq!(record.status, RunStatus::Failed);
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("push_rejected", Some(Phase::Push))
-    );
+    let error = failed_with(&record, "push_rejected", Phase::Push)?;
     assert!(
         error.message.contains("specrun did not make"),
         "{}",
@@ -182,15 +174,7 @@ async fn a_forge_that_refuses_the_token_fails_at_pull_request_with_the_fix() -> 
     let other = specrun_tests::forge::ForgeServer::start("another-token-entirely")?;
     h.config.forge_api_url = Some(other.api_url());
     let record = h.run(pr_request(&h)).await?;
-    assert_eq!(record.status, RunStatus::Failed);
-    let error = record
-        .error
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no error"))?;
-    assert_eq!(
-        (error.code.as_str(), error.phase),
-        ("forge_unauthorized", Some(Phase::PullRequest))
-    );
+    let error = failed_with(&record, "forge_unauthorized", Phase::PullRequest)?;
     assert!(error.remediation.contains("SPECRUN_GIT_TOKEN"));
     assert_eq!(
         record.phase(Phase::Push).status,
