@@ -233,6 +233,13 @@ pub fn clean_cargo() -> std::process::Command {
     command
 }
 
+/// Writes `text` to `<dir>/agents.toml`; returns its path for `SPECRUN_AGENTS_FILE`.
+pub fn write_agents_file(dir: &Path, text: &str) -> anyhow::Result<String> {
+    let path = dir.join("agents.toml");
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
+}
+
 /// Writes `<dir>/agents.toml` with one agent, `name`, the scripted agent that prints
 /// `sleeping` and sleeps `seconds` in the specify phase (so a test can act mid-run);
 /// returns the file's path for `SPECRUN_AGENTS_FILE`.
@@ -240,9 +247,7 @@ pub fn write_slow_agents_file(dir: &Path, name: &str, seconds: u32) -> anyhow::R
     let text = format!(
         "[agents.{name}]\nextends = \"scripted\"\n[agents.{name}.phases]\nspecify = [\"sh\", \"-c\", \"echo sleeping; sleep {seconds}; exec specrun-scripted-agent specify \\\"$1\\\"\", \"{name}\", \"{{text}}\"]\n"
     );
-    let path = dir.join("agents.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
+    write_agents_file(dir, &text)
 }
 
 /// `HOST:PORT` of an `http://HOST:PORT/...` URL: what an egress allow-list names.
@@ -281,6 +286,12 @@ pub fn failed_with(
 }
 
 impl Harness {
+    /// Writes the agents file every later run of this harness reads.
+    pub fn use_agents_file(&mut self, text: &str) -> anyhow::Result<()> {
+        self.config.agents_file = Some(write_agents_file(self.work.path(), text)?);
+        Ok(())
+    }
+
     /// Asserts the run succeeded and its egress.log shows calls to `host` (`HOST:PORT`)
     /// allowed through the proxy and nothing refused.
     pub async fn assert_model_reached_through_proxy(

@@ -6,7 +6,7 @@
 use specrun_core::request::Publish;
 use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
-use specrun_tests::harness::{authority, failed_with, Harness, CANARY_TOKEN};
+use specrun_tests::harness::{authority, failed_with, write_agents_file, Harness, CANARY_TOKEN};
 use specrun_tests::model_server::{ModelServer, TestNetwork, MODEL_KEY_ENV};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,12 +14,6 @@ use std::time::Duration;
 type TestResult = anyhow::Result<()>;
 
 const MODEL_KEY: &str = "sk-specrun-canary-model-key-7c41d0";
-
-fn write_agents_file(dir: &std::path::Path, text: &str) -> anyhow::Result<String> {
-    let path = dir.join("agents.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
-}
 
 /// Runs `docker inspect` on every job container that appears until stopped; returns what
 /// it saw, so the test can prove no secret shows there.

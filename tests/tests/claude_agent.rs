@@ -75,9 +75,7 @@ async fn the_real_claude_code_cli_takes_a_run_to_a_pull_request() -> TestResult 
             phase_with_debug_log(&builtin, phase)?
         ));
     }
-    let path = h.work.path().join("agents.toml");
-    std::fs::write(&path, &agents)?;
-    h.config.agents_file = Some(path.display().to_string());
+    h.use_agents_file(&agents)?;
     h.config
         .agent_secrets
         .insert("ANTHROPIC_API_KEY".to_owned(), Secret::new(API_KEY));
@@ -214,9 +212,7 @@ async fn the_real_claude_code_cli_reaches_its_model_only_through_the_egress_prox
     let agents = format!(
         "[agents.claude-egress]\nextends = \"claude\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nenv = {{ ANTHROPIC_BASE_URL = \"{base_url}\" }}\n"
     );
-    let path = h.work.path().join("agents.toml");
-    std::fs::write(&path, &agents)?;
-    h.config.agents_file = Some(path.display().to_string());
+    h.use_agents_file(&agents)?;
     h.config
         .agent_secrets
         .insert("ANTHROPIC_API_KEY".to_owned(), Secret::new(API_KEY));

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use specrun_core::{Phase, RunStatus};
-use specrun_tests::harness::{failed_with, Harness};
+use specrun_tests::harness::{failed_with, write_agents_file, Harness};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
@@ -89,9 +89,7 @@ SERVICE_PORT = "{service}"
 specify = ["sh", "-c", "python3 \"$HOME/probe.py\"; exec specrun-scripted-agent specify \"$1\"", "probe", "{{text}}"]
 "#
     );
-    let path = h.work.path().join("agents.toml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
+    write_agents_file(h.work.path(), &text)
 }
 
 #[tokio::test(flavor = "multi_thread")]

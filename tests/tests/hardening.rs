@@ -16,10 +16,7 @@ fn probe_agent(h: &mut Harness, script: &str, extra: &str) -> anyhow::Result<()>
     let text = format!(
         "[agents.probe]\nextends = \"scripted\"\n{extra}\n[agents.probe.phases]\nspecify = [\"sh\", \"-c\", \"{escaped}\", \"probe\", \"{{text}}\"]\n"
     );
-    let path = h.work.path().join("agents.toml");
-    std::fs::write(&path, text)?;
-    h.config.agents_file = Some(path.display().to_string());
-    Ok(())
+    h.use_agents_file(&text)
 }
 
 fn probe_request(h: &Harness, url: &str) -> specrun_core::request::RunRequest {
