@@ -14,10 +14,11 @@ Exit status: 0 when the warm-up and every counted run succeeded, 1 otherwise.
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+
+from bench_common import parse_ts, stats
 
 PHASES = [
     "prepare",
@@ -36,44 +37,6 @@ FLOORS = [
     ("git_clone", "git clone", "git clone of the bench repo into a temp dir"),
     ("git_push", "git push", "git push of a new branch with one small commit"),
 ]
-
-RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
-)
-
-
-def parse_ts(text):
-    """RFC 3339 timestamp -> aware datetime (microsecond precision)."""
-    if not text:
-        return None
-    m = RFC3339.match(text.strip())
-    if not m:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    frac = m.group(7) or ""
-    micro = int((frac + "000000")[:6])
-    if m.group(8):
-        tz = timezone.utc
-    else:
-        sign = -1 if m.group(9) == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
-    return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-
-
-def stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {
-        "n": len(values),
-        "mean": statistics.fmean(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "values": values,
-    }
-
 
 def read_text(path, default=None):
     try:
@@ -130,13 +93,10 @@ def load_run(run_dir):
     run["status"] = record.get("status")
     run["run_id"] = record.get("run_id")
     run["error"] = record.get("error")
-    try:
-        started = parse_ts(record.get("started_at"))
-        finished = parse_ts(record.get("finished_at"))
-        if started and finished:
-            run["in_run_total_ms"] = (finished - started).total_seconds() * 1000.0
-    except ValueError:
-        pass
+    started = parse_ts(record.get("started_at"))
+    finished = parse_ts(record.get("finished_at"))
+    if started and finished:
+        run["in_run_total_ms"] = (finished - started).total_seconds() * 1000.0
     for phase in record.get("phases") or []:
         run["phases"][phase.get("phase")] = {
             "status": phase.get("status"),

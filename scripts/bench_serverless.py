@@ -36,7 +36,9 @@ import sys
 import threading
 import time
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+
+from bench_common import parse_ts, stats
 
 FINAL = {"succeeded", "no_changes", "needs_clarification", "failed", "cancelled"}
 FEATURE_TEXT = (
@@ -189,43 +191,6 @@ def git_server_main(args):
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-
-RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
-)
-
-
-def parse_ts(text):
-    if not text:
-        return None
-    m = RFC3339.match(text.strip())
-    if not m:
-        return None
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    micro = int(((m.group(7) or "") + "000000")[:6])
-    if m.group(8):
-        tz = timezone.utc
-    else:
-        sign = -1 if m.group(9) == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
-    return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-
-
-def stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    ordered = sorted(values)
-    return {
-        "n": len(values),
-        "mean": statistics.fmean(values),
-        "median": statistics.median(values),
-        "min": ordered[0],
-        "max": ordered[-1],
-        "values": values,
-    }
-
 
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
