@@ -7,7 +7,7 @@
 //! "tool_result","tool_use_id":..,"is_error":..}]}}`, and the closing `{"type":"result",
 //! "subtype":"success"|"error_...","is_error":..,"num_turns":..,"usage":{..},"result":..}`.
 
-use crate::event_summary::EventSummary;
+use crate::event_summary::{is_zero, push_bounded, text, EventSummary};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -16,8 +16,12 @@ use serde_json::Value;
 pub struct ClaudeSummary {
     /// The model named by the `system`/`init` event.
     pub model: Option<String>,
-    /// Tool calls in order, each with whether its result was an error (None: no result).
+    /// Tool calls in order, each with whether its result was an error (None: no result):
+    /// the first [`MAX_ITEMS`](crate::event_summary::MAX_ITEMS).
     pub tools: Vec<ToolCall>,
+    /// Tool calls made past those.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more_tools: u64,
     pub input_tokens: u64,
     pub cache_read_input_tokens: u64,
     pub cache_creation_input_tokens: u64,
@@ -26,8 +30,12 @@ pub struct ClaudeSummary {
     pub total_cost_usd: Option<f64>,
     /// The `result` event's subtype (`success`, `error_max_turns`, ...).
     pub outcome: Option<String>,
-    /// Errors the `result` event reported.
+    /// Errors the `result` event reported: the first
+    /// [`MAX_ITEMS`](crate::event_summary::MAX_ITEMS).
     pub errors: Vec<String>,
+    /// Errors reported past those.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more_errors: u64,
     /// The agent's final text.
     pub last_message: Option<String>,
 }
@@ -45,7 +53,6 @@ pub struct ToolCall {
 
 impl EventSummary for ClaudeSummary {
     fn add(&mut self, event: &Value) {
-        let text = |v: &Value| v.as_str().map(str::to_owned);
         let blocks = || {
             event["message"]["content"]
                 .as_array()
@@ -61,12 +68,13 @@ impl EventSummary for ClaudeSummary {
                             let target = ["command", "file_path", "path", "pattern"]
                                 .iter()
                                 .find_map(|key| text(&input[*key]));
-                            self.tools.push(ToolCall {
+                            let call = ToolCall {
                                 tool: text(&block["name"]).unwrap_or_default(),
                                 target,
                                 is_error: None,
                                 id: text(&block["id"]).unwrap_or_default(),
-                            });
+                            };
+                            push_bounded(&mut self.tools, &mut self.more_tools, call);
                         }
                         Some("text") => {
                             if let Some(t) = text(&block["text"]).filter(|t| !t.trim().is_empty()) {
@@ -82,7 +90,8 @@ impl EventSummary for ClaudeSummary {
                     if block["type"] != "tool_result" {
                         continue;
                     }
-                    let id = block["tool_use_id"].as_str().unwrap_or_default();
+                    // Ids are kept cut to MAX_TEXT, so they are compared cut.
+                    let id = text(&block["tool_use_id"]).unwrap_or_default();
                     if let Some(call) = self.tools.iter_mut().find(|c| c.id == id) {
                         call.is_error = Some(block["is_error"].as_bool().unwrap_or(false));
                     }
@@ -91,10 +100,14 @@ impl EventSummary for ClaudeSummary {
             Some("result") => {
                 let usage = &event["usage"];
                 let count = |key: &str| usage[key].as_u64().unwrap_or(0);
-                self.input_tokens += count("input_tokens");
-                self.cache_read_input_tokens += count("cache_read_input_tokens");
-                self.cache_creation_input_tokens += count("cache_creation_input_tokens");
-                self.output_tokens += count("output_tokens");
+                self.input_tokens = self.input_tokens.saturating_add(count("input_tokens"));
+                self.cache_read_input_tokens = self
+                    .cache_read_input_tokens
+                    .saturating_add(count("cache_read_input_tokens"));
+                self.cache_creation_input_tokens = self
+                    .cache_creation_input_tokens
+                    .saturating_add(count("cache_creation_input_tokens"));
+                self.output_tokens = self.output_tokens.saturating_add(count("output_tokens"));
                 self.num_turns = event["num_turns"].as_u64();
                 self.total_cost_usd = event["total_cost_usd"].as_f64();
                 self.outcome = text(&event["subtype"]);
@@ -104,19 +117,19 @@ impl EventSummary for ClaudeSummary {
                 let failed = event["is_error"].as_bool().unwrap_or(false)
                     || self.outcome.as_deref().is_some_and(|s| s != "success");
                 if failed {
-                    let mut reported: Vec<String> = event["errors"]
-                        .as_array()
-                        .map(|errors| errors.iter().filter_map(text).collect())
-                        .unwrap_or_default();
-                    if reported.is_empty() {
-                        reported.push(
-                            self.last_message
-                                .clone()
-                                .or_else(|| self.outcome.clone())
-                                .unwrap_or_else(|| "the session failed".to_owned()),
-                        );
+                    let reported = self.errors.len() as u64 + self.more_errors;
+                    let listed = event["errors"].as_array().map_or(&[][..], Vec::as_slice);
+                    for error in listed.iter().filter_map(text) {
+                        push_bounded(&mut self.errors, &mut self.more_errors, error);
                     }
-                    self.errors.extend(reported);
+                    if self.errors.len() as u64 + self.more_errors == reported {
+                        let error = self
+                            .last_message
+                            .clone()
+                            .or_else(|| self.outcome.clone())
+                            .unwrap_or_else(|| "the session failed".to_owned());
+                        push_bounded(&mut self.errors, &mut self.more_errors, error);
+                    }
                 }
             }
             _ => {}
@@ -137,8 +150,10 @@ impl EventSummary for ClaudeSummary {
         };
         format!(
             "claude made {} tool call(s){failed}, {} input and {} output tokens",
-            self.tools.len(),
-            self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens,
+            self.tools.len() as u64 + self.more_tools,
+            self.input_tokens
+                .saturating_add(self.cache_read_input_tokens)
+                .saturating_add(self.cache_creation_input_tokens),
             self.output_tokens
         )
     }
@@ -147,6 +162,7 @@ impl EventSummary for ClaudeSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event_summary::{MAX_ITEMS, MAX_TEXT};
 
     #[test]
     fn folds_tools_usage_and_the_result() {
@@ -188,5 +204,31 @@ not json at all
             summary.errors,
             ["API Error: 401 invalid x-api-key", "reached the turn limit"]
         );
+    }
+
+    #[test]
+    fn a_hostile_stream_keeps_a_bounded_summary() {
+        let call = format!(
+            r#"{{"type":"assistant","message":{{"content":[{{"type":"tool_use","id":"{}","name":"Bash","input":{{"command":"ls"}}}}]}}}}"#,
+            "i".repeat(10 * MAX_TEXT)
+        );
+        let errors = vec!["\"e\""; MAX_ITEMS + 7].join(",");
+        let result = format!(
+            r#"{{"type":"result","subtype":"error_during_execution","errors":[{errors}],"usage":{{"input_tokens":18446744073709551615,"output_tokens":1}}}}"#
+        );
+        let mut lines = vec![call.as_str(); MAX_ITEMS + 3];
+        lines.extend([result.as_str(), result.as_str()]);
+        let summary = ClaudeSummary::from_lines(lines);
+        assert_eq!((summary.tools.len(), summary.more_tools), (MAX_ITEMS, 3));
+        assert_eq!(summary.tools[0].id.len(), MAX_TEXT);
+        assert_eq!(summary.errors.len(), MAX_ITEMS);
+        assert_eq!(
+            summary.more_errors,
+            2 * (MAX_ITEMS as u64 + 7) - MAX_ITEMS as u64
+        );
+        assert_eq!(summary.input_tokens, u64::MAX);
+        assert!(summary
+            .headline()
+            .starts_with("claude made 203 tool call(s)"));
     }
 }

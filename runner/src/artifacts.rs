@@ -1,6 +1,10 @@
 //! Artifacts: phase logs written to disk as they stream (redacted, hashed, counted, with
-//! the last lines kept for error excerpts), then stored under the run's prefix with their
-//! size, sha256 and expiry recorded.
+//! the last lines kept for error excerpts, and cut off at a size cap), then stored under
+//! the run's prefix with their size, sha256 and expiry recorded.
+//!
+//! Everything the agent prints is input: a log keeps at most its cap on disk, and
+//! whatever the agent prints past it is still read from the exec (so the command is not
+//! blocked) but only counted. Memory stays flat: a chunk at a time, plus the tail.
 
 use crate::docker::{OutputSink, Stream};
 use async_trait::async_trait;
@@ -10,6 +14,7 @@ use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::redact::{RedactingStream, Redactor};
 use specrun_core::state::ArtifactRef;
 use specrun_core::Phase;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
@@ -17,6 +22,9 @@ use tokio::io::AsyncWriteExt;
 
 /// How many bytes of a log's end are kept for an error's excerpt.
 const TAIL_BYTES: usize = 4096;
+
+/// A log's cap when the configuration sets none (`SPECRUN_LOG_CAP_BYTES`).
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One log file being written.
 pub struct LogFile {
@@ -26,6 +34,9 @@ pub struct LogFile {
     hasher: Sha256,
     size: u64,
     tail: Vec<u8>,
+    /// Most bytes stored; what comes after is counted in `dropped`.
+    cap: u64,
+    dropped: u64,
 }
 
 /// A finished log: where it is and what it holds.
@@ -35,10 +46,23 @@ pub struct WrittenLog {
     pub size: u64,
     pub sha256: String,
     pub tail: String,
+    /// Bytes the command printed past the cap, not stored; the log then ends with a
+    /// truncation marker line. None: nothing was dropped.
+    pub truncated_bytes: Option<u64>,
 }
 
 impl LogFile {
+    /// A log capped at [`DEFAULT_LOG_CAP_BYTES`].
     pub async fn create(path: PathBuf, redactor: &Redactor) -> std::io::Result<Self> {
+        Self::create_capped(path, redactor, DEFAULT_LOG_CAP_BYTES).await
+    }
+
+    /// A log that stores at most `cap` bytes (then a truncation marker).
+    pub async fn create_capped(
+        path: PathBuf,
+        redactor: &Redactor,
+        cap: u64,
+    ) -> std::io::Result<Self> {
         let file = tokio::fs::File::create(&path).await?;
         Ok(LogFile {
             path,
@@ -47,10 +71,20 @@ impl LogFile {
             hasher: Sha256::new(),
             size: 0,
             tail: Vec::new(),
+            cap,
+            dropped: 0,
         })
     }
 
+    /// Stores redacted bytes up to the cap and counts the rest.
     async fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let room = usize::try_from(self.cap.saturating_sub(self.size)).unwrap_or(usize::MAX);
+        let (kept, over) = bytes.split_at(bytes.len().min(room));
+        self.dropped += over.len() as u64;
+        self.store(kept).await
+    }
+
+    async fn store(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -65,6 +99,11 @@ impl LogFile {
     }
 
     pub async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if self.size >= self.cap {
+            // Full: the bytes are counted, not redacted (nothing of them is kept).
+            self.dropped += chunk.len() as u64;
+            return Ok(());
+        }
         let safe = self.redacting.push(chunk);
         self.emit(&safe).await
     }
@@ -72,6 +111,18 @@ impl LogFile {
     pub async fn finish(mut self) -> std::io::Result<WrittenLog> {
         let rest = self.redacting.finish();
         self.emit(&rest).await?;
+        let truncated_bytes = (self.dropped > 0).then_some(self.dropped);
+        if let Some(dropped) = truncated_bytes {
+            // On a line of its own, also when the cap fell inside a line.
+            let newline = if self.tail.last().is_some_and(|b| *b != b'\n') {
+                "\n"
+            } else {
+                ""
+            };
+            let marker =
+                format!("{newline}[specrun: log truncated: {dropped} further bytes not stored]\n");
+            self.store(marker.as_bytes()).await?;
+        }
         self.file.flush().await?;
         let start = self.tail.len().saturating_sub(TAIL_BYTES);
         Ok(WrittenLog {
@@ -79,8 +130,57 @@ impl LogFile {
             size: self.size,
             sha256: format!("{:x}", self.hasher.finalize()),
             tail: String::from_utf8_lossy(&self.tail[start..]).into_owned(),
+            truncated_bytes,
         })
     }
+}
+
+/// The longest line of a log read as a whole; longer lines are passed over.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Calls `each` with every line of `log` (without its line ending, decoded lossily) of at
+/// most `max` bytes, and returns how many longer lines were passed over: memory holds one
+/// line, whatever the log holds. Blocking; for `spawn_blocking`.
+pub fn for_each_line(
+    mut log: impl BufRead,
+    max: usize,
+    mut each: impl FnMut(&str),
+) -> std::io::Result<u64> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    let mut passed_over = 0;
+    let mut end_line = |line: &mut Vec<u8>, too_long: &mut bool| {
+        if std::mem::take(too_long) {
+            passed_over += 1;
+        } else {
+            each(&String::from_utf8_lossy(line));
+        }
+        line.clear();
+    };
+    loop {
+        let buffer = log.fill_buf()?;
+        if buffer.is_empty() {
+            break;
+        }
+        let newline = buffer.iter().position(|b| *b == b'\n');
+        let part = &buffer[..newline.unwrap_or(buffer.len())];
+        if !too_long && line.len() + part.len() > max {
+            too_long = true;
+            line = Vec::new();
+        }
+        if !too_long {
+            line.extend_from_slice(part);
+        }
+        let used = newline.map_or(buffer.len(), |at| at + 1);
+        log.consume(used);
+        if newline.is_some() {
+            end_line(&mut line, &mut too_long);
+        }
+    }
+    if too_long || !line.is_empty() {
+        end_line(&mut line, &mut too_long);
+    }
+    Ok(passed_over)
 }
 
 /// The stdout and stderr logs of one command.
@@ -90,11 +190,24 @@ pub struct CommandLogs {
 }
 
 impl CommandLogs {
-    /// Creates `<dir>/<stem>.stdout.log` and `<dir>/<stem>.stderr.log`.
+    /// Creates `<dir>/<stem>.stdout.log` and `<dir>/<stem>.stderr.log`, each capped at
+    /// [`DEFAULT_LOG_CAP_BYTES`].
     pub async fn create(dir: &Path, stem: &str, redactor: &Redactor) -> std::io::Result<Self> {
+        Self::create_capped(dir, stem, redactor, DEFAULT_LOG_CAP_BYTES).await
+    }
+
+    /// [`CommandLogs::create`] with each log capped at `cap` bytes
+    /// (`RunnerConfig::log_cap_bytes`).
+    pub async fn create_capped(
+        dir: &Path,
+        stem: &str,
+        redactor: &Redactor,
+        cap: u64,
+    ) -> std::io::Result<Self> {
+        let log = |stream: &str| dir.join(format!("{stem}.{stream}.log"));
         Ok(CommandLogs {
-            stdout: LogFile::create(dir.join(format!("{stem}.stdout.log")), redactor).await?,
-            stderr: LogFile::create(dir.join(format!("{stem}.stderr.log")), redactor).await?,
+            stdout: LogFile::create_capped(log("stdout"), redactor, cap).await?,
+            stderr: LogFile::create_capped(log("stderr"), redactor, cap).await?,
         })
     }
 
@@ -204,6 +317,88 @@ mod tests {
             format!("{:x}", Sha256::digest(on_disk.as_bytes()))
         );
         assert_eq!(written.tail, on_disk);
+        assert_eq!(written.truncated_bytes, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_output_is_stored_up_to_the_cap_and_counted() -> std::io::Result<()> {
+        const CAP: u64 = 1024 * 1024;
+        const TOTAL: u64 = 200 * 1024 * 1024;
+        let dir = tempfile::tempdir()?;
+        let redactor = Redactor::new(["hunter2-secret"]);
+        let mut log = LogFile::create_capped(dir.path().join("x.log"), &redactor, CAP).await?;
+        // Generated a chunk at a time, as an exec streams it: never held whole.
+        let mut chunk = vec![b'a'; 64 * 1024];
+        chunk[..15].copy_from_slice(b"hunter2-secret\n");
+        log.write(&chunk).await?;
+        chunk[..15].fill(b'b');
+        for _ in 1..TOTAL / chunk.len() as u64 {
+            log.write(&chunk).await?;
+        }
+        let written = log.finish().await?;
+        let on_disk = tokio::fs::read(&written.path).await?;
+        // The one secret, stored, became `***`: 11 bytes fewer.
+        let dropped = TOTAL - 11 - CAP;
+        let marker = format!("\n[specrun: log truncated: {dropped} further bytes not stored]\n");
+        assert_eq!(on_disk.len() as u64, CAP + marker.len() as u64);
+        assert!(on_disk.starts_with(b"***\naaa"));
+        assert!(on_disk.ends_with(marker.as_bytes()));
+        assert_eq!(written.size, on_disk.len() as u64);
+        assert_eq!(written.truncated_bytes, Some(dropped));
+        assert!(written.tail.ends_with(&marker), "{}", written.tail);
+        assert!(written.tail.len() <= TAIL_BYTES);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_secret_across_the_cap_is_masked_before_the_cut() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let redactor = Redactor::new(["hunter2-secret"]);
+        let mut log = LogFile::create_capped(dir.path().join("x.log"), &redactor, 9).await?;
+        log.write(b"0123456hunter2-").await?;
+        log.write(b"secret and more\n").await?;
+        let written = log.finish().await?;
+        let on_disk = tokio::fs::read_to_string(&written.path).await?;
+        assert_eq!(
+            on_disk,
+            "0123456**\n[specrun: log truncated: 11 further bytes not stored]\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn lines_are_read_one_at_a_time_and_giant_ones_passed_over() -> std::io::Result<()> {
+        let mut log = b"one\r\n".to_vec();
+        log.extend(vec![b'x'; 3 * 100]);
+        log.extend(b"\ntwo\n\n");
+        log.extend(vec![b'y'; 101]);
+        let mut seen = Vec::new();
+        // A small buffer, so that lines span several reads.
+        let reader = std::io::BufReader::with_capacity(7, &log[..]);
+        let passed_over = for_each_line(reader, 100, |line| seen.push(line.to_owned()))?;
+        assert_eq!(seen, ["one\r", "two", ""]);
+        assert_eq!(passed_over, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn an_event_log_with_a_giant_line_is_summarised_around_it() -> std::io::Result<()> {
+        use specrun_core::codex_events::CodexSummary;
+        use specrun_core::event_summary::EventSummary;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("agent.stdout.log");
+        let command = r#"{"type":"item.completed","item":{"type":"command_execution","command":"ls","exit_code":0}}"#;
+        let giant = format!(
+            r#"{{"type":"item.completed","item":{{"type":"command_execution","command":"{}"}}}}"#,
+            "x".repeat(3 * MAX_LINE_BYTES)
+        );
+        std::fs::write(&path, format!("{command}\n{giant}\n{command}\n"))?;
+        let mut summary = CodexSummary::default();
+        let reader = std::io::BufReader::new(std::fs::File::open(&path)?);
+        let passed_over = for_each_line(reader, MAX_LINE_BYTES, |l| summary.add_line(l))?;
+        assert_eq!(passed_over, 1);
+        assert_eq!(summary.commands.len(), 2);
         Ok(())
     }
 }

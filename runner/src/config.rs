@@ -78,6 +78,9 @@ pub struct RunnerConfig {
     pub phase_timeout: Duration,
     /// Longest time a whole run may take, cleanup aside.
     pub run_timeout: Duration,
+    /// Most bytes kept of each stdout/stderr log of a phase; the agent's output past it is
+    /// counted, not stored.
+    pub log_cap_bytes: u64,
     /// The Docker engine (`unix://...` or `tcp://...`); None: `DOCKER_HOST` or the local socket.
     pub docker_host: Option<String>,
     /// How long to wait for the Docker engine to answer.
@@ -124,6 +127,7 @@ impl RunnerConfig {
             retention_days: 30,
             phase_timeout: Duration::from_secs(20 * 60),
             run_timeout: Duration::from_secs(60 * 60),
+            log_cap_bytes: crate::artifacts::DEFAULT_LOG_CAP_BYTES,
             docker_host: None,
             docker_timeout: Duration::from_secs(10),
             runner_id: "specrun-local".to_owned(),

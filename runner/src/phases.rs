@@ -478,12 +478,14 @@ async fn summarise(
     if profile.output == OutputFormat::Text {
         return None;
     }
-    let log = tokio::fs::read_to_string(&run.stdout.path).await.ok()?;
-    let (json, headline) = match profile.output {
-        OutputFormat::Text => return None,
-        OutputFormat::CodexJson => summary_of::<CodexSummary>(&log),
-        OutputFormat::ClaudeStreamJson => summary_of::<ClaudeSummary>(&log),
-    };
+    // The log is the agent's output, up to the log cap: read a line at a time.
+    let (log, output) = (run.stdout.path.clone(), profile.output);
+    let summary = tokio::task::spawn_blocking(move || match output {
+        OutputFormat::Text => None,
+        OutputFormat::CodexJson => summary_of::<CodexSummary>(&log).ok(),
+        OutputFormat::ClaudeStreamJson => summary_of::<ClaudeSummary>(&log).ok(),
+    });
+    let (json, headline) = summary.await.ok()??;
     let bytes = ctx.redactor.redact_bytes(&json_bytes(&json));
     match ctx
         .artifacts
@@ -496,13 +498,26 @@ async fn summarise(
     Some(headline)
 }
 
-/// The summary of an event log as JSON, and its headline.
-fn summary_of<S: EventSummary>(log: &str) -> (serde_json::Value, String) {
-    let summary = S::from_lines(log.lines());
-    (
-        serde_json::to_value(&summary).unwrap_or_default(),
-        summary.headline(),
-    )
+/// The summary of an event log file as JSON, and its headline; lines longer than
+/// `MAX_LINE_BYTES` are passed over and counted. Blocking.
+fn summary_of<S: EventSummary>(
+    log: &std::path::Path,
+) -> std::io::Result<(serde_json::Value, String)> {
+    use crate::artifacts::{for_each_line, MAX_LINE_BYTES};
+    let mut summary = S::default();
+    let reader = std::io::BufReader::new(std::fs::File::open(log)?);
+    let passed_over = for_each_line(reader, MAX_LINE_BYTES, |line| summary.add_line(line))?;
+    let mut json = serde_json::to_value(&summary).unwrap_or_default();
+    let mut headline = summary.headline();
+    if passed_over > 0 {
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("long_lines_passed_over".to_owned(), passed_over.into());
+        }
+        headline.push_str(&format!(
+            " ({passed_over} line(s) over {MAX_LINE_BYTES} bytes passed over)"
+        ));
+    }
+    Ok((json, headline))
 }
 
 /// Turns an agent command's end into a failure unless it exited 0.

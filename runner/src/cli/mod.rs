@@ -141,6 +141,9 @@ pub struct RunnerArgs {
     /// Time limit of one agent phase, in seconds.
     #[arg(long, env = "SPECRUN_PHASE_TIMEOUT_SECS", default_value_t = 1200)]
     pub phase_timeout_secs: u64,
+    /// Most bytes kept of each phase log (stdout, stderr); the rest is counted, not stored.
+    #[arg(long, env = "SPECRUN_LOG_CAP_BYTES", default_value_t = crate::artifacts::DEFAULT_LOG_CAP_BYTES)]
+    pub log_cap_bytes: u64,
     /// This runner's name in run.json and on container labels.
     #[arg(long, env = "SPECRUN_RUNNER_ID")]
     pub runner_id: Option<String>,
@@ -198,6 +201,7 @@ impl RunnerArgs {
         config.retention_days = self.retention_days;
         config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
         config.run_timeout = Duration::from_secs(self.run_timeout_secs);
+        config.log_cap_bytes = self.log_cap_bytes;
         config.runner_id = self.runner_id.clone().unwrap_or_else(default_runner_id);
         config.docker_host = self.docker_host.clone();
         config.forge_api_url = self.forge_api_url.clone();
