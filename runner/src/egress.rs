@@ -4,10 +4,18 @@
 //! runner on the network's gateway address, that forwards only to the agent's allow-list
 //! (`specrun_core::egress`). The agent finds the proxy through `HTTPS_PROXY`/`HTTP_PROXY`.
 //! What it asked for, allowed or refused, is kept for the run's `egress.log`.
+//!
+//! The agent is hostile, so the proxy reads every request on a connection itself (a
+//! kept-alive connection's later requests are checked and logged like the first, against
+//! their own destination), sends upstream only a head it rebuilt (origin form, the `Host`
+//! it checked, `Connection: close`), refuses framing two servers could read differently,
+//! and bounds what it keeps: heads, requests per connection, lines in the log.
 
 use crate::docker::{DockerClient, DockerError};
 use sha2::{Digest, Sha256};
 use specrun_core::egress::{split_host_port, EgressPolicy};
+use specrun_core::event_summary::clip;
+use specrun_core::redact::Redactor;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -18,6 +26,19 @@ use tokio::task::JoinHandle;
 
 /// Largest request head the proxy reads.
 const MAX_HEAD: usize = 16 * 1024;
+/// Largest answer head it relays (servers send more fields than clients).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Longest chunk-size line of a chunked body (the size and any extensions).
+const MAX_CHUNK_LINE: usize = 1024;
+/// Requests one client connection may carry; the last one's answer closes it.
+const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
+/// Lines the run's egress.log keeps; later events are only counted, so that an agent
+/// looping on requests cannot grow the runner's memory.
+const MAX_EVENTS: usize = 10_000;
+/// Longest event line kept (the agent chooses the names and URLs that go into it).
+const MAX_EVENT_LINE: usize = 1024;
+/// How long the proxy waits for a request head, also between requests on a connection.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections one run's agent may hold open through the proxy at once: enough for any
 /// model client, few enough that an agent cannot exhaust the runner's file descriptors.
 const MAX_CONNECTIONS: usize = 64;
@@ -159,7 +180,7 @@ fn iptables(action: &str, rule: &[String]) -> Result<(), EgressError> {
 pub struct EgressProxy {
     address: SocketAddr,
     task: JoinHandle<()>,
-    events: Arc<Mutex<Vec<String>>>,
+    events: Arc<Mutex<Events>>,
 }
 
 impl EgressProxy {
@@ -167,7 +188,7 @@ impl EgressProxy {
     pub async fn start(bind: IpAddr, policy: EgressPolicy) -> std::io::Result<Self> {
         let listener = TcpListener::bind((bind, 0)).await?;
         let address = listener.local_addr()?;
-        let events = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Events::default()));
         let policy = Arc::new(policy);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn({
@@ -181,7 +202,7 @@ impl EgressProxy {
                     };
                     let (policy, events) = (policy.clone(), events.clone());
                     tokio::spawn(async move {
-                        serve(client, policy, events).await;
+                        serve(client, &policy, &events).await;
                         drop(slot);
                     });
                 }
@@ -203,9 +224,20 @@ impl EgressProxy {
         format!("http://{}", self.address)
     }
 
-    /// One line per request: what was asked for and whether it went through.
+    /// One line per request: what was asked for and whether it went through; past
+    /// `MAX_EVENTS`, one line counting the rest. The lines hold what the agent asked
+    /// for, unredacted: store [`EgressProxy::log`] instead.
     pub fn events(&self) -> Vec<String> {
-        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.events.lock().map(|e| e.lines()).unwrap_or_default()
+    }
+
+    /// The run's `egress.log`: [`EgressProxy::events`], one a line, with the run's
+    /// secrets masked (an agent can put a secret into a host name or a request line).
+    pub fn log(&self, redactor: &Redactor) -> String {
+        self.events
+            .lock()
+            .map(|e| e.log(redactor))
+            .unwrap_or_default()
     }
 }
 
@@ -215,78 +247,169 @@ impl Drop for EgressProxy {
     }
 }
 
-/// A request the proxy understood.
-struct Asked {
-    method: String,
-    host: String,
-    port: u16,
-    /// For plain HTTP: the head to send upstream, in origin form.
-    upstream_head: Option<Vec<u8>>,
+/// What the proxy saw, bounded: the first `MAX_EVENTS` lines, then only a count.
+#[derive(Debug, Default)]
+struct Events {
+    lines: Vec<String>,
+    not_logged: u64,
 }
 
-async fn serve(mut client: TcpStream, policy: Arc<EgressPolicy>, events: Arc<Mutex<Vec<String>>>) {
-    let (head, rest) = match read_head(&mut client).await {
-        Ok(read) => read,
-        Err(_) => return,
-    };
-    let record = |line: String| {
+impl Events {
+    fn record(&mut self, line: &str) {
+        if self.lines.len() >= MAX_EVENTS {
+            self.not_logged += 1;
+            return;
+        }
+        let line = clip(line, MAX_EVENT_LINE);
         tracing::info!(target: "specrun::egress", "{line}");
-        if let Ok(mut events) = events.lock() {
-            events.push(line);
+        self.lines.push(line.to_owned());
+    }
+
+    fn log(&self, redactor: &Redactor) -> String {
+        let mut log = self.lines().join("\n");
+        log.push('\n');
+        redactor.redact_str(&log)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let mut lines = self.lines.clone();
+        if self.not_logged > 0 {
+            lines.push(format!("{} further events not logged", self.not_logged));
         }
-    };
-    let asked = match parse(&head) {
-        Ok(asked) => asked,
-        Err(reason) => {
-            record(format!("refused: {reason}"));
-            let _ = refuse(&mut client, "400 Bad Request", &reason).await;
-            return;
-        }
-    };
-    let what = format!("{} {}:{}", asked.method, asked.host, asked.port);
-    let upstream = match open(&policy, &asked).await {
-        Ok(upstream) => upstream,
-        Err((status, reason)) => {
-            record(format!("refused {what}: {reason}"));
-            let _ = refuse(&mut client, status, &reason).await;
-            return;
-        }
-    };
-    record(format!("allowed {what}"));
-    let _ = relay(client, upstream, asked.upstream_head, rest).await;
+        lines
+    }
 }
 
-async fn relay(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    upstream_head: Option<Vec<u8>>,
-    rest: Vec<u8>,
-) -> std::io::Result<()> {
-    match upstream_head {
-        None => {
-            client
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await?
+/// One client connection: every request on it is read, checked and logged in turn. A
+/// CONNECT becomes an opaque tunnel (one check per tunnel); a plain HTTP request is sent
+/// to its own upstream connection and its answer relayed, after which the client may
+/// send the next request, to any destination, checked again.
+async fn serve(client: TcpStream, policy: &EgressPolicy, events: &Mutex<Events>) {
+    let record = |line: String| {
+        if let Ok(mut events) = events.lock() {
+            events.record(&line);
         }
-        Some(head) => upstream.write_all(&head).await?,
+    };
+    let mut client = Conn::new(client);
+    for served in 1..=MAX_REQUESTS_PER_CONNECTION {
+        let head = match client.head(MAX_HEAD, Some(HEAD_TIMEOUT)).await {
+            Ok(Some(head)) => head,
+            // The client closed or went quiet between requests.
+            Ok(None) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                record(format!("refused: {e}"));
+                let _ = refuse(
+                    &mut client.stream,
+                    "431 Request Header Fields Too Large",
+                    &e.to_string(),
+                )
+                .await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let request = match parse(&head) {
+            Ok(request) => request,
+            Err(reason) => {
+                record(format!("refused: {reason}"));
+                let _ = refuse(&mut client.stream, "400 Bad Request", &reason).await;
+                return;
+            }
+        };
+        let what = format!("{} {}:{}", request.method, request.host, request.port);
+        let upstream = match open(policy, &request.host, request.port).await {
+            Ok(upstream) => upstream,
+            Err((status, reason)) => {
+                record(format!("refused {what}: {reason}"));
+                let _ = refuse(&mut client.stream, status, &reason).await;
+                return;
+            }
+        };
+        record(format!("allowed {what}"));
+        let Some(http) = request.http else {
+            let _ = tunnel(client, upstream).await;
+            return;
+        };
+        let last = !http.keep_alive || served == MAX_REQUESTS_PER_CONNECTION;
+        match exchange(&mut client, upstream, &http, &request.method, last).await {
+            Ok(true) => {}
+            _ => {
+                let _ = client.stream.shutdown().await;
+                return;
+            }
+        }
     }
-    upstream.write_all(&rest).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+}
+
+async fn tunnel(mut client: Conn, mut upstream: TcpStream) -> std::io::Result<()> {
+    client
+        .stream
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await?;
+    upstream.write_all(&client.buffer).await?;
+    tokio::io::copy_bidirectional(&mut client.stream, &mut upstream).await?;
     Ok(())
 }
 
+/// Sends one plain HTTP request upstream (the head the proxy made, then the body as
+/// framed) and relays the answer. Ok(true): the client connection may carry another
+/// request.
+async fn exchange(
+    client: &mut Conn,
+    upstream: TcpStream,
+    http: &HttpRequest,
+    method: &str,
+    last: bool,
+) -> std::io::Result<bool> {
+    let mut upstream = Conn::new(upstream);
+    upstream.stream.write_all(&http.upstream_head).await?;
+    if http.expect_continue {
+        client
+            .stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await?;
+    }
+    client.forward_body(http.body, &mut upstream.stream).await?;
+    loop {
+        let answer = upstream
+            .head(MAX_RESPONSE_HEAD, None)
+            .await?
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        let (status, fields) = response_status(&answer)?;
+        // Interim answers (100 Continue) go through as they are; the final one follows.
+        if (100..200).contains(&status) && status != 101 {
+            client.stream.write_all(&answer).await?;
+            continue;
+        }
+        let body = response_body(method, status, &fields);
+        // Without framing the answer ends when the upstream closes, and so must this
+        // connection; a 101 would switch to a protocol the proxy does not read.
+        let close = last || body == Body::ToEnd || status == 101;
+        client
+            .stream
+            .write_all(&without_hop_by_hop(&answer, &fields, close))
+            .await?;
+        upstream.forward_body(body, &mut client.stream).await?;
+        return Ok(!close);
+    }
+}
+
 /// Checks the destination and each address it resolves to; connects to the first allowed.
-async fn open(policy: &EgressPolicy, asked: &Asked) -> Result<TcpStream, (&'static str, String)> {
+async fn open(
+    policy: &EgressPolicy,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, (&'static str, String)> {
     policy
-        .check_destination(&asked.host, asked.port)
+        .check_destination(host, port)
         .map_err(|e| ("403 Forbidden", e))?;
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((asked.host.as_str(), asked.port))
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| ("502 Bad Gateway", format!("resolving {}: {e}", asked.host)))?
+        .map_err(|e| ("502 Bad Gateway", format!("resolving {host}: {e}")))?
         .collect();
-    let mut refusal = format!("{} resolves to no address", asked.host);
+    let mut refusal = format!("{host} resolves to no address");
     for address in addresses {
-        if let Err(why) = policy.check_address(&asked.host, address.ip()) {
+        if let Err(why) = policy.check_address(host, address.ip()) {
             refusal = why;
             continue;
         }
@@ -312,70 +435,461 @@ async fn refuse(client: &mut TcpStream, status: &str, reason: &str) -> std::io::
     client.shutdown().await
 }
 
-/// Reads up to the end of the request head; returns the head and any bytes after it.
-async fn read_head(client: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buffer.split_off(end + 4);
-            return Ok((buffer, rest));
+/// How a message's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// When the sender closes (answers only).
+    ToEnd,
+}
+
+/// A connection and the bytes read from it but not used yet.
+struct Conn {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Conn {
+            stream,
+            buffer: Vec::new(),
         }
-        if buffer.len() > MAX_HEAD {
-            return Err(std::io::Error::other("request head too large"));
+    }
+
+    /// Reads more into the buffer; false at the end of the stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 8192];
+        let read = self.stream.read(&mut chunk).await?;
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(read > 0)
+    }
+
+    /// A message head, up to and with its blank line, of at most `max` bytes
+    /// (`InvalidData` past that). None: the stream ended, or stayed quiet for `quiet`,
+    /// before a first byte.
+    async fn head(
+        &mut self,
+        max: usize,
+        quiet: Option<Duration>,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(end) = find(&self.buffer, b"\r\n\r\n") {
+                let rest = self.buffer.split_off(end + 4);
+                return Ok(Some(std::mem::replace(&mut self.buffer, rest)));
+            }
+            if self.buffer.len() > max {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a message head over {max} bytes"),
+                ));
+            }
+            let more = match quiet {
+                Some(limit) => match tokio::time::timeout(limit, self.fill()).await {
+                    Ok(more) => more?,
+                    Err(_) if self.buffer.is_empty() => return Ok(None),
+                    Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+                },
+                None => self.fill().await?,
+            };
+            if !more {
+                return match self.buffer.is_empty() {
+                    true => Ok(None),
+                    false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                };
+            }
         }
-        let read = tokio::time::timeout(Duration::from_secs(30), client.read(&mut chunk))
-            .await
-            .map_err(|_| std::io::Error::other("no request head"))??;
-        if read == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+
+    /// One CRLF-ended line of at most `max` bytes, with its CRLF.
+    async fn line(&mut self, max: usize) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(end) = find(&self.buffer, b"\r\n") {
+                let rest = self.buffer.split_off(end + 2);
+                return Ok(std::mem::replace(&mut self.buffer, rest));
+            }
+            if self.buffer.len() > max {
+                return Err(invalid("a chunked body's line is too long"));
+            }
+            if !self.fill().await? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
         }
-        buffer.extend_from_slice(&chunk[..read]);
+    }
+
+    /// Copies exactly `count` bytes to `to`.
+    async fn forward(&mut self, mut count: u64, to: &mut TcpStream) -> std::io::Result<()> {
+        loop {
+            let take = usize::try_from(count)
+                .unwrap_or(usize::MAX)
+                .min(self.buffer.len());
+            to.write_all(&self.buffer[..take]).await?;
+            self.buffer.drain(..take);
+            count -= take as u64;
+            if count == 0 {
+                return Ok(());
+            }
+            if !self.fill().await? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Copies a body, framed as `body`, to `to`, verbatim; what follows it stays buffered.
+    async fn forward_body(&mut self, body: Body, to: &mut TcpStream) -> std::io::Result<()> {
+        match body {
+            Body::Empty => Ok(()),
+            Body::Length(count) => self.forward(count, to).await,
+            Body::Chunked => self.forward_chunks(to).await,
+            Body::ToEnd => {
+                to.write_all(&std::mem::take(&mut self.buffer)).await?;
+                tokio::io::copy(&mut self.stream, to).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A chunked body: chunks up to the last (size 0), then trailer lines to a blank one.
+    async fn forward_chunks(&mut self, to: &mut TcpStream) -> std::io::Result<()> {
+        loop {
+            let line = self.line(MAX_CHUNK_LINE).await?;
+            to.write_all(&line).await?;
+            let size = chunk_size(&line).ok_or_else(|| invalid("a malformed chunk size"))?;
+            if size == 0 {
+                break;
+            }
+            self.forward(size, to).await?;
+            if self.line(0).await? != b"\r\n" {
+                return Err(invalid("a chunk longer than its size"));
+            }
+            to.write_all(b"\r\n").await?;
+        }
+        let mut trailers = 0;
+        loop {
+            let line = self.line(MAX_HEAD).await?;
+            trailers += line.len();
+            if trailers > MAX_HEAD {
+                return Err(invalid("a chunked body's trailers are too long"));
+            }
+            to.write_all(&line).await?;
+            if line == b"\r\n" {
+                return Ok(());
+            }
+        }
     }
 }
 
-/// `CONNECT host:port HTTP/1.1` or `METHOD http://host[:port]/path HTTP/1.1`.
-fn parse(head: &[u8]) -> Result<Asked, String> {
-    let text = std::str::from_utf8(head).map_err(|_| "a request head that is not UTF-8")?;
-    let (line, headers) = text.split_once("\r\n").unwrap_or((text, ""));
+fn invalid(reason: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, reason.to_owned())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `1a3f` or `1a3f;extension=x`, with its CRLF.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = std::str::from_utf8(line.strip_suffix(b"\r\n")?).ok()?;
+    let digits = line.split(';').next()?.trim_end_matches([' ', '\t']);
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// The lines of a head between CRLFs (the last blank line left off).
+fn head_lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(head.strip_suffix(b"\r\n\r\n").unwrap_or(head));
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match find(text, b"\r\n") {
+            Some(at) => {
+                rest = Some(&text[at + 2..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
+/// `Name: value` with a token name (no space before the colon, no folded line), or None.
+fn field(line: &[u8]) -> Option<(&str, &[u8])> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = std::str::from_utf8(&line[..colon]).ok()?;
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return None;
+    }
+    let value = line[colon + 1..].trim_ascii();
+    if value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+        return None;
+    }
+    Some((name, value))
+}
+
+type Fields<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// Values of the fields named `name`, as text (a value that is not UTF-8 reads as "").
+fn values<'a>(fields: &'a Fields<'_>, name: &'a str) -> impl Iterator<Item = &'a str> {
+    fields
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| std::str::from_utf8(v).unwrap_or(""))
+}
+
+/// Fields that concern one connection only (RFC 9110 7.6.1), with those `Connection`
+/// names: never passed on. The proxy sets `Host` and `Connection` itself; `Upgrade` and
+/// `Expect` would start exchanges it does not relay.
+fn hop_by_hop(fields: &Fields<'_>) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for listed in values(fields, "connection") {
+        names.extend(listed.split(',').map(|t| t.trim().to_ascii_lowercase()));
+    }
+    names
+}
+
+/// A request the proxy understood.
+struct Request {
+    method: String,
+    host: String,
+    port: u16,
+    /// None for CONNECT.
+    http: Option<HttpRequest>,
+}
+
+/// A plain HTTP request, ready to send upstream.
+struct HttpRequest {
+    /// In origin form, with the `Host` the proxy checked and `Connection: close`.
+    upstream_head: Vec<u8>,
+    body: Body,
+    /// Whether the client may send another request on its connection.
+    keep_alive: bool,
+    /// The client waits for `100 Continue` before it sends the body: the proxy answers
+    /// that itself (it does not pass `Expect` on).
+    expect_continue: bool,
+}
+
+/// `CONNECT host:port HTTP/1.1` or `METHOD http://host[:port]/path HTTP/1.1`, with
+/// fields the proxy can pass on unambiguously.
+fn parse(head: &[u8]) -> Result<Request, String> {
+    let mut lines = head_lines(head);
+    let line = lines.next().unwrap_or_default();
+    let line = std::str::from_utf8(line).map_err(|_| "a request line that is not UTF-8")?;
+    let mut fields = Fields::new();
+    for raw in lines {
+        let parsed = field(raw)
+            .ok_or_else(|| format!("a malformed header line {:?}", String::from_utf8_lossy(raw)))?;
+        fields.push(parsed);
+    }
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(format!("a malformed request line {line:?}"));
     };
+    if !matches!(version, "HTTP/1.1" | "HTTP/1.0") {
+        return Err(format!(
+            "{method} {target:?}: {version:?} is not HTTP/1.1 or 1.0"
+        ));
+    }
     if method == "CONNECT" {
         let (host, port) = split_host_port(target)
             .and_then(|(h, p)| Some((h, p?)))
             .ok_or_else(|| format!("CONNECT to {target:?}, which is not host:port"))?;
-        return Ok(Asked {
+        return Ok(Request {
             method: method.to_owned(),
             host: host.to_owned(),
             port,
-            upstream_head: None,
+            http: None,
         });
     }
     let rest = target.strip_prefix("http://").ok_or_else(|| {
         format!("{method} {target:?}: only CONNECT and http:// URLs go through the proxy")
     })?;
-    let (authority, path) = match rest.find(['/', '?']) {
+    let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
     };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
+    let path = if path.starts_with('/') {
         path.to_owned()
+    } else {
+        format!("/{path}")
     };
     let (host, port) =
         split_host_port(authority).ok_or_else(|| format!("a malformed URL {target:?}"))?;
-    let upstream_head = format!("{method} {path} {version}\r\n{headers}").into_bytes();
-    Ok(Asked {
+    let port = port.unwrap_or(80);
+    check_host_field(&fields, host, port)?;
+    let body = request_body(&fields)?;
+    let dropped = hop_by_hop(&fields);
+    let keep_alive = version == "HTTP/1.1" && !dropped.iter().any(|n| n == "close");
+    let expect_continue = body != Body::Empty
+        && values(&fields, "expect").any(|e| e.eq_ignore_ascii_case("100-continue"));
+    let mut upstream_head = format!(
+        "{method} {path} {version}\r\nhost: {}\r\n",
+        authority_of(host, port)
+    )
+    .into_bytes();
+    for raw in head_lines(head).skip(1) {
+        let name = field(raw)
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .unwrap_or_default();
+        if name != "host" && name != "expect" && !dropped.contains(&name) {
+            upstream_head.extend_from_slice(raw);
+            upstream_head.extend_from_slice(b"\r\n");
+        }
+    }
+    upstream_head.extend_from_slice(b"connection: close\r\n\r\n");
+    Ok(Request {
         method: method.to_owned(),
         host: host.to_owned(),
-        port: port.unwrap_or(80),
-        upstream_head: Some(upstream_head),
+        port,
+        http: Some(HttpRequest {
+            upstream_head,
+            body,
+            keep_alive,
+            expect_continue,
+        }),
     })
+}
+
+/// An absolute-form request's `Host` field, when it has one, must name its URL's
+/// destination: the proxy checks the URL, and a server behind it must not read another.
+fn check_host_field(fields: &Fields<'_>, host: &str, port: u16) -> Result<(), String> {
+    let given: Vec<&str> = values(fields, "host").collect();
+    let [given] = given[..] else {
+        return match given.len() {
+            0 => Ok(()),
+            _ => Err("more than one Host header".to_owned()),
+        };
+    };
+    let matches = split_host_port(given).is_some_and(|(h, p)| {
+        let h = h.trim_end_matches('.');
+        h.eq_ignore_ascii_case(host.trim_end_matches('.')) && p.unwrap_or(80) == port
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(format!(
+            "the Host header {given:?} does not match the URL's {}",
+            authority_of(host, port)
+        ))
+    }
+}
+
+/// `host:port` for a Host field, with an IPv6 address in brackets.
+fn authority_of(host: &str, port: u16) -> String {
+    let host = match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_owned(),
+    };
+    match port {
+        80 => host,
+        _ => format!("{host}:{port}"),
+    }
+}
+
+/// How a request's body is framed; anything two servers could read differently is
+/// refused (RFC 9112 6.3).
+fn request_body(fields: &Fields<'_>) -> Result<Body, String> {
+    let codings: Vec<&str> = values(fields, "transfer-encoding").collect();
+    let lengths: Vec<&str> = values(fields, "content-length").collect();
+    if !codings.is_empty() {
+        if !lengths.is_empty() {
+            return Err("both Transfer-Encoding and Content-Length".to_owned());
+        }
+        return match codings[..] {
+            [coding] if coding.eq_ignore_ascii_case("chunked") => Ok(Body::Chunked),
+            _ => Err(format!(
+                "Transfer-Encoding {codings:?}: only chunked is passed on"
+            )),
+        };
+    }
+    match content_length(&lengths) {
+        Some(0) => Ok(Body::Empty),
+        Some(count) => Ok(Body::Length(count)),
+        None if lengths.is_empty() => Ok(Body::Empty),
+        None => Err(format!("Content-Length {lengths:?}")),
+    }
+}
+
+/// The one length all `Content-Length` fields agree on.
+fn content_length(lengths: &[&str]) -> Option<u64> {
+    let first = *lengths.first()?;
+    let valid = !first.is_empty() && first.len() <= 19 && first.bytes().all(|b| b.is_ascii_digit());
+    if !valid || lengths.iter().any(|l| *l != first) {
+        return None;
+    }
+    first.parse().ok()
+}
+
+/// An answer's status code and fields.
+fn response_status(head: &[u8]) -> std::io::Result<(u16, Fields<'_>)> {
+    let mut lines = head_lines(head);
+    let status = lines
+        .next()
+        .and_then(|line| std::str::from_utf8(line).ok())
+        .filter(|line| line.starts_with("HTTP/1."))
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| invalid("the destination's answer is not HTTP/1"))?;
+    Ok((status, lines.filter_map(field).collect()))
+}
+
+/// How an answer's body is framed (RFC 9112 6.3).
+fn response_body(method: &str, status: u16, fields: &Fields<'_>) -> Body {
+    if method == "HEAD" || status < 200 || status == 204 || status == 304 {
+        return Body::Empty;
+    }
+    if let Some(codings) = values(fields, "transfer-encoding").last() {
+        let last = codings.rsplit(',').next().unwrap_or("").trim();
+        return match last.eq_ignore_ascii_case("chunked") {
+            true => Body::Chunked,
+            false => Body::ToEnd,
+        };
+    }
+    let lengths: Vec<&str> = values(fields, "content-length").collect();
+    match content_length(&lengths) {
+        Some(count) => Body::Length(count),
+        None => Body::ToEnd,
+    }
+}
+
+/// An answer's head without its connection's own fields, and with `Connection: close`
+/// when the proxy closes the client's connection after it.
+fn without_hop_by_hop(head: &[u8], fields: &Fields<'_>, close: bool) -> Vec<u8> {
+    let dropped = hop_by_hop(fields);
+    let mut lines = head_lines(head);
+    let mut out = lines.next().unwrap_or_default().to_vec();
+    out.extend_from_slice(b"\r\n");
+    for raw in lines {
+        let name = field(raw)
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !dropped.contains(&name) {
+            out.extend_from_slice(raw);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 #[cfg(test)]
@@ -383,22 +897,233 @@ fn parse(head: &[u8]) -> Result<Asked, String> {
 mod tests {
     use super::*;
 
+    fn policy(entries: &[String]) -> EgressPolicy {
+        EgressPolicy::new(entries).unwrap()
+    }
+
+    async fn proxy(entries: &[String]) -> EgressProxy {
+        EgressProxy::start("127.0.0.1".parse().unwrap(), policy(entries))
+            .await
+            .unwrap()
+    }
+
+    /// An HTTP server on loopback that answers each request with `ok <n>` (its count) and
+    /// keeps the heads it was sent; returns its port.
+    async fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let mut conn = Conn::new(stream);
+                    let Ok(Some(head)) = conn.head(MAX_HEAD, None).await else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let body = match head.to_ascii_lowercase().contains("chunked") {
+                        true => Body::Chunked,
+                        false => Body::Empty,
+                    };
+                    let mut sink = Vec::new();
+                    if body == Body::Chunked {
+                        while !String::from_utf8_lossy(&conn.buffer).contains("0\r\n\r\n") {
+                            conn.fill().await.unwrap();
+                        }
+                        sink = std::mem::take(&mut conn.buffer);
+                    }
+                    let count = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(head + &String::from_utf8_lossy(&sink));
+                        seen.len()
+                    };
+                    let answer = format!("ok {count}");
+                    let _ = conn
+                        .stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                                answer.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                }
+            }
+        });
+        (port, seen)
+    }
+
+    /// Reads one answer (head and content-length body) from the proxy.
+    async fn answer(client: &mut Conn) -> String {
+        let head = client.head(MAX_RESPONSE_HEAD, None).await.unwrap().unwrap();
+        let (_, fields) = response_status(&head).unwrap();
+        let Body::Length(count) = response_body("GET", 200, &fields) else {
+            panic!("no length: {}", String::from_utf8_lossy(&head));
+        };
+        while (client.buffer.len() as u64) < count {
+            assert!(client.fill().await.unwrap());
+        }
+        let body = client.buffer.drain(..count as usize).collect::<Vec<u8>>();
+        String::from_utf8_lossy(&head).into_owned() + &String::from_utf8_lossy(&body)
+    }
+
     #[test]
     fn connect_and_absolute_form_requests_are_understood() {
         let asked = parse(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!((asked.host.as_str(), asked.port), ("api.openai.com", 443));
-        assert!(asked.upstream_head.is_none());
+        assert!(asked.http.is_none());
+
+        let asked = parse(
+            b"GET http://10.0.0.5:8080/v1/x?y=1 HTTP/1.1\r\nHost: 10.0.0.5:8080\r\nAccept: */*\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((asked.host.as_str(), asked.port), ("10.0.0.5", 8080));
+        let http = asked.http.unwrap();
+        assert_eq!(
+            String::from_utf8(http.upstream_head).unwrap(),
+            "GET /v1/x?y=1 HTTP/1.1\r\nhost: 10.0.0.5:8080\r\nAccept: */*\r\nconnection: close\r\n\r\n"
+        );
+        assert!(http.keep_alive);
+        assert_eq!(http.body, Body::Empty);
 
         let asked =
-            parse(b"GET http://10.0.0.5:8080/v1/x?y=1 HTTP/1.1\r\nHost: 10.0.0.5\r\n\r\n").unwrap();
-        assert_eq!((asked.host.as_str(), asked.port), ("10.0.0.5", 8080));
-        assert_eq!(
-            asked.upstream_head.unwrap(),
-            b"GET /v1/x?y=1 HTTP/1.1\r\nHost: 10.0.0.5\r\n\r\n"
-        );
-        let asked = parse(b"GET http://example.test HTTP/1.1\r\n\r\n").unwrap();
+            parse(b"GET http://example.test HTTP/1.0\r\nhost: EXAMPLE.test:80\r\n\r\n").unwrap();
         assert_eq!(asked.port, 80);
-        assert_eq!(asked.upstream_head.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+        let http = asked.http.unwrap();
+        assert_eq!(
+            http.upstream_head,
+            b"GET / HTTP/1.0\r\nhost: example.test\r\nconnection: close\r\n\r\n"
+        );
+        assert!(!http.keep_alive, "HTTP/1.0 closes");
+
+        let asked =
+            parse(b"POST http://x.test/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(asked.http.unwrap().body, Body::Chunked);
+        let asked = parse(b"POST http://x.test/ HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap();
+        assert_eq!(asked.http.unwrap().body, Body::Length(12));
+    }
+
+    #[test]
+    fn other_requests_are_refused_with_a_reason() {
+        for head in [
+            &b"GET /local HTTP/1.1\r\n\r\n"[..],
+            b"CONNECT api.openai.com HTTP/1.1\r\n\r\n",
+            b"GET https://x/ HTTP/1.1\r\n\r\n",
+            b"garbage\r\n\r\n",
+            b"GET http://x/ HTTP/2\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost: y\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost: x:8080\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nX-Folded: a\r\n b\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nBad Name: a\r\n\r\n",
+            b"POST http://x/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST http://x/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST http://x/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST http://x/ HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+        ] {
+            assert!(parse(head).is_err(), "{}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[tokio::test]
+    async fn every_request_on_a_kept_alive_connection_is_checked_and_logged() {
+        let (port, seen) = upstream().await;
+        let proxy = proxy(&[format!("127.0.0.1:{port}")]).await;
+        let mut client = Conn::new(TcpStream::connect(proxy.address()).await.unwrap());
+        for n in 1..=2 {
+            let request = format!(
+                "GET http://127.0.0.1:{port}/{n} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+            );
+            client.stream.write_all(request.as_bytes()).await.unwrap();
+            let answer = answer(&mut client).await;
+            assert!(answer.ends_with(&format!("ok {n}")), "{answer}");
+            assert!(!answer.contains("connection: close"), "{answer}");
+        }
+        // The same connection, another destination: checked against that one.
+        let other =
+            format!("GET http://127.0.0.2:{port}/x HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n");
+        client.stream.write_all(other.as_bytes()).await.unwrap();
+        let mut refused = String::new();
+        client.stream.read_to_string(&mut refused).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+        let events = proxy.events();
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], format!("allowed GET 127.0.0.1:{port}"));
+        assert_eq!(events[1], events[0]);
+        assert!(
+            events[2].starts_with(&format!("refused GET 127.0.0.2:{port}: ")),
+            "{events:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "the refused request never left: {seen:?}");
+        assert_eq!(
+            seen[0],
+            format!("GET /1 HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_hidden_after_a_chunked_body_is_checked_too() {
+        let (port, seen) = upstream().await;
+        let proxy = proxy(&[format!("127.0.0.1:{port}")]).await;
+        let mut client = Conn::new(TcpStream::connect(proxy.address()).await.unwrap());
+        // Pipelined in one write: a chunked POST, then a request to an unlisted host.
+        let both = format!(
+            "POST http://127.0.0.1:{port}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET http://169.254.169.254/ HTTP/1.1\r\n\r\n"
+        );
+        client.stream.write_all(both.as_bytes()).await.unwrap();
+        let first = answer(&mut client).await;
+        assert!(first.ends_with("ok 1"), "{first}");
+        let mut refused = String::from_utf8_lossy(&client.buffer).into_owned();
+        client.stream.read_to_string(&mut refused).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen[0].ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "{seen:?}"
+        );
+        assert!(!seen[0].contains("169.254"), "{seen:?}");
+        assert!(proxy.events()[1].starts_with("refused GET 169.254.169.254:80"));
+    }
+
+    #[tokio::test]
+    async fn a_host_header_naming_another_destination_is_refused() {
+        let (port, seen) = upstream().await;
+        let proxy = proxy(&[format!("127.0.0.1:{port}")]).await;
+        let mut client = TcpStream::connect(proxy.address()).await.unwrap();
+        let request =
+            format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("does not match"), "{answer}");
+        let events = proxy.events();
+        assert!(
+            events[0].starts_with("refused: the Host header \"evil.example\""),
+            "{events:?}"
+        );
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_are_capped_clipped_and_redacted() {
+        let mut events = Events::default();
+        events.record(&format!("refused CONNECT {}", "x".repeat(5000)));
+        for _ in 1..MAX_EVENTS + 5 {
+            events.record("refused CONNECT sk-live-secret.example:443");
+        }
+        let lines = events.lines();
+        assert_eq!(lines.len(), MAX_EVENTS + 1);
+        assert_eq!(lines[0].len(), MAX_EVENT_LINE);
+        assert_eq!(lines[MAX_EVENTS], "5 further events not logged");
+
+        let log = events.log(&Redactor::new(["sk-live-secret"]));
+        assert!(!log.contains("sk-live-secret"));
+        assert!(log.contains("refused CONNECT ***.example:443\n"));
+        assert!(log.ends_with("5 further events not logged\n"));
     }
 
     #[tokio::test]
@@ -431,17 +1156,5 @@ mod tests {
             "slots come back: {answer}"
         );
         assert_eq!(proxy.events().len(), 1, "{:?}", proxy.events());
-    }
-
-    #[test]
-    fn other_requests_are_refused_with_a_reason() {
-        for head in [
-            &b"GET /local HTTP/1.1\r\n\r\n"[..],
-            b"CONNECT api.openai.com HTTP/1.1\r\n\r\n",
-            b"GET https://x/ HTTP/1.1\r\n\r\n",
-            b"garbage\r\n\r\n",
-        ] {
-            assert!(parse(head).is_err(), "{}", String::from_utf8_lossy(head));
-        }
     }
 }
