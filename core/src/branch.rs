@@ -29,8 +29,13 @@ impl BranchName {
         if name.starts_with('-') {
             return bad("may not start with '-'");
         }
-        if name == "@" || name == "HEAD" {
-            return bad("may not be '@' or 'HEAD'");
+        if name == "@" || is_special_head(name) {
+            return bad("may not be '@', 'HEAD' or another of git's *_HEAD names");
+        }
+        if name.starts_with("refs/") {
+            // The caller gives a branch, which specrun turns into `refs/heads/<name>`:
+            // `refs/heads/main` would become `refs/heads/refs/heads/main`.
+            return bad("may not start with 'refs/': give the branch (main), not its ref");
         }
         if name.contains("..") || name.contains("@{") || name.contains("//") {
             return bad("may not contain '..', '@{' or '//'");
@@ -60,6 +65,15 @@ impl BranchName {
     }
 }
 
+/// `HEAD` and the names git gives its own pseudo-refs (`FETCH_HEAD`, `ORIG_HEAD`, ...):
+/// a branch so named is read as the pseudo-ref by most git commands.
+fn is_special_head(name: &str) -> bool {
+    name == "HEAD"
+        || name.strip_suffix("_HEAD").is_some_and(|stem| {
+            !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        })
+}
+
 impl fmt::Display for BranchName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -78,6 +92,11 @@ mod tests {
             "feature/x.y",
             "20260319-143022-auth",
             "a_b",
+            "head",
+            "my_HEAD-x",
+            "_HEAD-ok",
+            "feature/refs/x",
+            "refsx/y",
         ] {
             assert!(BranchName::parse(ok).is_ok(), "{ok}");
         }
@@ -107,6 +126,12 @@ mod tests {
             "a@{1}",
             "@",
             "HEAD",
+            "FETCH_HEAD",
+            "ORIG_HEAD",
+            "CHERRY_PICK_HEAD",
+            "refs/heads/main",
+            "refs/tags/v1",
+            "refs/",
             "é",
             "a\u{7f}",
             "tab\there",

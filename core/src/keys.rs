@@ -50,6 +50,12 @@ pub fn run_json(run: &RunId) -> String {
     format!("{RUNS_PREFIX}{run}/run.json")
 }
 
+/// The request the run executes, written once before its run.json (see
+/// `specrun_store::runs::pin_request`). Not an artifact: the status API does not serve it.
+pub fn request(run: &RunId) -> String {
+    format!("{RUNS_PREFIX}{run}/request.json")
+}
+
 /// Present when an operator asked to cancel the run.
 pub fn cancel(run: &RunId) -> String {
     format!("{RUNS_PREFIX}{run}/cancel.json")
@@ -87,6 +93,18 @@ pub fn run_from_index(key: &str) -> Option<RunId> {
     let rest = key.strip_prefix(RUN_INDEX_PREFIX)?;
     let (_, id) = rest.split_once('-')?;
     RunId::parse(id).ok()
+}
+
+/// Whether `key` is exactly what [`run_index`] makes: the prefix, 13 digits, '-', a run
+/// id. A listing cursor is an index key, and nothing else is passed to the store as one.
+pub fn is_run_index(key: &str) -> bool {
+    let Some((millis, id)) = key
+        .strip_prefix(RUN_INDEX_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+    else {
+        return false;
+    };
+    millis.len() == 13 && millis.bytes().all(|b| b.is_ascii_digit()) && RunId::parse(id).is_ok()
 }
 
 /// Where an idempotency key's claim lives; the key is hashed by the caller (sha256 hex).
@@ -143,6 +161,27 @@ mod tests {
             run_from_index(&new_key).map(|r| r.to_string()),
             Some("bbbbbbbb-new".into())
         );
+    }
+
+    #[test]
+    fn only_index_keys_pass_as_cursors() {
+        let id = RunId::parse("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b").ok();
+        let key = id.map(|id| run_index(&id, 1_767_225_600_000));
+        assert!(key.as_deref().is_some_and(is_run_index), "{key:?}");
+        for bad in [
+            "",
+            "index/runs/",
+            "index/runs/8232774399999",
+            "index/runs/823277439999-0193a1b2-c3d4",
+            "index/runs/+232774399999-0193a1b2-c3d4",
+            "index/runs/8232774399999-UPPER-CASE",
+            "index/runs/8232774399999-0193a1b2/../../x",
+            "runs/0193a1b2/run.json",
+            "idempotency/abc.json",
+            "index/runs/8232774399999-0193a1b2\n",
+        ] {
+            assert!(!is_run_index(bad), "{bad:?}");
+        }
     }
 
     #[test]

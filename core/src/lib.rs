@@ -16,6 +16,7 @@ pub mod codex_events;
 pub mod egress;
 pub mod event_summary;
 pub mod feature;
+pub mod invisible;
 pub mod keys;
 pub mod lease;
 pub mod message;
@@ -26,6 +27,7 @@ pub mod redact;
 pub mod repo;
 pub mod request;
 pub mod state;
+pub mod strict_json;
 
 pub use phase::{Phase, PhaseStatus, RunStatus};
 pub use request::{RunRequest, ValidatedRequest};

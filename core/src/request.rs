@@ -2,7 +2,9 @@
 //! and its validation into types the rest of specrun can trust.
 
 use crate::branch::BranchName;
+use crate::invisible::{self, Layout};
 use crate::repo::{RepoPolicy, RepoRef};
+use crate::strict_json::{self, StrictJsonError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -92,28 +94,50 @@ fn field_error(field: &str, reason: impl Into<String>) -> RequestError {
 }
 
 impl RunRequest {
+    /// Parses a JSON body, refusing a key given twice (see [`strict_json`]).
+    pub fn parse_json(body: &[u8]) -> Result<RunRequest, RequestError> {
+        let value = strict_json::parse(body).map_err(|e| match e {
+            StrictJsonError::DuplicateKey { path } => field_error(
+                "body",
+                format!("the key {path:?} appears twice; give each field once"),
+            ),
+            StrictJsonError::Syntax(e) => field_error("body", format!("not valid JSON: {e}")),
+        })?;
+        serde_json::from_value(value)
+            .map_err(|e| field_error("body", format!("not a valid run request: {e}")))
+    }
+
     /// Parses and validates a JSON body in one step.
     pub fn from_json(body: &[u8], policy: &RepoPolicy) -> Result<ValidatedRequest, RequestError> {
-        let request: RunRequest = serde_json::from_slice(body)
-            .map_err(|e| field_error("body", format!("not a valid run request: {e}")))?;
-        request.validate(policy)
+        Self::parse_json(body)?.validate(policy)
     }
 
     pub fn validate(&self, policy: &RepoPolicy) -> Result<ValidatedRequest, RequestError> {
+        visible("repository", "", &self.repository, Layout::SingleLine)?;
         let repository = RepoRef::parse(&self.repository, policy)
             .map_err(|e| field_error("repository", e.to_string()))?;
-        let branch = |field: &str, value: &Option<String>| {
-            value
-                .as_deref()
-                .map(BranchName::parse)
-                .transpose()
-                .map_err(|e| field_error(field, format!("branch name {e}")))
+        let branch = |field: &str, value: &Option<String>| match value.as_deref() {
+            None => Ok(None),
+            Some(name) => {
+                visible(field, "", name, Layout::SingleLine)?;
+                BranchName::parse(name)
+                    .map(Some)
+                    .map_err(|e| field_error(field, format!("branch name {e}")))
+            }
         };
+        let base_branch = branch("base_branch", &self.base_branch)?;
+        let branch_name = branch("branch_name", &self.branch_name)?;
+        if branch_name.is_some() && branch_name == base_branch {
+            return Err(field_error(
+                "branch_name",
+                "is the base branch: the run commits to a branch of its own, off base_branch",
+            ));
+        }
         Ok(ValidatedRequest {
             repository,
             specify_text: validate_text(&self.specify_text)?,
-            base_branch: branch("base_branch", &self.base_branch)?,
-            branch_name: branch("branch_name", &self.branch_name)?,
+            base_branch,
+            branch_name,
             agent: self.agent.as_deref().map(validate_agent).transpose()?,
             agent_options: validate_agent_options(&self.agent_options)?,
             publish: self.publish.unwrap_or_default(),
@@ -126,7 +150,10 @@ impl RunRequest {
 }
 
 impl ValidatedRequest {
-    /// The wire form again, for storing beside the run.
+    /// The wire form again, for storing beside the run. It is the request's canonical
+    /// form: the defaults validation fills in (`publish`, `draft`) are written out and the
+    /// repository is normalised, so two requests that validate to the same run have equal
+    /// wire forms (what an idempotency key and a queue message are compared by).
     pub fn to_wire(&self) -> RunRequest {
         RunRequest {
             repository: self.repository.to_string(),
@@ -144,10 +171,18 @@ impl ValidatedRequest {
     }
 }
 
-/// Format and bidirectional-override characters can make text read differently from what
-/// it is; they have no place in a spec request.
-fn is_deceptive(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+/// Refuses text holding a character a reader cannot see (see [`invisible`]), naming the
+/// field, the character and where it is; `what` says which part of the field, if any.
+fn visible(field: &str, what: &str, text: &str, layout: Layout) -> Result<(), RequestError> {
+    match invisible::find(text, layout) {
+        None => Ok(()),
+        Some(hidden) => Err(field_error(
+            field,
+            format!(
+                "{what}contains {hidden}: invisible characters can hide instructions to the agent"
+            ),
+        )),
+    }
 }
 
 fn validate_text(text: &str) -> Result<String, RequestError> {
@@ -164,22 +199,12 @@ fn validate_text(text: &str) -> Result<String, RequestError> {
             format!("is {} bytes; the limit is {MAX_SPECIFY_TEXT}", text.len()),
         ));
     }
-    if let Some(c) = text
-        .chars()
-        .find(|&c| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || is_deceptive(c))
-    {
-        return Err(field_error(
-            field,
-            format!(
-                "contains the control or format character U+{:04X}",
-                c as u32
-            ),
-        ));
-    }
+    visible(field, "", text, Layout::MultiLine)?;
     Ok(text.to_owned())
 }
 
 fn validate_agent(name: &str) -> Result<String, RequestError> {
+    visible("agent", "", name, Layout::SingleLine)?;
     let ok = (1..=32).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -202,6 +227,13 @@ fn validate_agent_options(
         return Err(field_error("agent_options", "at most 16 options"));
     }
     for (key, value) in options {
+        visible("agent_options", "an option name ", key, Layout::SingleLine)?;
+        visible(
+            "agent_options",
+            &format!("the value of {key:?} "),
+            value,
+            Layout::SingleLine,
+        )?;
         let key_ok = (1..=32).contains(&key.len())
             && key.starts_with(|c: char| c.is_ascii_lowercase())
             && key
@@ -213,7 +245,7 @@ fn validate_agent_options(
                 format!("option name {key:?} must be 1-32 of a-z, 0-9, '_'"),
             ));
         }
-        if value.len() > 256 || value.chars().any(|c| c.is_control() || is_deceptive(c)) {
+        if value.len() > 256 {
             return Err(field_error(
                 "agent_options",
                 format!("value of {key:?} must be at most 256 printable characters"),
@@ -227,12 +259,14 @@ fn validate_labels(labels: &[String]) -> Result<Vec<String>, RequestError> {
     if labels.len() > 20 {
         return Err(field_error("labels", "at most 20 labels"));
     }
-    for label in labels {
-        let ok = !label.trim().is_empty()
-            && label.chars().count() <= 50
-            && !label
-                .chars()
-                .any(|c| c.is_control() || is_deceptive(c) || c == ',');
+    for (i, label) in labels.iter().enumerate() {
+        visible(
+            "labels",
+            &format!("label {} ", i + 1),
+            label,
+            Layout::SingleLine,
+        )?;
+        let ok = !label.trim().is_empty() && label.chars().count() <= 50 && !label.contains(',');
         if !ok {
             return Err(field_error(
                 "labels",
@@ -248,22 +282,22 @@ fn validate_short(
     value: &Option<String>,
     max: usize,
 ) -> Result<Option<String>, RequestError> {
+    if let Some(v) = value {
+        visible(field, "", v, Layout::SingleLine)?;
+    }
     match value {
-        Some(v)
-            if v.is_empty()
-                || v.chars().count() > max
-                || v.chars().any(|c| c.is_control() || is_deceptive(c)) =>
-        {
-            Err(field_error(
-                field,
-                format!("must be 1-{max} printable characters"),
-            ))
-        }
+        Some(v) if v.is_empty() || v.chars().count() > max => Err(field_error(
+            field,
+            format!("must be 1-{max} printable characters"),
+        )),
         other => Ok(other.clone()),
     }
 }
 
 fn validate_idempotency_key(value: &Option<String>) -> Result<Option<String>, RequestError> {
+    if let Some(key) = value {
+        visible("idempotency_key", "", key, Layout::SingleLine)?;
+    }
     match value {
         Some(key)
             if key.is_empty()
@@ -370,6 +404,82 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("65537 bytes"), "{err}");
+    }
+
+    fn refusal(json: &str) -> Option<RequestError> {
+        parse(json).err()
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_naming_it() {
+        let err =
+            refusal(r#"{"repository":"octo/hello","specify_text":"x","repository":"evil/repo"}"#);
+        assert_eq!(err.as_ref().map(|e| e.field.as_str()), Some("body"));
+        let reason = err.map(|e| e.reason).unwrap_or_default();
+        assert!(reason.contains(r#""repository" appears twice"#), "{reason}");
+        let nested = refusal(
+            r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"behaviour":"normal","behaviour":"crash:plan"}}"#,
+        );
+        let reason = nested.map(|e| e.reason).unwrap_or_default();
+        assert!(reason.contains("agent_options.behaviour"), "{reason}");
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_every_text_field() {
+        let tag = r"\udb40\udc41"; // U+E0041 TAG LATIN CAPITAL LETTER A, as JSON escapes it
+        let cases = [
+            (format!(r#"{{"repository":"octo/hello","specify_text":"Add a login page{tag}"}}"#), "specify_text", "U+E0041 (TAG LATIN CAPITAL LETTER A) at character 17"),
+            (format!(r#"{{"repository":"octo/hello","specify_text":"x","labels":["ok","a{tag}"]}}"#), "labels", "label 2 contains U+E0041"),
+            (r#"{"repository":"octo/hello","specify_text":"x","external_ref":"T-1\u200b"}"#.to_owned(), "external_ref", "U+200B (ZERO WIDTH SPACE) at character 4"),
+            (r#"{"repository":"octo/hello","specify_text":"x","branch_name":"a\u2060b"}"#.to_owned(), "branch_name", "U+2060 (WORD JOINER)"),
+            (r#"{"repository":"octo/hello","specify_text":"x","idempotency_key":"\u00adk"}"#.to_owned(), "idempotency_key", "U+00AD (SOFT HYPHEN) at character 1"),
+            (r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"behaviour":"normal\ufeff"}}"#.to_owned(), "agent_options", "the value of \"behaviour\" contains U+FEFF"),
+            (r#"{"repository":"octo/hello\u202e","specify_text":"x"}"#.to_owned(), "repository", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+            (r#"{"repository":"octo/hello","specify_text":"left\u2066right"}"#.to_owned(), "specify_text", "U+2066"),
+        ];
+        for (json, field, says) in cases {
+            let err = refusal(&json);
+            assert_eq!(
+                err.as_ref().map(|e| e.field.as_str()),
+                Some(field),
+                "{json}"
+            );
+            let reason = err.map(|e| e.reason).unwrap_or_default();
+            assert!(reason.contains(says), "{json}: {reason}");
+            assert!(
+                reason.contains("invisible characters can hide instructions"),
+                "{reason}"
+            );
+        }
+        let multi_line =
+            r#"{"repository":"octo/hello","specify_text":"Add login\n\n- with\ttabs\r\n"}"#;
+        assert!(parse(multi_line).is_ok());
+    }
+
+    #[test]
+    fn branch_names_are_branches_not_refs_and_not_the_base() {
+        let cases = [
+            r#"{"repository":"octo/hello","specify_text":"x","branch_name":"refs/heads/main"}"#,
+            r#"{"repository":"octo/hello","specify_text":"x","branch_name":"HEAD"}"#,
+            r#"{"repository":"octo/hello","specify_text":"x","branch_name":"ORIG_HEAD"}"#,
+            r#"{"repository":"octo/hello","specify_text":"x","branch_name":"main","base_branch":"main"}"#,
+        ];
+        for json in cases {
+            let err = refusal(json);
+            assert_eq!(
+                err.map(|e| e.field),
+                Some("branch_name".to_owned()),
+                "{json}"
+            );
+        }
+        let base = refusal(
+            r#"{"repository":"octo/hello","specify_text":"x","base_branch":"refs/heads/main"}"#,
+        );
+        assert_eq!(base.map(|e| e.field), Some("base_branch".to_owned()));
+        assert!(parse(
+            r#"{"repository":"octo/hello","specify_text":"x","branch_name":"001-login","base_branch":"main"}"#
+        )
+        .is_ok());
     }
 
     #[test]

@@ -280,6 +280,21 @@ impl RunRecord {
         record
     }
 
+    /// Whether this run could have been created for `request` (a wire form), judged by
+    /// what run.json records; for runs stored before their request was. The branches count
+    /// when the request names them: a run fills them in as it goes.
+    pub fn records_request(&self, request: &crate::request::RunRequest) -> bool {
+        let branch = |recorded: &Option<String>, requested: &Option<String>| {
+            requested.is_none() || recorded == requested
+        };
+        self.repository == request.repository
+            && self.publish == request.publish.unwrap_or_default()
+            && self.external_ref == request.external_ref
+            && self.idempotency_key == request.idempotency_key
+            && branch(&self.base_branch, &request.base_branch)
+            && branch(&self.branch_name, &request.branch_name)
+    }
+
     fn set_status(&mut self, to: RunStatus, now: Timestamp) -> Result<(), TransitionError> {
         if !self.status.can_become(to) {
             return Err(TransitionError::Run {
@@ -561,6 +576,38 @@ mod tests {
         run.restart("runner-b", datetime!(2026-11-24 10:05 UTC))?;
         assert_eq!(run.attempt, u32::MAX);
         Ok(())
+    }
+
+    #[test]
+    fn a_run_records_the_request_it_was_made_for_and_no_other() {
+        let mut run = record();
+        run.branch_name = Some("001-login".into());
+        let request = crate::request::RunRequest {
+            repository: "octo/hello".into(),
+            specify_text: "Add login".into(),
+            publish: Some(Publish::Branch),
+            ..Default::default()
+        };
+        assert!(
+            run.records_request(&request),
+            "the branch was filled in by the run"
+        );
+        for other in [
+            crate::request::RunRequest {
+                repository: "evil/repo".into(),
+                ..request.clone()
+            },
+            crate::request::RunRequest {
+                publish: Some(Publish::Pr),
+                ..request.clone()
+            },
+            crate::request::RunRequest {
+                branch_name: Some("main".into()),
+                ..request.clone()
+            },
+        ] {
+            assert!(!run.records_request(&other), "{other:?}");
+        }
     }
 
     #[test]

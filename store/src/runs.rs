@@ -1,9 +1,11 @@
 //! Run records on any [`BlobStore`]: creating a run (run.json plus its listing index
-//! entry), loading and saving it, listing runs newest first, and claiming idempotency
-//! keys. The submit function, the status function and the runner all go through here.
+//! entry), pinning the request it executes, loading and saving it, listing runs newest
+//! first, and claiming idempotency keys. The submit function, the status function and the
+//! runner all go through here.
 
 use specrun_core::keys::{self, RunId};
 use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::request::RunRequest;
 use specrun_core::state::RunRecord;
 
 const JSON: &str = "application/json";
@@ -44,8 +46,15 @@ pub async fn save_run(store: &dyn BlobStore, record: &RunRecord) -> Result<(), S
 
 /// The run, or `None` when there is none with that id.
 pub async fn load_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
-    let key = keys::run_json(id);
-    match store.get(&key).await {
+    load_json(store, &keys::run_json(id)).await
+}
+
+/// A state object, or `None` when there is none at `key`.
+async fn load_json<T: serde::de::DeserializeOwned>(
+    store: &dyn BlobStore,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match store.get(key).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::backend(key, e)),
@@ -54,12 +63,76 @@ pub async fn load_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<RunRec
     }
 }
 
-/// Run ids, newest first, `limit` at a time; pass the returned cursor to continue.
+/// How a request compares with the one its run was created for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pinned {
+    /// The run executes this request: it was stored just now, or an equal one was before.
+    Same,
+    /// The run was created for this other request.
+    Different(Box<RunRequest>),
+    /// The run was recorded before requests were stored beside runs (run.json, no
+    /// request.json): only what run.json records can be compared.
+    Unrecorded(Box<RunRecord>),
+}
+
+/// The request stored for a run, if one is.
+pub async fn load_request(
+    store: &dyn BlobStore,
+    id: &RunId,
+) -> Result<Option<RunRequest>, StoreError> {
+    load_json(store, &keys::request(id)).await
+}
+
+/// Stores `request` (its canonical wire form) as the one run `id` executes, unless the run
+/// already has one; says how the two compare. Written with a conditional write before
+/// run.json, so whoever creates a run decides its request once, and a later queue message
+/// or repeated submission cannot change what the run does.
+pub async fn pin_request(
+    store: &dyn BlobStore,
+    id: &RunId,
+    request: &RunRequest,
+) -> Result<Pinned, StoreError> {
+    let compare = |stored: RunRequest| {
+        if stored == *request {
+            Pinned::Same
+        } else {
+            Pinned::Different(Box::new(stored))
+        }
+    };
+    if let Some(stored) = load_request(store, id).await? {
+        return Ok(compare(stored));
+    }
+    if let Some(record) = load_run(store, id).await? {
+        return Ok(Pinned::Unrecorded(Box::new(record)));
+    }
+    let key = keys::request(id);
+    match store.put_new(&key, to_json(request), JSON).await {
+        Ok(()) => Ok(Pinned::Same),
+        // Another writer pinned it in the meantime.
+        Err(StoreError::PreconditionFailed(_)) => match load_request(store, id).await? {
+            Some(stored) => Ok(compare(stored)),
+            None => Err(StoreError::backend(
+                &key,
+                "the conditional write failed but nothing is stored",
+            )),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Run ids, newest first, `limit` at a time; pass the returned cursor to continue. The
+/// cursor must be one this function returned (an index key); anything else is refused
+/// before the store sees it.
 pub async fn list_runs(
     store: &dyn BlobStore,
     cursor: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<RunId>, Option<String>), StoreError> {
+    if let Some(cursor) = cursor.filter(|c| !keys::is_run_index(c)) {
+        return Err(StoreError::InvalidKey(format!(
+            "{cursor:?} is not a listing cursor"
+        )));
+    }
     let page = store.list(keys::RUN_INDEX_PREFIX, cursor, limit).await?;
     let ids = page
         .keys
@@ -196,6 +269,47 @@ mod tests {
         assert!(load_run(&store, &RunId::parse("run-zzzz-9")?)
             .await?
             .is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_cursor_that_is_no_index_key_never_reaches_the_store() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        for bad in ["runs/run-aaaa-1/run.json", "index/runs/../../etc", "zzz"] {
+            let listed = list_runs(&store, Some(bad), 10).await;
+            assert!(matches!(listed, Err(StoreError::InvalidKey(_))), "{bad}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_run_keeps_the_request_it_was_created_for() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        let id = RunId::parse("run-aaaa-1")?;
+        let first = RunRequest {
+            repository: "octo/hello".into(),
+            specify_text: "Add login".into(),
+            ..Default::default()
+        };
+        let other = RunRequest {
+            repository: "evil/repo".into(),
+            ..first.clone()
+        };
+        assert_eq!(pin_request(&store, &id, &first).await?, Pinned::Same);
+        assert_eq!(pin_request(&store, &id, &first).await?, Pinned::Same);
+        assert_eq!(
+            pin_request(&store, &id, &other).await?,
+            Pinned::Different(Box::new(first.clone()))
+        );
+        assert_eq!(load_request(&store, &id).await?, Some(first));
+
+        // A run stored before requests were: only run.json can be compared.
+        let old = record("run-bbbb-2", datetime!(2026-01-02 0:00 UTC));
+        create_run(&store, &old).await?;
+        let pinned = pin_request(&store, &RunId::parse("run-bbbb-2")?, &other).await?;
+        assert_eq!(pinned, Pinned::Unrecorded(Box::new(old)));
         Ok(())
     }
 

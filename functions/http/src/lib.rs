@@ -27,11 +27,69 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> ApiResponse {
 
 /// An error answer: `{"error": {"code", "message", "field"?}}`.
 pub fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> ApiResponse {
+    error_with(status, code, message, field, serde_json::Map::new())
+}
+
+/// An error answer with more members in `error` (e.g. the `run_id` a conflict is with).
+pub fn error_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> ApiResponse {
     let mut detail = serde_json::json!({ "code": code, "message": message });
     if let Some(field) = field {
         detail["field"] = serde_json::Value::from(field);
     }
+    if let serde_json::Value::Object(members) = &mut detail {
+        members.extend(extra);
+    }
     json(status, &serde_json::json!({ "error": detail }))
+}
+
+/// The only media type a request body may have.
+pub const JSON_MEDIA_TYPE: &str = "application/json";
+
+/// Refuses (415, the answer boxed: it is large) a request whose body is not declared `application/json`. Browsers send
+/// `text/plain`, form and multipart bodies to any origin without asking first (a CORS
+/// "simple request"); requiring JSON means a web page cannot post runs through its
+/// visitors' browsers. Parameters are allowed, but a `charset` must be UTF-8, the only
+/// encoding JSON has.
+pub fn require_json(request: &ApiRequest) -> Result<(), Box<ApiResponse>> {
+    let mut values = request.headers().get_all(header::CONTENT_TYPE).iter();
+    let given = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(value.to_str().unwrap_or("(not text)")),
+        (Some(_), Some(_)) => Some("(more than one Content-Type header)"),
+    };
+    if given.is_some_and(is_json_media_type) {
+        return Ok(());
+    }
+    let message = format!(
+        "send the body as JSON with Content-Type: {JSON_MEDIA_TYPE} (parameters allowed, charset=utf-8 only); got {}",
+        given.unwrap_or("no Content-Type")
+    );
+    let mut extra = serde_json::Map::new();
+    extra.insert("required".to_owned(), JSON_MEDIA_TYPE.into());
+    Err(Box::new(error_with(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        &message,
+        None,
+        extra,
+    )))
+}
+
+fn is_json_media_type(value: &str) -> bool {
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case(JSON_MEDIA_TYPE)
+        && parts.all(|parameter| {
+            let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+            !name.trim().eq_ignore_ascii_case("charset")
+                || value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
 }
 
 pub fn not_found(what: &str) -> ApiResponse {
@@ -75,6 +133,30 @@ pub fn query_param(request: &ApiRequest, name: &str) -> Option<String> {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
     })
+}
+
+/// The value of `name`, refusing (400, naming it) a query string that gives it twice:
+/// which one a cache, a proxy and this function read would be anyone's guess.
+pub fn single_query_param(
+    request: &ApiRequest,
+    name: &str,
+) -> Result<Option<String>, Box<ApiResponse>> {
+    let given = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(key, _)| key) == name)
+        .count();
+    if given > 1 {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("{name} is given {given} times; give it once"),
+            Some(name),
+        )));
+    }
+    Ok(query_param(request, name))
 }
 
 fn percent_decode(text: &str) -> String {
@@ -167,6 +249,63 @@ mod tests {
         assert_eq!(get("cursor").as_deref(), Some("index/runs/1-a"));
         assert_eq!(get("x").as_deref(), Some(""));
         assert_eq!(get("y"), None);
+    }
+
+    fn with_content_type(values: &[&str]) -> ApiRequest {
+        let mut request = Request::post("/runs");
+        for value in values {
+            request = request.header(header::CONTENT_TYPE, *value);
+        }
+        request.body(Bytes::new()).unwrap_or_default()
+    }
+
+    #[test]
+    fn only_json_bodies_are_taken() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json; foo=bar",
+        ] {
+            assert!(require_json(&with_content_type(&[ok])).is_ok(), "{ok}");
+        }
+        for refused in [
+            &[][..],
+            &["text/plain"],
+            &["text/plain; charset=utf-8"],
+            &["application/x-www-form-urlencoded"],
+            &["multipart/form-data; boundary=x"],
+            &["application/json; charset=utf-16"],
+            &["application/jsonp"],
+            &["application/json", "text/plain"],
+        ] {
+            let answer = require_json(&with_content_type(refused)).err();
+            let status = answer.as_ref().map(|a| a.status());
+            assert_eq!(
+                status,
+                Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                "{refused:?}"
+            );
+            let body: serde_json::Value = answer
+                .map(|a| serde_json::from_slice(a.body()).unwrap_or_default())
+                .unwrap_or_default();
+            assert_eq!(body["error"]["code"], "unsupported_media_type");
+            assert_eq!(body["error"]["required"], "application/json");
+        }
+    }
+
+    #[test]
+    fn a_query_parameter_given_twice_is_refused() {
+        let request = Request::get("/runs?limit=5&limit=500").body(Bytes::new());
+        let request = request.unwrap_or_default();
+        let answer = single_query_param(&request, "limit").err();
+        assert_eq!(answer.map(|a| a.status()), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            single_query_param(&request, "cursor").ok(),
+            Some(None),
+            "an absent one is fine"
+        );
     }
 
     #[test]

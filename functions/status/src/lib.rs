@@ -4,10 +4,10 @@
 
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
-use specrun_core::keys::RunId;
+use specrun_core::keys::{self, RunId};
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::state::RunRecord;
-use specrun_http::{error, json, path, query_param, ApiRequest, ApiResponse};
+use specrun_http::{error, json, path, single_query_param, ApiRequest, ApiResponse};
 use specrun_store::runs;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,20 +111,10 @@ impl Status {
     }
 
     async fn list(&self, request: &ApiRequest) -> ApiResponse {
-        let limit = match query_param(request, "limit").map(|l| l.parse::<usize>()) {
-            None => 20,
-            Some(Ok(limit)) if (1..=MAX_LIMIT).contains(&limit) => limit,
-            Some(_) => {
-                let message = format!("limit must be a number from 1 to {MAX_LIMIT}");
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &message,
-                    Some("limit"),
-                );
-            }
+        let (limit, cursor) = match page_query(request) {
+            Ok(query) => query,
+            Err(refused) => return *refused,
         };
-        let cursor = query_param(request, "cursor");
         let (ids, next) = match runs::list_runs(self.store.as_ref(), cursor.as_deref(), limit).await
         {
             Ok(page) => page,
@@ -148,6 +138,48 @@ impl Status {
             &serde_json::json!({ "runs": summaries, "next_cursor": next }),
         )
     }
+}
+
+/// Runs one listing page returns when the query names no limit.
+const DEFAULT_LIMIT: usize = 20;
+
+/// `limit` and `cursor` of `GET /runs`, each given at most once. `limit` is 1 to
+/// [`MAX_LIMIT`] in plain digits, no leading zero; `cursor` is empty (the first page) or a `next_cursor`
+/// this API returned: the store is never handed anything else.
+fn page_query(request: &ApiRequest) -> Result<(usize, Option<String>), Box<ApiResponse>> {
+    let refuse = |field: &str, message: String| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &message,
+            Some(field),
+        ))
+    };
+    let limit = match single_query_param(request, "limit")? {
+        None => DEFAULT_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| {
+                !text.starts_with('0')
+                    && text.bytes().all(|b| b.is_ascii_digit())
+                    && (1..=MAX_LIMIT).contains(limit)
+            })
+            .ok_or_else(|| {
+                refuse(
+                    "limit",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}; got {text:?}"),
+                )
+            })?,
+    };
+    let cursor = single_query_param(request, "cursor")?.filter(|c| !c.is_empty());
+    if let Some(cursor) = cursor.as_deref().filter(|c| !keys::is_run_index(c)) {
+        return Err(refuse(
+            "cursor",
+            format!("cursor {cursor:?} is not one this API returned; pass next_cursor from the previous page, or none for the first page"),
+        ));
+    }
+    Ok((limit, cursor))
 }
 
 #[cfg(test)]
@@ -269,10 +301,29 @@ mod tests {
             status.handle(get("/runs/..%2F..%2Fetc")).await.status(),
             StatusCode::NOT_FOUND
         );
-        assert_eq!(
-            status.handle(get("/runs?limit=0")).await.status(),
-            StatusCode::BAD_REQUEST
-        );
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("limit=-1", "limit"),
+            ("limit=%2B5", "limit"),
+            ("limit=5.0", "limit"),
+            ("limit=0005", "limit"),
+            ("limit=05", "limit"),
+            ("limit=", "limit"),
+            ("limit=5&limit=6", "limit"),
+            ("cursor=runs%2Frun-cccc-3%2Frun.json", "cursor"),
+            ("cursor=index%2Fruns%2F..%2F..%2Fetc", "cursor"),
+            ("cursor=zzzz", "cursor"),
+            ("cursor=index%2Fruns%2F9999-run-cccc-3", "cursor"),
+        ] {
+            let response = status.handle(get(&format!("/runs?{query}"))).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            assert_eq!(body(&response)["error"]["field"], field, "{query}");
+        }
+        for ok in ["limit=100", "limit=1", "cursor=", "limit=7&cursor="] {
+            let response = status.handle(get(&format!("/runs?{ok}"))).await;
+            assert_eq!(response.status(), StatusCode::OK, "{ok}");
+        }
         let post = http::Request::post("/runs").body(Bytes::new())?;
         assert_eq!(
             status.handle(post).await.status(),

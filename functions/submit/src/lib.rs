@@ -1,6 +1,7 @@
-//! The submit function: `POST /runs` validates a run request, assigns the run id, writes
-//! run.json as `queued`, sends the queue message and answers 202 with the run id and the
-//! status URL. A repeated `idempotency_key` answers with the run it first created.
+//! The submit function: `POST /runs` validates a run request, assigns the run id, stores
+//! the request and run.json as `queued`, sends the queue message and answers 202 with the
+//! run id and the status URL. A repeated `idempotency_key` answers with the run it first
+//! created, or 422 when it comes with another request.
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -13,7 +14,7 @@ use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{RequestError, RunRequest, ValidatedRequest};
 use specrun_core::state::{AgentConfiguration, RunError, RunRecord};
 use specrun_core::RunStatus;
-use specrun_http::{error, json, path, ApiRequest, ApiResponse};
+use specrun_http::{error, error_with, json, path, ApiRequest, ApiResponse};
 use specrun_store::runs;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -51,7 +52,10 @@ impl Submit {
             };
         }
         match (request.method(), route.as_str()) {
-            (&Method::POST, "/runs") => self.submit(request.into_body()).await,
+            (&Method::POST, "/runs") => match specrun_http::require_json(&request) {
+                Ok(()) => self.submit(request.into_body()).await,
+                Err(refused) => *refused,
+            },
             (_, "/runs") => specrun_http::method_not_allowed("POST"),
             (_, other) => {
                 specrun_http::not_found(&format!("no route {other}; submit runs with POST /runs"))
@@ -102,55 +106,68 @@ impl Submit {
                     return error(
                         StatusCode::BAD_REQUEST,
                         "invalid_request",
-                        &e.reason,
+                        &e.to_string(),
                         Some(&e.field),
                     )
                 }
             };
-        match self.accept(&request).await {
-            Ok((run_id, fresh)) => {
-                let status = if fresh {
-                    StatusCode::ACCEPTED
-                } else {
-                    StatusCode::OK
-                };
-                json(
-                    status,
-                    &serde_json::json!({
-                        "run_id": run_id.as_str(),
-                        "status_url": format!("{}/runs/{run_id}", self.status_base.trim_end_matches('/')),
-                        "duplicate": !fresh,
-                    }),
-                )
-            }
+        let (run_id, fresh) = match self.accept(&request).await {
+            Ok(Accepted::New(run_id)) => (run_id, true),
+            Ok(Accepted::Duplicate(run_id)) => (run_id, false),
+            Ok(Accepted::Conflict(run_id)) => return conflict(&request, &run_id),
             Err(e) => {
                 tracing::error!(error = %e, "could not accept a run");
-                specrun_http::unavailable(&format!(
+                return specrun_http::unavailable(&format!(
                     "the run could not be queued: {e}; retry with the same idempotency_key"
-                ))
+                ));
             }
-        }
+        };
+        let status = if fresh {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        json(
+            status,
+            &serde_json::json!({
+                "run_id": run_id.as_str(),
+                "status_url": format!("{}/runs/{run_id}", self.status_base.trim_end_matches('/')),
+                "duplicate": !fresh,
+            }),
+        )
     }
 
-    /// Records and queues the run; `false` when an earlier request with the same
-    /// idempotency key already created it.
-    async fn accept(&self, request: &ValidatedRequest) -> Result<(RunId, bool), StoreError> {
+    /// Records and queues the run, unless an earlier request with the same idempotency
+    /// key already created it. "The same request" is the validated request's canonical
+    /// wire form ([`ValidatedRequest::to_wire`]), every field included.
+    async fn accept(&self, request: &ValidatedRequest) -> Result<Accepted, StoreError> {
         let mut run_id = new_run_id();
+        let mut claimed_before = false;
         if let Some(key) = &request.idempotency_key {
             let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
             if let Some(existing) =
                 runs::claim_idempotency(self.store.as_ref(), &digest, &run_id).await?
             {
-                if runs::load_run(self.store.as_ref(), &existing)
-                    .await?
-                    .is_some()
-                {
-                    return Ok((existing, false));
-                }
-                // The first request claimed the key but stopped before recording the run.
                 run_id = existing;
+                claimed_before = true;
             }
         }
+        // The request is stored before run.json, once: a runner executes the stored one.
+        match runs::pin_request(self.store.as_ref(), &run_id, &request.to_wire()).await? {
+            runs::Pinned::Different(_) => return Ok(Accepted::Conflict(run_id)),
+            // A run recorded before requests were stored: answered as it always was.
+            runs::Pinned::Unrecorded(_) => return Ok(Accepted::Duplicate(run_id)),
+            runs::Pinned::Same => {}
+        }
+        if claimed_before
+            && runs::load_run(self.store.as_ref(), &run_id)
+                .await?
+                .is_some()
+        {
+            return Ok(Accepted::Duplicate(run_id));
+        }
+        // Otherwise this is a new run, or the first request with this key stopped before
+        // recording it: record and queue it now.
         let record = RunRecord::for_request(
             run_id.as_str(),
             request,
@@ -166,7 +183,7 @@ impl Submit {
             self.record_queue_failure(record, &e).await;
             return Err(e);
         }
-        Ok((run_id, true))
+        Ok(Accepted::New(run_id))
     }
 
     /// The agent must be known and its options declared; checked here so a bad request
@@ -221,6 +238,34 @@ impl Submit {
     }
 }
 
+/// What a submission did.
+enum Accepted {
+    /// Recorded and queued a new run.
+    New(RunId),
+    /// The idempotency key's earlier, equal request made this run.
+    Duplicate(RunId),
+    /// The idempotency key made this run for another request.
+    Conflict(RunId),
+}
+
+/// 422: the idempotency key already made `run_id`, for another request.
+fn conflict(request: &ValidatedRequest, run_id: &RunId) -> ApiResponse {
+    let message = format!(
+        "idempotency_key {:?} was first sent with another request, which made run {run_id}; \
+         send that same request to get run {run_id}, or use another key for a new run",
+        request.idempotency_key.as_deref().unwrap_or_default()
+    );
+    let mut extra = serde_json::Map::new();
+    extra.insert("run_id".to_owned(), run_id.as_str().into());
+    error_with(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_conflict",
+        &message,
+        Some("idempotency_key"),
+        extra,
+    )
+}
+
 fn new_run_id() -> RunId {
     // A UUIDv7's text form is always a valid run id.
     RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
@@ -248,9 +293,29 @@ mod tests {
     }
 
     fn post(body: &str) -> ApiRequest {
-        http::Request::post("/runs")
+        post_as(Some("application/json"), body)
+    }
+
+    fn post_as(content_type: Option<&str>, body: &str) -> ApiRequest {
+        let mut request = http::Request::post("/runs");
+        if let Some(content_type) = content_type {
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        request
             .body(Bytes::from(body.to_owned()))
             .unwrap_or_default()
+    }
+
+    /// Nothing was recorded or queued.
+    async fn assert_nothing_created(submit: &Submit) -> Result<(), Box<dyn std::error::Error>> {
+        let listed = runs::list_runs(submit.store.as_ref(), None, 10).await?.0;
+        assert_eq!(listed.len(), 0, "runs recorded: {listed:?}");
+        let queued = submit
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(1))
+            .await?;
+        assert!(queued.is_empty(), "messages queued: {}", queued.len());
+        Ok(())
     }
 
     fn body(response: &ApiResponse) -> serde_json::Value {
@@ -281,6 +346,78 @@ mod tests {
             .await?;
         let message: RunMessage = serde_json::from_slice(&messages[0].body)?;
         assert_eq!(message.run_id, run_id);
+        let stored = runs::load_request(submit.store.as_ref(), &RunId::parse(&run_id)?).await?;
+        assert_eq!(
+            stored,
+            Some(message.request),
+            "the queued request is the stored one"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn only_json_bodies_are_taken() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let submit = submit(dir.path());
+        let request = r#"{"repository":"octo/hello","specify_text":"Add login"}"#;
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            let response = submit.handle(post_as(content_type, request)).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{content_type:?}"
+            );
+            assert_eq!(body(&response)["error"]["required"], "application/json");
+        }
+        assert_nothing_created(&submit).await?;
+        let charset = post_as(Some("Application/JSON; charset=UTF-8"), request);
+        assert_eq!(submit.handle(charset).await.status(), StatusCode::ACCEPTED);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_with_another_request_is_a_conflict(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let submit = submit(dir.path());
+        let first =
+            r#"{"repository":"octo/hello","specify_text":"Add login","idempotency_key":"k-1"}"#;
+        let created = body(&submit.handle(post(first)).await);
+        // The same request written otherwise (defaults spelled out, keys reordered) is
+        // the same request.
+        let same = r#"{"idempotency_key":"k-1","specify_text":"Add login","repository":"octo/hello","publish":"pr","draft":false}"#;
+        let again = submit.handle(post(same)).await;
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(body(&again)["run_id"], created["run_id"]);
+        for other in [
+            r#"{"repository":"octo/hello","specify_text":"Add logout","idempotency_key":"k-1"}"#,
+            r#"{"repository":"octo/other","specify_text":"Add login","idempotency_key":"k-1"}"#,
+            r#"{"repository":"octo/hello","specify_text":"Add login","idempotency_key":"k-1","labels":["x"]}"#,
+        ] {
+            let response = submit.handle(post(other)).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{other}"
+            );
+            let answer = body(&response);
+            assert_eq!(answer["error"]["code"], "idempotency_conflict");
+            assert_eq!(answer["error"]["field"], "idempotency_key");
+            assert_eq!(answer["error"]["run_id"], created["run_id"]);
+        }
+        let messages = submit
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await?;
+        assert_eq!(messages.len(), 1, "one run, one message");
+        let run_id = RunId::parse(created["run_id"].as_str().unwrap_or_default())?;
+        let stored = runs::load_request(submit.store.as_ref(), &run_id).await?;
+        assert_eq!(stored.map(|r| r.specify_text), Some("Add login".to_owned()));
         Ok(())
     }
 
@@ -329,6 +466,18 @@ mod tests {
                 r#"{"repository":"octo/hello","specify_text":"x","agent_options":{"shell":"sh"}}"#,
                 "agent_options",
             ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","repository":"octo/evil"}"#,
+                "body",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x\udb40\udc41"}"#,
+                "specify_text",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","branch_name":"refs/heads/main"}"#,
+                "branch_name",
+            ),
         ] {
             let response = submit.handle(post(body_text)).await;
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body_text}");
@@ -342,18 +491,7 @@ mod tests {
             submit.handle(post(&huge)).await.status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        assert_eq!(
-            runs::list_runs(submit.store.as_ref(), None, 10)
-                .await?
-                .0
-                .len(),
-            0
-        );
-        assert!(submit
-            .queue
-            .receive(10, Duration::ZERO, Duration::from_secs(1))
-            .await?
-            .is_empty());
+        assert_nothing_created(&submit).await?;
         let get = http::Request::get("/runs").body(Bytes::new())?;
         assert_eq!(
             submit.handle(get).await.status(),
