@@ -2,6 +2,7 @@
 //! each phase, the environment and secret names it gets, and the network it needs. The
 //! pipeline only ever reads a profile, so swapping agents needs no code change (FR-010).
 
+use crate::commit_scope::{Unexpected, DEFAULT_PATTERNS};
 use crate::phase::Phase;
 use std::collections::BTreeMap;
 
@@ -28,8 +29,12 @@ impl Network {
             "egress" => Ok(Network::Egress),
             "bridge" => Ok(Network::Bridge),
             other => match other.strip_prefix("network:") {
+                // `host` would share the runner's own network namespace.
                 Some(name)
                     if !name.is_empty()
+                        && name != "host"
+                        && name != "none"
+                        && name != "bridge"
                         && name
                             .chars()
                             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
@@ -92,6 +97,10 @@ pub struct AgentProfile {
     /// configuration, e.g. `.codex/config.toml`); never secrets.
     pub home_files: BTreeMap<String, String>,
     pub output: OutputFormat,
+    /// What of the agent's changes is committed ([`crate::commit_scope`] patterns).
+    pub commit_paths: Vec<String>,
+    /// What happens to a change outside `commit_paths`.
+    pub unexpected_changes: Unexpected,
 }
 
 /// A profile could not be applied to a request.
@@ -107,6 +116,11 @@ pub enum AgentError {
         option: String,
         known: String,
     },
+}
+
+/// The commit paths of a profile that sets none: the feature directory and `.specify/`.
+pub fn default_commit_paths() -> Vec<String> {
+    DEFAULT_PATTERNS.iter().map(|p| (*p).to_owned()).collect()
 }
 
 fn argv(parts: &[&str]) -> Vec<String> {
@@ -181,6 +195,8 @@ impl AgentProfile {
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,
+            commit_paths: default_commit_paths(),
+            unexpected_changes: Unexpected::LeaveOut,
         }
     }
 
@@ -220,6 +236,8 @@ impl AgentProfile {
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::CodexJson,
+            commit_paths: default_commit_paths(),
+            unexpected_changes: Unexpected::LeaveOut,
         }
     }
 
@@ -273,6 +291,8 @@ impl AgentProfile {
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::ClaudeStreamJson,
+            commit_paths: default_commit_paths(),
+            unexpected_changes: Unexpected::LeaveOut,
         }
     }
 
@@ -304,6 +324,8 @@ impl AgentProfile {
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,
+            commit_paths: default_commit_paths(),
+            unexpected_changes: Unexpected::LeaveOut,
         }
     }
 
@@ -337,6 +359,8 @@ impl AgentProfile {
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,
+            commit_paths: default_commit_paths(),
+            unexpected_changes: Unexpected::LeaveOut,
         }
     }
 

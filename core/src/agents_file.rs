@@ -17,6 +17,7 @@
 //! ```
 
 use crate::agent::{AgentProfile, Network, OutputFormat};
+use crate::commit_scope::{self, Unexpected};
 use crate::phase::Phase;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -62,6 +63,8 @@ struct ProfileToml {
     options: Option<BTreeMap<String, String>>,
     home_files: Option<BTreeMap<String, String>>,
     output: Option<String>,
+    commit_paths: Option<Vec<String>>,
+    unexpected_changes: Option<String>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -77,6 +80,10 @@ fn valid_env_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_runner_credential(name: &str) -> bool {
+    name == "SPECRUN_GIT_TOKEN" || name.starts_with("AWS_") || name.starts_with("DOCKER_")
 }
 
 fn valid_home_path(path: &str) -> bool {
@@ -104,6 +111,8 @@ impl ProfileToml {
                 image: None,
                 home_files: BTreeMap::new(),
                 output: OutputFormat::Text,
+                commit_paths: crate::agent::default_commit_paths(),
+                unexpected_changes: Unexpected::LeaveOut,
             },
         };
         profile.name = name.to_owned();
@@ -164,6 +173,16 @@ impl ProfileToml {
                 }
             };
         }
+        if let Some(paths) = self.commit_paths {
+            for path in &paths {
+                commit_scope::check_pattern(path).map_err(|e| e.to_string())?;
+            }
+            profile.commit_paths = paths;
+        }
+        if let Some(unexpected) = self.unexpected_changes {
+            profile.unexpected_changes =
+                Unexpected::parse(&unexpected).map_err(|e| e.to_string())?;
+        }
         check(&profile)?;
         Ok(profile)
     }
@@ -186,6 +205,12 @@ fn check(profile: &AgentProfile) -> Result<(), String> {
     if let Some(bad) = names.into_iter().find(|n| !valid_env_name(n)) {
         return Err(format!(
             "{bad:?} is not an environment variable name (A-Z, 0-9, _)"
+        ));
+    }
+    // The runner's own credentials (forge token, cloud keys) must never reach the agent.
+    if let Some(bad) = profile.secret_env.iter().find(|n| is_runner_credential(n)) {
+        return Err(format!(
+            "secret_env may not name {bad:?}: SPECRUN_GIT_TOKEN, AWS_* and DOCKER_* are the runner's own credentials"
         ));
     }
     if let Some(bad) = profile.home_files.keys().find(|p| !valid_home_path(p)) {
@@ -290,6 +315,20 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_sets_its_commit_paths() -> Result<(), AgentsFileError> {
+        let registry = AgentRegistry::from_toml(
+            "[agents.x]\nextends = \"scripted\"\ncommit_paths = [\"{feature}/\", \"docs/\"]\nunexpected_changes = \"fail\"",
+        )?;
+        let x = registry.get("x").ok();
+        assert_eq!(
+            x.map(|p| p.commit_paths.clone()),
+            Some(vec!["{feature}/".to_owned(), "docs/".to_owned()])
+        );
+        assert_eq!(x.map(|p| p.unexpected_changes), Some(Unexpected::Fail));
+        Ok(())
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let cases = [
             ("default = \"ghost\"", "ghost"),
@@ -319,6 +358,26 @@ mod tests {
                 "unknown field",
             ),
             ("[agents.Bad]\nextends = \"codex\"", "names are"),
+            (
+                "[agents.x]\nextends = \"codex\"\nnetwork = \"network:host\"",
+                "network",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\nsecret_env = [\"SPECRUN_GIT_TOKEN\"]",
+                "runner's own credentials",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\nsecret_env = [\"AWS_SECRET_ACCESS_KEY\"]",
+                "runner's own credentials",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\ncommit_paths = [\"../etc/\"]",
+                "commit path",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\nunexpected_changes = \"ignore\"",
+                "leave_out or fail",
+            ),
         ];
         for (text, expected) in cases {
             let err = AgentRegistry::from_toml(text)

@@ -15,6 +15,8 @@ pub enum FeatureError {
     Json(#[from] serde_json::Error),
     #[error("feature directory {0:?} must be a relative path inside the repository without '..'")]
     Path(String),
+    #[error("feature directory {0:?} is not specs/NNN-short-name, where Spec Kit puts a feature")]
+    Layout(String),
     #[error("feature directory {dir:?} does not give a usable branch name: {reason}")]
     Branch { dir: String, reason: String },
 }
@@ -64,6 +66,28 @@ impl FeatureDir {
         })
     }
 
+    /// Checks that this is where Spec Kit puts a feature: `specs/NNN-short-name`
+    /// (three or more digits, a dash, a name), so an agent cannot name another part of
+    /// the repository as its feature.
+    pub fn require_spec_kit_layout(&self) -> Result<(), FeatureError> {
+        let name = self.0.strip_prefix("specs/").filter(|n| !n.contains('/'));
+        let spec_kit = name.is_some_and(|name| {
+            let digits = name.chars().take_while(char::is_ascii_digit).count();
+            let rest = &name[digits..];
+            digits >= 3
+                && rest.len() > 1
+                && rest.starts_with('-')
+                && rest[1..]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+        if spec_kit {
+            Ok(())
+        } else {
+            Err(FeatureError::Layout(self.0.clone()))
+        }
+    }
+
     /// A path of a file inside this directory.
     pub fn file(&self, name: &str) -> String {
         format!("{}/{name}", self.0)
@@ -100,6 +124,33 @@ mod tests {
         }
         assert!(FeatureDir::from_feature_json(b"{}").is_err());
         assert!(FeatureDir::from_feature_json(b"not json").is_err());
+    }
+
+    #[test]
+    fn only_spec_kit_feature_directories_are_features() {
+        for good in ["specs/001-login", "specs/1234-a", "specs/20250101-120000-x"] {
+            let dir = FeatureDir::parse(good).ok();
+            assert!(
+                dir.is_some_and(|d| d.require_spec_kit_layout().is_ok()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "src",
+            "specs",
+            "specs/01-x",
+            "specs/001",
+            "specs/001-",
+            "specs/001-x/sub",
+            ".github/workflows",
+            "specs/abc-x",
+        ] {
+            let dir = FeatureDir::parse(bad).ok();
+            assert!(
+                dir.map_or(true, |d| d.require_spec_kit_layout().is_err()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

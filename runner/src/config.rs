@@ -81,6 +81,13 @@ pub struct RunnerConfig {
     /// Most bytes kept of each stdout/stderr log of a phase; the agent's output past it is
     /// counted, not stored.
     pub log_cap_bytes: u64,
+    /// Size of the tmpfs holding a run's clone, git directory and agent HOME; None: no
+    /// quota (the workspace shares the host's disk).
+    pub workspace_quota_bytes: Option<u64>,
+    /// Longest time clone, commit or push may take each.
+    pub git_timeout: Duration,
+    /// Bounds on what one commit may hold.
+    pub commit_limits: specrun_core::commit_scope::CommitLimits,
     /// The Docker engine (`unix://...` or `tcp://...`); None: `DOCKER_HOST` or the local socket.
     pub docker_host: Option<String>,
     /// How long to wait for the Docker engine to answer.
@@ -106,6 +113,9 @@ impl RunnerConfig {
     }
 }
 
+/// The default disk quota of a run's workspace, in MiB.
+pub const DEFAULT_WORKSPACE_QUOTA_MIB: u64 = 4096;
+
 /// The shortest retention the platform promises.
 pub const MIN_RETENTION_DAYS: u32 = 7;
 
@@ -128,6 +138,9 @@ impl RunnerConfig {
             phase_timeout: Duration::from_secs(20 * 60),
             run_timeout: Duration::from_secs(60 * 60),
             log_cap_bytes: crate::artifacts::DEFAULT_LOG_CAP_BYTES,
+            workspace_quota_bytes: Some(DEFAULT_WORKSPACE_QUOTA_MIB * 1024 * 1024),
+            git_timeout: Duration::from_secs(600),
+            commit_limits: specrun_core::commit_scope::CommitLimits::default(),
             docker_host: None,
             docker_timeout: Duration::from_secs(10),
             runner_id: "specrun-local".to_owned(),

@@ -365,8 +365,72 @@ impl DockerClient {
                 status_code: 404 | 409,
                 message,
             } => DockerError::ContainerGone(format!("{container}: {message}")),
+            // What the engine says when asked to pause a container that died.
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message,
+            } if message.contains("stopped container") || message.contains("not running") => {
+                DockerError::ContainerGone(format!("{container}: {message}"))
+            }
             other => api(doing)(other),
         }
+    }
+
+    /// Freezes every process in the container (the cgroup freezer): nothing the agent
+    /// left running can act while the runner reads what it wrote.
+    pub async fn freeze(&self, container: &str) -> Result<(), DockerError> {
+        self.client
+            .pause_container(container)
+            .await
+            .map_err(|e| self.gone_or(e, container, "freezing the job container"))
+    }
+
+    /// Lets a frozen container's processes run again, for the next agent phase.
+    pub async fn thaw(&self, container: &str) -> Result<(), DockerError> {
+        self.client
+            .unpause_container(container)
+            .await
+            .map_err(|e| self.gone_or(e, container, "thawing the job container"))
+    }
+
+    /// Kills every process in the container (frozen or not) and waits until none is
+    /// left: its init dies, and the kernel kills the rest of its PID namespace with it.
+    pub async fn stop_all(&self, container: &str) -> Result<(), DockerError> {
+        let killed = self
+            .client
+            .kill_container(
+                container,
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
+            .await;
+        match killed {
+            Ok(()) => {}
+            // 409: not running any more, which is what this wants.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => return Err(self.gone_or(e, container, "stopping the job container")),
+        }
+        for _ in 0..100 {
+            let inspected = self
+                .client
+                .inspect_container(
+                    container,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .map_err(|e| self.gone_or(e, container, "waiting for the job container to stop"))?;
+            let running = inspected
+                .state
+                .is_some_and(|state| state.running == Some(true) || state.paused == Some(true));
+            if !running {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DockerError::ContainerGone(format!(
+            "{container} still runs 5 s after it was killed"
+        )))
     }
 
     /// Force-removes a container and its anonymous volumes; an already-gone one is fine.

@@ -54,6 +54,44 @@ pub fn docker(phase: Phase, e: &DockerError, image: &str) -> RunError {
     }
 }
 
+/// The worktree could not be read safely, or holds more than a commit may.
+pub fn changes(phase: Phase, e: &crate::changes::ChangesError, repository: &str) -> RunError {
+    use crate::changes::ChangesError;
+    match e {
+        ChangesError::Git(e) => git(phase, e, repository),
+        ChangesError::TooLarge(_) | ChangesError::Walk(crate::safe_fs::WalkError::TooMany(_)) => error(
+            phase,
+            "commit_too_large",
+            e.to_string(),
+            "The agent wrote more than one commit may hold: check its logs for a runaway loop, or raise the commit limits.",
+        ),
+        ChangesError::Walk(_) | ChangesError::Unsafe { .. } => error(
+            phase,
+            "unsafe_output",
+            e.to_string(),
+            "The agent left a symbolic link, a special file or an unreadable path where specrun reads; check the agent phases' logs.",
+        ),
+    }
+}
+
+pub fn workspace(phase: Phase, e: &crate::workspace::WorkspaceError) -> RunError {
+    match e {
+        crate::workspace::WorkspaceError::Quota { .. } => error(
+            phase,
+            "workspace_quota_failed",
+            e.to_string(),
+            "The runner mounts a size-limited tmpfs per run and needs root for it: run it as root, \
+             or set SPECRUN_WORKSPACE_QUOTA_MIB=0 to run without a disk quota.",
+        ),
+        crate::workspace::WorkspaceError::Create { .. } => error(
+            phase,
+            "workspace_error",
+            e.to_string(),
+            "Check that SPECRUN_WORK_DIR is writable and has free space, then submit the run again.",
+        ),
+    }
+}
+
 pub fn git(phase: Phase, e: &GitError, repository: &str) -> RunError {
     let (code, remediation) = match e {
         GitError::Permission(_) => (
@@ -75,6 +113,14 @@ pub fn git(phase: Phase, e: &GitError, repository: &str) -> RunError {
         GitError::PushRejected { .. } => (
             "push_rejected".to_owned(),
             "The branch may be protected or already exist with other history: choose another branch_name, delete the stale branch, or allow the token to push to it.".to_owned(),
+        ),
+        GitError::TimedOut { .. } => (
+            "git_timeout".to_owned(),
+            "The remote is slow or unreachable, or the repository is very large: check it, or raise SPECRUN_GIT_TIMEOUT_SECS.".to_owned(),
+        ),
+        GitError::TooLarge { .. } => (
+            "repository_too_large".to_owned(),
+            "The repository does not fit the run's workspace: raise SPECRUN_WORKSPACE_QUOTA_MIB (the per-run disk quota), or run against a smaller repository.".to_owned(),
         ),
         GitError::Other { .. } => (
             format!("{phase}_failed"),

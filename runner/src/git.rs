@@ -5,10 +5,40 @@
 //! These functions block: call them from `spawn_blocking`.
 
 use git2::{
-    Cred, CredentialType, Direction, FetchOptions, IndexAddOption, PushOptions, RemoteCallbacks,
-    Repository, Signature, Status, StatusOptions,
+    Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
+    Signature,
 };
+use std::cell::Cell;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// When a git operation must be done by, and how large a fetch may grow.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub deadline: Instant,
+    pub limit: Duration,
+    pub max_fetch_bytes: Option<u64>,
+}
+
+impl Bounds {
+    /// `limit` from now, with no size bound.
+    pub fn within(limit: Duration) -> Self {
+        Bounds {
+            deadline: Instant::now() + limit,
+            limit,
+            max_fetch_bytes: None,
+        }
+    }
+}
+
+/// Why a fetch stopped itself, so the error says so instead of "user cancelled".
+#[derive(Debug, Clone, Copy, Default)]
+enum Stopped {
+    #[default]
+    No,
+    Late,
+    Large(u64),
+}
 
 /// What went wrong with git, classified so the run can say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +53,13 @@ pub enum GitError {
     EmptyRemote,
     #[error("the remote rejected the push of {branch}: {reason}")]
     PushRejected { branch: String, reason: String },
+    #[error("git did not finish {doing} within {limit:?}")]
+    TimedOut {
+        doing: &'static str,
+        limit: std::time::Duration,
+    },
+    #[error("the repository is larger than the workspace's {limit} bytes (fetched {fetched} bytes before stopping)")]
+    TooLarge { limit: u64, fetched: u64 },
     #[error("git failed while {doing}: {source}")]
     Other {
         doing: &'static str,
@@ -76,6 +113,51 @@ fn callbacks(token: Option<&str>) -> RemoteCallbacks<'_> {
     callbacks
 }
 
+/// Credentials callbacks that also stop a fetch past its deadline or size bound.
+fn bounded_callbacks<'a>(
+    token: Option<&'a str>,
+    bounds: Bounds,
+    stopped: &'a Cell<Stopped>,
+) -> RemoteCallbacks<'a> {
+    let mut callbacks = callbacks(token);
+    callbacks.transfer_progress(move |progress| {
+        let fetched = progress.received_bytes() as u64;
+        if Instant::now() > bounds.deadline {
+            stopped.set(Stopped::Late);
+            return false;
+        }
+        match bounds.max_fetch_bytes {
+            Some(max) if fetched > max => {
+                stopped.set(Stopped::Large(fetched));
+                false
+            }
+            _ => true,
+        }
+    });
+    callbacks
+}
+
+/// The error of a fetch that stopped itself, or the transport's own.
+fn fetch_error(
+    doing: &'static str,
+    e: git2::Error,
+    stopped: &Cell<Stopped>,
+    bounds: Bounds,
+) -> GitError {
+    match (stopped.get(), bounds.max_fetch_bytes) {
+        (Stopped::Late, _) => GitError::TimedOut {
+            doing,
+            limit: bounds.limit,
+        },
+        (Stopped::Large(fetched), Some(limit)) => GitError::TooLarge { limit, fetched },
+        _ if e.message().contains("No space left") => GitError::TooLarge {
+            limit: bounds.max_fetch_bytes.unwrap_or_default(),
+            fetched: 0,
+        },
+        _ => classify(doing, e),
+    }
+}
+
 /// Opens the run's repository: the git directory and the worktree are separate paths.
 pub fn open(git_dir: &Path, worktree: &Path) -> Result<Repository, GitError> {
     let repo = Repository::open_bare(git_dir).map_err(other("opening the run's repository"))?;
@@ -89,6 +171,8 @@ pub fn open(git_dir: &Path, worktree: &Path) -> Result<Repository, GitError> {
 pub struct Cloned {
     pub base_branch: String,
     pub base_commit: String,
+    /// The remote's default branch (its HEAD), when it says.
+    pub default_branch: Option<String>,
 }
 
 /// Fetches `base_branch` (the remote's default branch when None) from `url` into a fresh
@@ -99,6 +183,7 @@ pub fn clone(
     git_dir: &Path,
     worktree: &Path,
     token: Option<&str>,
+    bounds: Bounds,
 ) -> Result<Cloned, GitError> {
     let repo = Repository::init_bare(git_dir).map_err(other("creating the run's repository"))?;
     repo.config()
@@ -111,14 +196,15 @@ pub fn clone(
     let connection = remote
         .connect_auth(Direction::Fetch, Some(callbacks(token)), None)
         .map_err(|e| classify("connecting to the remote", e))?;
-    let base = match base_branch {
-        Some(branch) => branch.to_owned(),
-        None => match connection.default_branch() {
-            Ok(name) => String::from_utf8_lossy(&name)
-                .trim_start_matches("refs/heads/")
-                .to_owned(),
-            Err(_) => return Err(GitError::EmptyRemote),
-        },
+    let default_branch = connection.default_branch().ok().map(|name| {
+        String::from_utf8_lossy(&name)
+            .trim_start_matches("refs/heads/")
+            .to_owned()
+    });
+    let base = match (base_branch, &default_branch) {
+        (Some(branch), _) => branch.to_owned(),
+        (None, Some(default)) => default.clone(),
+        (None, None) => return Err(GitError::EmptyRemote),
     };
     let remote_has_base = connection
         .list()
@@ -130,15 +216,17 @@ pub fn clone(
         return Err(GitError::BaseBranchMissing(base));
     }
     let tracking = format!("refs/remotes/origin/{base}");
+    let stopped = Cell::new(Stopped::No);
     let mut fetch = FetchOptions::new();
-    fetch.remote_callbacks(callbacks(token));
+    fetch.remote_callbacks(bounded_callbacks(token, bounds, &stopped));
     remote
         .fetch(
             &[format!("+refs/heads/{base}:{tracking}")],
             Some(&mut fetch),
             None,
         )
-        .map_err(|e| classify("fetching the base branch", e))?;
+        .map_err(|e| fetch_error("fetching the base branch", e, &stopped, bounds))?;
+    drop(fetch);
     let commit = repo
         .find_reference(&tracking)
         .and_then(|r| r.peel_to_commit())
@@ -148,74 +236,81 @@ pub fn clone(
     repo.set_head(&format!("refs/heads/{base}"))
         .map_err(other("checking out the base branch"))?;
     repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
-        .map_err(other("checking out the base branch"))?;
+        .map_err(|e| match e.message().contains("No space left") {
+            true => GitError::TooLarge {
+                limit: bounds.max_fetch_bytes.unwrap_or_default(),
+                fetched: 0,
+            },
+            false => other("checking out the base branch")(e),
+        })?;
     Ok(Cloned {
         base_branch: base,
         base_commit: commit.id().to_string(),
+        default_branch,
     })
 }
 
-/// One changed path in the worktree, untracked files included.
+/// One change to commit, its content already read safely from the worktree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub path: String,
-    pub kind: &'static str,
+pub enum Staged {
+    /// A regular file's new content, and whether it is executable.
+    Write {
+        path: String,
+        content: Vec<u8>,
+        executable: bool,
+    },
+    Delete {
+        path: String,
+    },
 }
 
-/// Everything that differs from the checked-out commit, ignoring what `.gitignore` ignores.
-pub fn changes(repo: &Repository) -> Result<Vec<Change>, GitError> {
-    let mut options = StatusOptions::new();
-    options
-        .include_untracked(true)
-        .recurse_untracked_dirs(true)
-        .include_ignored(false)
-        .exclude_submodules(true);
-    let statuses = repo
-        .statuses(Some(&mut options))
-        .map_err(other("reading the worktree's status"))?;
-    Ok(statuses
-        .iter()
-        .map(|entry| Change {
-            path: String::from_utf8_lossy(entry.path_bytes()).into_owned(),
-            kind: describe(entry.status()),
-        })
-        .collect())
+/// The checked-out commit's tree: what the worktree is compared with.
+pub fn head_tree(repo: &Repository) -> Result<git2::Tree<'_>, GitError> {
+    repo.head()
+        .and_then(|h| h.peel_to_tree())
+        .map_err(other("reading the base commit"))
 }
 
-fn describe(status: Status) -> &'static str {
-    if status.intersects(Status::WT_NEW | Status::INDEX_NEW) {
-        "added"
-    } else if status.intersects(Status::WT_DELETED | Status::INDEX_DELETED) {
-        "deleted"
-    } else if status.intersects(Status::WT_RENAMED | Status::INDEX_RENAMED) {
-        "renamed"
-    } else {
-        "modified"
-    }
-}
-
-/// Commits every change on `branch` (created from the checked-out commit) and returns the
-/// commit id. HEAD moves to the new branch.
-pub fn commit_all(
+/// Commits exactly `staged` on top of the checked-out commit, as `branch`, and returns
+/// the commit id. The tree is built in memory from the base tree: git never reads the
+/// worktree, so nothing the agent left there (a symlink, a FIFO, a hook) is followed.
+pub fn commit_staged(
     repo: &Repository,
     branch: &str,
     message: &str,
     author: &Signature<'_>,
+    staged: &[Staged],
 ) -> Result<String, GitError> {
-    let mut index = repo.index().map_err(other("opening the index"))?;
-    index
-        .add_all(["*"], IndexAddOption::DEFAULT, None)
-        .map_err(other("staging the changes"))?;
-    index
-        .update_all(["*"], None)
-        .map_err(other("staging deletions"))?;
-    index.write().map_err(other("writing the index"))?;
-    let tree_id = index.write_tree().map_err(other("writing the tree"))?;
-    let tree = repo.find_tree(tree_id).map_err(other("reading the tree"))?;
     let parent = repo
         .head()
         .and_then(|h| h.peel_to_commit())
         .map_err(other("reading the base commit"))?;
+    let base = parent.tree().map_err(other("reading the base tree"))?;
+    let mut index = git2::Index::new().map_err(other("creating an index"))?;
+    index
+        .read_tree(&base)
+        .map_err(other("reading the base tree"))?;
+    for change in staged {
+        match change {
+            Staged::Write {
+                path,
+                content,
+                executable,
+            } => {
+                let id = repo.blob(content).map_err(other("writing a blob"))?;
+                index
+                    .add(&index_entry(path, id, *executable, content.len()))
+                    .map_err(other("staging a file"))?;
+            }
+            Staged::Delete { path } => index
+                .remove_path(Path::new(path))
+                .map_err(other("staging a deletion"))?,
+        }
+    }
+    let tree_id = index
+        .write_tree_to(repo)
+        .map_err(other("writing the tree"))?;
+    let tree = repo.find_tree(tree_id).map_err(other("reading the tree"))?;
     let refname = format!("refs/heads/{branch}");
     let id = repo
         .commit(None, author, author, message, &tree, &[&parent])
@@ -225,6 +320,23 @@ pub fn commit_all(
     repo.set_head(&refname)
         .map_err(other("switching to the feature branch"))?;
     Ok(id.to_string())
+}
+
+fn index_entry(path: &str, id: Oid, executable: bool, size: usize) -> git2::IndexEntry {
+    git2::IndexEntry {
+        ctime: git2::IndexTime::new(0, 0),
+        mtime: git2::IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode: if executable { 0o100_755 } else { 0o100_644 },
+        uid: 0,
+        gid: 0,
+        file_size: u32::try_from(size).unwrap_or(u32::MAX),
+        id,
+        flags: 0,
+        flags_extended: 0,
+        path: path.as_bytes().to_vec(),
+    }
 }
 
 /// A short report of what the commit changed: per-file status and line counts.
@@ -251,7 +363,7 @@ pub fn diff_summary(repo: &Repository, commit: &str) -> Result<String, GitError>
             .new_file()
             .path()
             .or_else(|| delta.old_file().path())
-            .map(|p| p.display().to_string())
+            .map(|p| specrun_core::quote::quote_path(&p.to_string_lossy()))
             .unwrap_or_default();
         let code = match delta.status() {
             git2::Delta::Added => 'A',
@@ -264,27 +376,13 @@ pub fn diff_summary(repo: &Repository, commit: &str) -> Result<String, GitError>
     Ok(out)
 }
 
-/// The trailer that marks a commit as specrun's own.
-pub const RUN_TRAILER: &str = "Specrun-Run-Id:";
-
-/// What a push did to the remote branch.
+/// What the remote's branch holds before a push.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pushed {
-    /// The branch did not exist on the remote.
-    Created,
-    /// The branch held an earlier specrun commit, replaced (with a lease) by this one.
-    Replaced { previous: String },
-    /// An earlier attempt of the same run had pushed already (its runner died before
-    /// recording it): the branch is left as it is, so a run never pushes twice.
-    AlreadyPushed { tip: String },
-}
-
-/// The run a commit message names in its [`RUN_TRAILER`], if any.
-pub fn run_of(message: &str) -> Option<&str> {
-    message
-        .lines()
-        .find_map(|line| line.strip_prefix(RUN_TRAILER))
-        .map(str::trim)
+pub enum RemoteBranch {
+    /// No such branch.
+    Missing,
+    /// The branch's tip, and the run its trailer block names (git's trailer rules), if any.
+    Tip { commit: Oid, run: Option<String> },
 }
 
 /// The commit `branch` points at on the remote, if the branch exists.
@@ -293,7 +391,7 @@ fn remote_tip(
     url: &str,
     branch: &str,
     token: Option<&str>,
-) -> Result<Option<git2::Oid>, GitError> {
+) -> Result<Option<Oid>, GitError> {
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(other("preparing the remote"))?;
@@ -310,20 +408,23 @@ fn remote_tip(
     Ok(tip)
 }
 
-/// The run whose commit the remote's `tip` is, when specrun made it (it carries the run
-/// trailer); `None` for anyone else's commit.
-fn specrun_run_of(
+/// Looks at `branch` on the remote: missing, or its tip and the run that tip names.
+pub fn remote_branch(
     repo: &Repository,
     url: &str,
     branch: &str,
-    tip: git2::Oid,
     token: Option<&str>,
-) -> Result<Option<String>, GitError> {
+    bounds: Bounds,
+) -> Result<RemoteBranch, GitError> {
+    let Some(tip) = remote_tip(repo, url, branch, token)? else {
+        return Ok(RemoteBranch::Missing);
+    };
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(other("preparing the remote"))?;
+    let stopped = Cell::new(Stopped::No);
     let mut fetch = FetchOptions::new();
-    fetch.remote_callbacks(callbacks(token));
+    fetch.remote_callbacks(bounded_callbacks(token, bounds, &stopped));
     let tracking = format!("refs/specrun/remote/{branch}");
     remote
         .fetch(
@@ -331,64 +432,36 @@ fn specrun_run_of(
             Some(&mut fetch),
             None,
         )
-        .map_err(|e| classify("fetching the existing branch", e))?;
+        .map_err(|e| fetch_error("fetching the existing branch", e, &stopped, bounds))?;
+    drop(fetch);
     let commit = repo
         .find_commit(tip)
         .map_err(other("reading the existing branch"))?;
-    Ok(run_of(commit.message().unwrap_or_default()).map(str::to_owned))
+    let run =
+        specrun_core::trailer::run_of(commit.message().unwrap_or_default()).map(str::to_owned);
+    Ok(RemoteBranch::Tip { commit: tip, run })
 }
 
-/// Pushes `branch` to `url` (never to a URL read from the repository's configuration).
-/// A branch that already exists is replaced only when its tip is specrun's own commit,
-/// and only if it still is right before the push (a lease); otherwise the push is refused.
-/// When the tip is already `run_id`'s own commit, nothing is pushed.
+/// Pushes `branch` to `url` (never to a URL read from the repository's configuration),
+/// only if the remote's branch is still at `expected` (`None`: it must not exist). The
+/// check is made in the push's own connection, on the remote's answer (libgit2's push
+/// negotiation), so a commit pushed by someone else in between is never overwritten.
 pub fn push(
     repo: &Repository,
     url: &str,
     branch: &str,
-    run_id: &str,
+    expected: Option<Oid>,
     token: Option<&str>,
-) -> Result<Pushed, GitError> {
-    let rejected = |reason: String| GitError::PushRejected {
-        branch: branch.to_owned(),
-        reason,
-    };
-    let existing = remote_tip(repo, url, branch, token)?;
-    if let Some(tip) = existing {
-        match specrun_run_of(repo, url, branch, tip, token)? {
-            None => {
-                return Err(rejected(format!(
-                    "the branch already exists on the remote with commits specrun did not make (tip {tip}); specrun only replaces branches it created"
-                )))
-            }
-            Some(run) if run == run_id => {
-                return Ok(Pushed::AlreadyPushed {
-                    tip: tip.to_string(),
-                })
-            }
-            Some(_) => {}
-        }
-        if remote_tip(repo, url, branch, token)? != Some(tip) {
-            return Err(rejected(
-                "the branch moved on the remote while specrun was pushing; retry the run"
-                    .to_owned(),
-            ));
-        }
-    }
-    let force = if existing.is_some() { "+" } else { "" };
+) -> Result<(), GitError> {
+    let force = if expected.is_some() { "+" } else { "" };
     send(
         repo,
         url,
         &format!("{force}refs/heads/{branch}:refs/heads/{branch}"),
         branch,
+        expected.unwrap_or_else(Oid::zero),
         token,
-    )?;
-    Ok(match existing {
-        Some(previous) => Pushed::Replaced {
-            previous: previous.to_string(),
-        },
-        None => Pushed::Created,
-    })
+    )
 }
 
 fn send(
@@ -396,13 +469,24 @@ fn send(
     url: &str,
     refspec: &str,
     branch: &str,
+    expected: Oid,
     token: Option<&str>,
 ) -> Result<(), GitError> {
     let mut remote = repo
         .remote_anonymous(url)
         .map_err(other("preparing the remote"))?;
     let mut rejection: Option<String> = None;
+    let moved: Cell<Option<Oid>> = Cell::new(None);
     let mut callbacks = callbacks(token);
+    callbacks.push_negotiation(
+        |updates| match updates.iter().find(|u| u.src() != expected) {
+            Some(update) => {
+                moved.set(Some(update.src()));
+                Err(git2::Error::from_str("the remote branch moved"))
+            }
+            None => Ok(()),
+        },
+    );
     callbacks.push_update_reference(|_refname, status| {
         if let Some(message) = status {
             rejection = Some(message.to_owned());
@@ -413,6 +497,14 @@ fn send(
     options.remote_callbacks(callbacks);
     let pushed = remote.push(&[refspec], Some(&mut options));
     drop(options);
+    if let Some(now) = moved.get() {
+        return Err(GitError::PushRejected {
+            branch: branch.to_owned(),
+            reason: format!(
+                "the branch moved on the remote while specrun was pushing (now at {now}); nothing was overwritten; retry the run"
+            ),
+        });
+    }
     match (pushed, rejection) {
         (Err(e), _) => match classify("pushing the feature branch", e) {
             GitError::Other { source, .. } => Err(GitError::PushRejected {
@@ -426,17 +518,5 @@ fn send(
             reason,
         }),
         (Ok(()), None) => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_run_trailer_names_the_run() {
-        let message = "docs(spec): add\n\nGenerated by specrun.\n\nSpecrun-Run-Id: 01a2-b3\n";
-        assert_eq!(run_of(message), Some("01a2-b3"));
-        assert_eq!(run_of("fix: typo\n\nSigned-off-by: someone\n"), None);
     }
 }

@@ -6,6 +6,7 @@
 //! [`cli`] is the `specrun` command line; `main.rs` only wires it.
 
 pub mod artifacts;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod docker;
@@ -18,6 +19,7 @@ mod phases;
 pub mod pipeline;
 pub mod progress;
 pub mod run_locks;
+pub mod safe_fs;
 pub mod serve;
 pub mod stop;
 pub mod worker;

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::artifacts::{CommandLogs, WrittenLog};
+use crate::changes;
 use crate::docker::{DockerClient, ExecEnd, ExecSpec, JobSpec};
 use crate::egress::{EgressError, RunEgress};
 use crate::failure;
@@ -17,9 +18,12 @@ use specrun_core::agents_file::AgentRegistry;
 use specrun_core::clarify;
 use specrun_core::claude_events::ClaudeSummary;
 use specrun_core::codex_events::CodexSummary;
+use specrun_core::commit_scope::{CommitScope, Unexpected};
 use specrun_core::egress::EgressPolicy;
 use specrun_core::event_summary::EventSummary;
 use specrun_core::feature::FeatureDir;
+use specrun_core::keys::RunId;
+use specrun_core::quote::quote_path;
 use specrun_core::redact::Redactor;
 use specrun_core::state::{ArtifactRef, PhaseOutcome};
 use specrun_core::{Phase, RunStatus};
@@ -30,6 +34,9 @@ const REPO_IN_CONTAINER: &str = "/workspace/repo";
 const HOME_IN_CONTAINER: &str = "/workspace/home";
 /// Spec Kit files larger than this are not read back.
 const MAX_SPEC_FILE: u64 = 4 * 1024 * 1024;
+
+/// Less free space than this after an agent phase means the agent hit the quota.
+const QUOTA_FULL_BELOW: u64 = 1024 * 1024;
 
 fn message(text: impl Into<String>) -> PhaseOutcome {
     PhaseOutcome {
@@ -76,10 +83,12 @@ pub(crate) async fn prepare(ctx: &mut RunContext) -> StepResult {
 
     let work_root = ctx.config.work_root.clone();
     let run_id = ctx.run_id.to_string();
-    let workspace = tokio::task::spawn_blocking(move || Workspace::create(&work_root, &run_id))
-        .await
-        .map_err(|e| failure::error(phase, "workspace_error", e.to_string(), "Retry the run."))?
-        .map_err(|e| failure::io(phase, "creating the run workspace", &e))?;
+    let quota = ctx.config.workspace_quota_bytes;
+    let workspace =
+        tokio::task::spawn_blocking(move || Workspace::create(&work_root, &run_id, quota))
+            .await
+            .map_err(|e| failure::error(phase, "workspace_error", e.to_string(), "Retry the run."))?
+            .map_err(|e| failure::workspace(phase, &e))?;
     ctx.workspace = Some(workspace.clone());
     write_home_files(&workspace, &profile)
         .map_err(|e| failure::io(phase, "writing the agent's configuration files", &e))?;
@@ -432,10 +441,27 @@ async fn run_command(
         workdir: REPO_IN_CONTAINER.to_owned(),
         user: format!("{AGENT_UID}:{AGENT_GID}"),
     };
-    let mut logs = CommandLogs::create(&workspace.logs, &format!("{phase}-{stem}"), &ctx.redactor)
-        .await
-        .map_err(|e| failure::io(phase, "creating the phase logs", &e))?;
+    let mut logs = CommandLogs::create_capped(
+        &workspace.logs,
+        &format!("{phase}-{stem}"),
+        &ctx.redactor,
+        ctx.config.log_cap_bytes,
+    )
+    .await
+    .map_err(|e| failure::io(phase, "creating the phase logs", &e))?;
+    let image = ctx.config.image.clone();
+    if ctx.frozen {
+        docker
+            .thaw(container)
+            .await
+            .map_err(|e| failure::docker(phase, &e, &image))?;
+        ctx.frozen = false;
+    }
     let ended = docker.exec(container, &spec, &mut logs, limit).await;
+    // Whatever the command left running (a background process waiting for the runner
+    // to read or commit) stays frozen until the next command; see `freeze_agent`.
+    let frozen = docker.freeze(container).await;
+    ctx.frozen = frozen.is_ok();
     let (stdout, stderr) = logs
         .finish()
         .await
@@ -452,7 +478,7 @@ async fn run_command(
                 .map_err(store_failure(phase))?,
         );
     }
-    let image = ctx.config.image.clone();
+    let ended = ended.and_then(|end| frozen.map(|()| end));
     match ended {
         Ok(end) => Ok(CommandRun {
             end,
@@ -571,12 +597,22 @@ pub(crate) async fn clone(ctx: &mut RunContext) -> StepResult {
         .as_ref()
         .map(|t| t.expose().to_owned());
     let ws = workspace.clone();
-    let cloned = tokio::task::spawn_blocking(move || {
-        let cloned = git::clone(&url, base.as_deref(), &ws.git, &ws.repo, token.as_deref())?;
+    let bounds = git::Bounds {
+        max_fetch_bytes: ctx.config.workspace_quota_bytes,
+        ..git::Bounds::within(ctx.config.git_timeout)
+    };
+    let cloning = tokio::task::spawn_blocking(move || {
+        let cloned = git::clone(
+            &url,
+            base.as_deref(),
+            &ws.git,
+            &ws.repo,
+            token.as_deref(),
+            bounds,
+        )?;
         Ok::<_, git::GitError>((cloned, list_specs(&ws)))
-    })
-    .await
-    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?;
+    });
+    let cloned = bounded_git(phase, ctx.config.git_timeout, cloning).await?;
     let repository = ctx.record.repository.clone();
     let (cloned, specs_before) = match cloned {
         Ok(done) => done,
@@ -587,12 +623,20 @@ pub(crate) async fn clone(ctx: &mut RunContext) -> StepResult {
         }
     };
     ctx.specs_before = specs_before;
+    ctx.default_branch = cloned.default_branch.clone();
     ctx.record.base_branch = Some(cloned.base_branch.clone());
     let ws = workspace.clone();
     tokio::task::spawn_blocking(move || ws.hand_to_agent())
         .await
         .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?
-        .map_err(|e| failure::io(phase, "handing the workspace to the agent user", &e))?;
+        .map_err(|e| {
+            failure::error(
+                phase,
+                "workspace_error",
+                format!("handing the workspace to the agent user: {e}"),
+                "The runner needs root to give the worktree to the agent's user; run it as root.",
+            )
+        })?;
     Ok(Step::Continue(message(format!(
         "cloned {} at {} ({})",
         ctx.record.repository,
@@ -601,17 +645,9 @@ pub(crate) async fn clone(ctx: &mut RunContext) -> StepResult {
     ))))
 }
 
-/// Names of the directories under `specs/` (symlinks are not directories here).
+/// Names of the directories under `specs/` (a symlinked `specs` has none).
 fn list_specs(workspace: &Workspace) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(workspace.repo.join("specs"))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names = crate::safe_fs::subdirectories(&workspace.repo, "specs").unwrap_or_default();
     names.sort();
     names
 }
@@ -657,9 +693,14 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
         )
         .await?;
         artifacts.extend(require_success(ctx, phase, run, "speckit_init_failed")?);
+        ctx.init_files = files_created_by_init(ctx).await.map_err(|error| Failure {
+            error,
+            artifacts: artifacts.clone(),
+        })?;
         notes.push(format!(
-            "initialised Spec Kit ({} integration)",
-            profile.integration
+            "initialised Spec Kit ({} integration, {} file(s))",
+            profile.integration,
+            ctx.init_files.len()
         ));
     }
     let (agent_artifacts, headline) = run_agent(ctx, phase, &profile, BTreeMap::new())
@@ -698,6 +739,24 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
             artifacts: artifacts.clone(),
         })?,
     };
+    if let Some(protected) = [
+        ctx.record.base_branch.as_deref(),
+        ctx.default_branch.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|b| *b == branch.as_str())
+    {
+        return Err(Failure {
+            error: failure::error(
+                phase,
+                "invalid_branch_name",
+                format!("the run would publish to {protected:?}, the repository's base or default branch; a run only ever pushes a feature branch of its own"),
+                "Give a branch_name (--branch-name) other than the base and default branch.",
+            ),
+            artifacts,
+        });
+    }
     ctx.record.branch_name = Some(branch.to_string());
     ctx.branch = Some(branch);
     ctx.feature = Some(feature.clone());
@@ -712,12 +771,31 @@ pub(crate) async fn specify(ctx: &mut RunContext) -> StepResult {
     }))
 }
 
+/// True when `relative` is a directory reached without any symlink on the way.
 fn is_real_dir(ctx: &RunContext, relative: &str) -> bool {
     ctx.workspace
         .as_ref()
-        .and_then(|ws| std::fs::symlink_metadata(ws.repo.join(relative)).ok())
-        .map(|m| m.is_dir())
-        .unwrap_or(false)
+        .is_some_and(|ws| crate::safe_fs::is_dir(&ws.repo, relative))
+}
+
+/// The files `specify init` wrote (the integration's commands and skills, `.specify/`),
+/// read while the container is frozen: they may be committed with the feature.
+async fn files_created_by_init(
+    ctx: &RunContext,
+) -> Result<Vec<String>, specrun_core::state::RunError> {
+    let phase = Phase::Specify;
+    let Some(workspace) = ctx.workspace.clone() else {
+        return Ok(Vec::new());
+    };
+    let repository = ctx.record.repository.clone();
+    tokio::task::spawn_blocking(move || {
+        let repo = git::open(&workspace.git, &workspace.repo)
+            .map_err(|e| failure::git(phase, &e, &repository))?;
+        changes::created_files(&repo, &workspace.repo)
+            .map_err(|e| failure::changes(phase, &e, &repository))
+    })
+    .await
+    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?
 }
 
 /// The feature directory from `.specify/feature.json`, or else the one new directory
@@ -735,11 +813,29 @@ fn find_feature(ctx: &RunContext) -> Result<Option<FeatureDir>, specrun_core::st
             "Read the specify phase's logs; the agent wrote an unusable .specify/feature.json.",
         )
     };
+    let made_in_this_run = |feature: FeatureDir| {
+        feature
+            .require_spec_kit_layout()
+            .map_err(|e| invalid(e.to_string()))?;
+        if ctx.specs_before.iter().any(|d| d == feature.name()) {
+            return Err(invalid(format!(
+                "{} existed before this run; the specify phase must create its own feature directory",
+                feature.as_str()
+            )));
+        }
+        if !is_real_dir(ctx, feature.as_str()) {
+            return Err(invalid(format!(
+                "{} is not a directory the agent created",
+                feature.as_str()
+            )));
+        }
+        Ok(Some(feature))
+    };
     match workspace.read_repo_file(".specify/feature.json", 64 * 1024) {
         Ok(Some(bytes)) => {
             return FeatureDir::from_feature_json(&bytes)
-                .map(Some)
                 .map_err(|e| invalid(e.to_string()))
+                .and_then(made_in_this_run)
         }
         Ok(None) => {}
         Err(e) => return Err(invalid(e.to_string())),
@@ -751,8 +847,8 @@ fn find_feature(ctx: &RunContext) -> Result<Option<FeatureDir>, specrun_core::st
     match new.as_slice() {
         [] => Ok(None),
         [one] => FeatureDir::parse(&format!("specs/{one}"))
-            .map(Some)
-            .map_err(|e| invalid(e.to_string())),
+            .map_err(|e| invalid(e.to_string()))
+            .and_then(made_in_this_run),
         many => Err(invalid(format!(
             "the agent created several feature directories ({}) and no .specify/feature.json",
             many.join(", ")
@@ -884,6 +980,19 @@ async fn run_agent(
         })?;
     let mut run = run_command(ctx, phase, "agent", argv, env, ctx.config.phase_timeout).await?;
     let headline = summarise(ctx, phase, profile, &mut run).await;
+    if let Some(left) = ctx.workspace.as_ref().and_then(Workspace::space_left) {
+        if left < QUOTA_FULL_BELOW {
+            return Err(Failure {
+                error: failure::error(
+                    phase,
+                    "disk_quota_exceeded",
+                    format!("the agent filled the run's workspace ({left} bytes left of its quota) in the {phase} phase"),
+                    "Check the phase's logs for what filled it; raise SPECRUN_WORKSPACE_QUOTA_MIB if the repository really needs more room.",
+                ),
+                artifacts: run.artifacts,
+            });
+        }
+    }
     let artifacts = require_success(ctx, phase, run, "agent_phase_failed")?;
     Ok((artifacts, headline))
 }
@@ -901,33 +1010,49 @@ fn output_missing(phase: Phase, file: &str, artifacts: Vec<ArtifactRef>) -> Fail
     }
 }
 
-/// Commits every change on the feature branch, or stops with no_changes.
+/// Stops the agent for good, then commits what it changed inside the run's commit
+/// paths on the feature branch, or stops with no_changes.
 pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
     let phase = Phase::Commit;
-    let (Some(workspace), Some(branch)) = (ctx.workspace.clone(), ctx.branch.clone()) else {
+    let (Some(workspace), Some(branch), Some(feature), Some(profile)) = (
+        ctx.workspace.clone(),
+        ctx.branch.clone(),
+        ctx.feature.clone(),
+        ctx.profile.clone(),
+    ) else {
         return Err(failure::error(
             phase,
             "internal_error",
-            "no workspace or branch",
+            "no workspace, branch or feature",
             "Report this as a bug.",
         )
         .into());
     };
+    stop_agent(ctx, phase).await?;
+    let scope = CommitScope::new(
+        profile.commit_paths.iter().map(String::as_str),
+        feature.as_str(),
+        ctx.init_files.clone(),
+    );
+    let limits = ctx.config.commit_limits;
     let message = commit_message(ctx);
     let (name, email) = (
         ctx.config.commit_name.clone(),
         ctx.config.commit_email.clone(),
     );
     let repository = ctx.record.repository.clone();
-    let committed = tokio::task::spawn_blocking(move || {
+    let fail_on_unexpected = profile.unexpected_changes == Unexpected::Fail;
+    let work = tokio::task::spawn_blocking(move || {
         workspace
             .take_back()
-            .map_err(|e| failure::io(phase, "taking the workspace back from the agent user", &e))?;
+            .map_err(|e| failure::error(phase, "unsafe_output", e.to_string(), UNSAFE_OUTPUT))?;
         let repo = git::open(&workspace.git, &workspace.repo)
             .map_err(|e| failure::git(phase, &e, &repository))?;
-        let changes = git::changes(&repo).map_err(|e| failure::git(phase, &e, &repository))?;
-        if changes.is_empty() {
-            return Ok(None);
+        let changes = changes::collect(&repo, &workspace.repo, &scope, limits)
+            .map_err(|e| failure::changes(phase, &e, &repository))?;
+        if changes.staged.is_empty() || (fail_on_unexpected && changes.left_out().next().is_some())
+        {
+            return Ok((changes, None));
         }
         let author = git2::Signature::now(&name, &email).map_err(|e| {
             failure::error(
@@ -937,22 +1062,41 @@ pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
                 "Check SPECRUN_COMMIT_NAME and SPECRUN_COMMIT_EMAIL.",
             )
         })?;
-        let sha = git::commit_all(&repo, branch.as_str(), &message, &author)
+        let sha = git::commit_staged(&repo, branch.as_str(), &message, &author, &changes.staged)
             .map_err(|e| failure::git(phase, &e, &repository))?;
         let summary =
             git::diff_summary(&repo, &sha).map_err(|e| failure::git(phase, &e, &repository))?;
-        Ok::<_, specrun_core::state::RunError>(Some((sha, summary, changes)))
-    })
-    .await
-    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))??;
-    let Some((sha, summary, changes)) = committed else {
+        Ok::<_, specrun_core::state::RunError>((changes, Some((sha, summary))))
+    });
+    let (changes, committed) = bounded_git(phase, ctx.config.git_timeout, work).await??;
+    let mut artifacts =
+        vec![store_commit_json(ctx, &changes, committed.as_ref().map(|c| c.0.as_str())).await?];
+    let left_out = changes.left_out().count();
+    if fail_on_unexpected && left_out > 0 {
+        return Err(Failure {
+            error: failure::error(
+                phase,
+                "unexpected_changes",
+                format!(
+                    "the agent changed {left_out} path(s) outside the commit paths, e.g. {}; nothing was committed",
+                    changes.left_out().take(5).map(|c| quote_path(&c.path)).collect::<Vec<_>>().join(", ")
+                ),
+                "Read the commit phase's commit.json for every path and reason; add the paths the agent may write to the profile's commit_paths, or set unexpected_changes = \"leave_out\".",
+            ),
+            artifacts,
+        });
+    }
+    let noted = match left_out {
+        0 => String::new(),
+        n => format!("; left out {n} change(s) outside the commit paths (see commit.json)"),
+    };
+    let Some((sha, summary)) = committed else {
         return Ok(Step::Stop {
-            outcome: message_only("no repository changes"),
+            outcome: PhaseOutcome { artifacts, message: Some(format!("no repository changes{noted}")), ..Default::default() },
             status: RunStatus::NoChanges,
-            reason: "the phases produced no repository changes; no branch was pushed and no pull request was opened".to_owned(),
+            reason: format!("the phases produced no repository changes to commit{noted}; no branch was pushed and no pull request was opened"),
         });
     };
-    let mut artifacts = Vec::new();
     let summary = ctx.redactor.redact_bytes(summary.as_bytes());
     artifacts.push(
         ctx.artifacts
@@ -965,26 +1109,12 @@ pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
             .await
             .map_err(store_failure(phase))?,
     );
-    let status = serde_json::json!({
-        "commit": sha,
-        "branch": ctx.branch.as_ref().map(ToString::to_string),
-        "base_branch": ctx.record.base_branch,
-        "files": changes.iter().map(|c| serde_json::json!({"path": c.path, "change": c.kind})).collect::<Vec<_>>(),
-        "pushed": false,
-    });
-    let status = ctx.redactor.redact_bytes(&json_bytes(&status));
-    artifacts.push(
-        ctx.artifacts
-            .put_bytes(Some(phase), "commit.json", status, "application/json")
-            .await
-            .map_err(store_failure(phase))?,
-    );
     ctx.record.commit_sha = Some(sha.clone());
     Ok(Step::Continue(PhaseOutcome {
         artifacts,
         message: Some(format!(
-            "committed {} file(s) as {} on {}",
-            changes.len(),
+            "committed {} file(s) as {} on {}{noted}",
+            changes.committed().count(),
             short(&sha),
             ctx.record.branch_name.clone().unwrap_or_default()
         )),
@@ -992,8 +1122,65 @@ pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
     }))
 }
 
-fn message_only(text: &str) -> PhaseOutcome {
-    message(text)
+const UNSAFE_OUTPUT: &str = "The agent left a symbolic link, a special file or an oversized file where specrun reads; check the phase logs of the agent.";
+
+/// Kills every process in the job container and waits until none is left: from here
+/// on nothing of the agent's can change the worktree the runner reads.
+async fn stop_agent(ctx: &mut RunContext, phase: Phase) -> Result<(), Failure> {
+    let (Some(docker), Some(container)) = (&ctx.docker, &ctx.container) else {
+        return Ok(());
+    };
+    docker
+        .stop_all(container)
+        .await
+        .map_err(|e| failure::docker(phase, &e, &ctx.config.image))?;
+    ctx.frozen = false;
+    Ok(())
+}
+
+/// Waits for blocking git work, failing the phase past the git time limit.
+async fn bounded_git<T: Send + 'static>(
+    phase: Phase,
+    limit: Duration,
+    work: tokio::task::JoinHandle<T>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(failure::error(phase, "internal_error", e.to_string(), "Retry the run.").into()),
+        Err(_) => Err(failure::error(
+            phase,
+            "git_timeout",
+            format!("the {phase} phase did not finish within {limit:?}"),
+            "The remote is slow or unreachable, or the repository is very large: check it, or raise SPECRUN_GIT_TIMEOUT_SECS.",
+        )
+        .into()),
+    }
+}
+
+/// commit.json: the commit, and every changed path with what became of it.
+async fn store_commit_json(
+    ctx: &RunContext,
+    changes: &changes::Changes,
+    sha: Option<&str>,
+) -> Result<ArtifactRef, Failure> {
+    let phase = Phase::Commit;
+    let status = serde_json::json!({
+        "commit": sha,
+        "branch": ctx.branch.as_ref().map(ToString::to_string),
+        "base_branch": ctx.record.base_branch,
+        "files": changes.committed().map(|c| serde_json::json!({"path": c.path, "change": c.kind})).collect::<Vec<_>>(),
+        "left_out": changes.left_out().map(|c| serde_json::json!({
+            "path": c.path,
+            "change": c.kind,
+            "reason": c.left_out.map(|r| r.as_str()),
+        })).collect::<Vec<_>>(),
+        "pushed": false,
+    });
+    let status = ctx.redactor.redact_bytes(&json_bytes(&status));
+    ctx.artifacts
+        .put_bytes(Some(phase), "commit.json", status, "application/json")
+        .await
+        .map_err(|e| store_failure(phase)(e).into())
 }
 
 fn commit_message(ctx: &RunContext) -> String {
@@ -1006,13 +1193,15 @@ fn commit_message(ctx: &RunContext) -> String {
         "docs(spec): add Spec Kit specification, plan and tasks for {feature}\n\n\
          Generated by specrun with the {agent} agent: Spec Kit specify, plan and tasks.\n\n\
          {trailer} {run}\n",
-        trailer = git::RUN_TRAILER,
+        trailer = format!("{}:", specrun_core::trailer::RUN_TRAILER),
         agent = ctx.record.agent.name,
         run = ctx.run_id,
     )
 }
 
-/// Pushes the feature branch to the run's own remote URL.
+/// Pushes the feature branch to the run's own remote URL. An existing branch is
+/// replaced only when its tip's trailer names a run this store knows for the same
+/// repository and branch, and only if it has not moved since it was looked at.
 pub(crate) async fn push(ctx: &mut RunContext) -> StepResult {
     let phase = Phase::Push;
     let (Some(workspace), Some(branch)) = (ctx.workspace.clone(), ctx.branch.clone()) else {
@@ -1032,36 +1221,91 @@ pub(crate) async fn push(ctx: &mut RunContext) -> StepResult {
         .map(|t| t.expose().to_owned());
     let repository = ctx.record.repository.clone();
     let branch_name = branch.to_string();
-    let run_id = ctx.run_id.to_string();
-    let pushed = tokio::task::spawn_blocking(move || {
-        let repo = git::open(&workspace.git, &workspace.repo)?;
-        git::push(&repo, &url, &branch_name, &run_id, token.as_deref())
-    })
-    .await
-    .map_err(|e| failure::error(phase, "internal_error", e.to_string(), "Retry the run."))?
-    .map_err(|e| {
+    let limit = ctx.config.git_timeout;
+    let git_failure = |ctx: &RunContext, e: git::GitError| {
         let mut error = failure::git(phase, &e, &repository);
         error.message = ctx.redactor.redact_str(&error.message);
-        error
-    })?;
-    let how = match pushed {
-        git::Pushed::Created => String::new(),
-        git::Pushed::Replaced { previous } => {
-            format!(" (replaced specrun's earlier commit {})", short(&previous))
-        }
-        git::Pushed::AlreadyPushed { tip } => {
+        Failure::from(error)
+    };
+    let (ws, u, b, t) = (
+        workspace.clone(),
+        url.clone(),
+        branch_name.clone(),
+        token.clone(),
+    );
+    let looked = tokio::task::spawn_blocking(move || {
+        let repo = git::open(&ws.git, &ws.repo)?;
+        git::remote_branch(&repo, &u, &b, t.as_deref(), git::Bounds::within(limit))
+    });
+    let remote = bounded_git(phase, limit, looked)
+        .await?
+        .map_err(|e| git_failure(ctx, e))?;
+    let expected = match remote {
+        git::RemoteBranch::Missing => None,
+        git::RemoteBranch::Tip {
+            commit,
+            run: Some(run),
+        } if run == ctx.run_id.as_str() => {
             let text = format!(
                 "an earlier attempt of this run already pushed {branch} at {}; not pushing again",
-                short(&tip)
+                short(&commit.to_string())
             );
-            ctx.record.commit_sha = Some(tip);
+            ctx.record.commit_sha = Some(commit.to_string());
             return Ok(Step::Continue(message(text)));
         }
+        git::RemoteBranch::Tip { commit, run } => {
+            if let Err(reason) = owned_by_specrun(ctx, run.as_deref(), &branch_name).await {
+                return Err(git_failure(ctx, git::GitError::PushRejected {
+                    branch: branch_name,
+                    reason: format!("the branch already exists on the remote at {}; {reason}; specrun only replaces branches its own runs created", short(&commit.to_string())),
+                }));
+            }
+            Some(commit)
+        }
+    };
+    let pushing = tokio::task::spawn_blocking(move || {
+        let repo = git::open(&workspace.git, &workspace.repo)?;
+        git::push(&repo, &url, &branch_name, expected, token.as_deref())
+    });
+    bounded_git(phase, limit, pushing)
+        .await?
+        .map_err(|e| git_failure(ctx, e))?;
+    let how = match expected {
+        Some(previous) => format!(
+            " (replaced specrun's earlier commit {})",
+            short(&previous.to_string())
+        ),
+        None => String::new(),
     };
     Ok(Step::Continue(message(format!(
         "pushed {branch} to {}{how}",
         ctx.record.repository
     ))))
+}
+
+/// Whether a remote tip naming `run` is specrun's to replace: that run must be one this
+/// store knows, for the same repository and branch.
+async fn owned_by_specrun(ctx: &RunContext, run: Option<&str>, branch: &str) -> Result<(), String> {
+    let Some(run) = run else {
+        return Err(
+            "its tip is a commit specrun did not make (no Specrun-Run-Id trailer)".to_owned(),
+        );
+    };
+    let id =
+        RunId::parse(run).map_err(|_| format!("its tip names {run:?}, which is not a run id"))?;
+    let record = specrun_store::runs::load_run(ctx.store.as_ref(), &id)
+        .await
+        .map_err(|e| format!("the run its tip names ({run}) could not be read: {e}"))?
+        .ok_or_else(|| format!("its tip names run {run}, which this specrun does not know"))?;
+    if record.repository == ctx.record.repository && record.branch_name.as_deref() == Some(branch) {
+        Ok(())
+    } else {
+        Err(format!(
+            "its tip names run {run}, which published {:?} on {}, not this branch",
+            record.branch_name.unwrap_or_default(),
+            record.repository
+        ))
+    }
 }
 
 /// Opens the run's pull request, or updates the open one for the same branch.

@@ -91,6 +91,12 @@ pub(crate) struct RunContext {
     pub abandoned: bool,
     /// The run's network, firewall rules and proxy, for agents with `network = "egress"`.
     pub egress: Option<RunEgress>,
+    /// The job container's processes are frozen: the runner may read the worktree.
+    pub frozen: bool,
+    /// Files `specify init` created: part of what the commit may hold.
+    pub init_files: Vec<String>,
+    /// The remote's default branch, which no run may push to.
+    pub default_branch: Option<String>,
 }
 
 fn now() -> OffsetDateTime {
@@ -195,6 +201,9 @@ impl Pipeline {
             branch: None,
             abandoned: false,
             egress: None,
+            frozen: false,
+            init_files: Vec::new(),
+            default_branch: None,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: ctx.run_id.to_string(),
@@ -418,7 +427,7 @@ impl Pipeline {
                 [] => done.push("network removed"),
                 ref failed => problems.push(format!("network not removed: {}", failed.join("; "))),
             }
-            let log = egress.proxy.events().join("\n") + "\n";
+            let log = egress.proxy.log(&ctx.redactor);
             match ctx
                 .artifacts
                 .put_bytes(None, "egress.log", log.into_bytes(), "text/plain")

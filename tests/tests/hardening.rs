@@ -142,7 +142,7 @@ async fn symlinks_planted_by_the_agent_are_not_followed() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_link_to_a_host_file_is_committed_as_a_link_not_its_content() -> TestResult {
+async fn a_link_to_a_host_file_is_left_out_of_the_commit() -> TestResult {
     let mut h = Harness::start().await?;
     let url = h.git().create_repo("linked", "# Linked\n")?;
     probe_agent(
@@ -156,10 +156,17 @@ async fn a_link_to_a_host_file_is_committed_as_a_link_not_its_content() -> TestR
     let linked = h
         .git()
         .read_file("linked", &branch, &format!("specs/{branch}/passwd"))?;
+    assert_eq!(linked, None, "a symbolic link is never committed");
+    assert!(h
+        .git()
+        .read_file("linked", &branch, &format!("specs/{branch}/spec.md"))?
+        .is_some());
+    let commit: serde_json::Value = serde_json::from_str(
+        &h.artifact(&record, Some(Phase::Commit), "commit.json").await?,
+    )?;
     assert_eq!(
-        linked.as_deref(),
-        Some("/etc/passwd"),
-        "the blob is the link's target path, not the file"
+        commit["left_out"],
+        serde_json::json!([{"path": format!("specs/{branch}/passwd"), "change": "added", "reason": "symbolic_link"}])
     );
     h.assert_clean(&record).await
 }

@@ -144,6 +144,13 @@ pub struct RunnerArgs {
     /// Most bytes kept of each phase log (stdout, stderr); the rest is counted, not stored.
     #[arg(long, env = "SPECRUN_LOG_CAP_BYTES", default_value_t = crate::artifacts::DEFAULT_LOG_CAP_BYTES)]
     pub log_cap_bytes: u64,
+    /// Disk quota of each run's workspace (clone, git directory, agent HOME) in MiB, a
+    /// tmpfs of that size; 0 turns the quota off. Needs root.
+    #[arg(long, env = "SPECRUN_WORKSPACE_QUOTA_MIB", default_value_t = crate::config::DEFAULT_WORKSPACE_QUOTA_MIB)]
+    pub workspace_quota_mib: u64,
+    /// Time limit of each of clone, commit and push, in seconds.
+    #[arg(long, env = "SPECRUN_GIT_TIMEOUT_SECS", default_value_t = 600)]
+    pub git_timeout_secs: u64,
     /// This runner's name in run.json and on container labels.
     #[arg(long, env = "SPECRUN_RUNNER_ID")]
     pub runner_id: Option<String>,
@@ -202,6 +209,9 @@ impl RunnerArgs {
         config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
         config.run_timeout = Duration::from_secs(self.run_timeout_secs);
         config.log_cap_bytes = self.log_cap_bytes;
+        config.workspace_quota_bytes =
+            (self.workspace_quota_mib > 0).then(|| self.workspace_quota_mib * 1024 * 1024);
+        config.git_timeout = Duration::from_secs(self.git_timeout_secs);
         config.runner_id = self.runner_id.clone().unwrap_or_else(default_runner_id);
         config.docker_host = self.docker_host.clone();
         config.forge_api_url = self.forge_api_url.clone();
