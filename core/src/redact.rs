@@ -24,12 +24,80 @@ pub const MIN_SECRET_LEN: usize = 4;
 /// The patterns to mask, built once per run from its secrets.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    matcher: Option<AhoCorasick>,
+    matcher: Option<Matcher>,
     longest: usize,
+}
+
+/// Finds the leftmost-longest secret form. The automaton is fast; when it cannot be built
+/// (aho-corasick refuses pattern sets past its size limits) the same matches are found by
+/// trying every pattern at every position: slow, but a redactor never masks nothing while
+/// it was given secrets. Falling back here rather than making construction fallible keeps
+/// every caller as simple as it is: a run has no better answer to a failed build than
+/// masking the slow way.
+#[derive(Debug, Clone)]
+enum Matcher {
+    Automaton(AhoCorasick),
+    /// The patterns, longest first, so the first that matches at a position is the longest.
+    Scan(Vec<Vec<u8>>),
+}
+
+impl Matcher {
+    fn new<E>(
+        patterns: Vec<String>,
+        automaton: impl FnOnce(&[String]) -> Result<AhoCorasick, E>,
+    ) -> Self {
+        match automaton(&patterns) {
+            Ok(automaton) => Matcher::Automaton(automaton),
+            Err(_) => {
+                let mut patterns: Vec<Vec<u8>> =
+                    patterns.into_iter().map(String::into_bytes).collect();
+                patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+                Matcher::Scan(patterns)
+            }
+        }
+    }
+
+    /// The non-overlapping leftmost-longest matches in `haystack`, as byte ranges.
+    fn find_all(&self, haystack: &[u8]) -> Vec<std::ops::Range<usize>> {
+        match self {
+            Matcher::Automaton(automaton) => automaton
+                .find_iter(haystack)
+                .map(|found| found.range())
+                .collect(),
+            Matcher::Scan(patterns) => {
+                let mut found = Vec::new();
+                let mut at = 0;
+                while at < haystack.len() {
+                    let rest = &haystack[at..];
+                    match patterns.iter().find(|p| rest.starts_with(p)) {
+                        Some(pattern) => {
+                            found.push(at..at + pattern.len());
+                            at += pattern.len();
+                        }
+                        None => at += 1,
+                    }
+                }
+                found
+            }
+        }
+    }
 }
 
 impl Redactor {
     pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
+        Self::build(secrets, |patterns| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(patterns)
+        })
+    }
+
+    /// [`Redactor::new`] with the automaton built by `automaton`, so that tests can make
+    /// the build fail.
+    fn build<S: AsRef<str>, E>(
+        secrets: impl IntoIterator<Item = S>,
+        automaton: impl FnOnce(&[String]) -> Result<AhoCorasick, E>,
+    ) -> Self {
         let mut patterns: Vec<String> = Vec::new();
         for secret in secrets {
             let secret = secret.as_ref();
@@ -44,10 +112,7 @@ impl Redactor {
         let matcher = if patterns.is_empty() {
             None
         } else {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .ok()
+            Some(Matcher::new(patterns, automaton))
         };
         Redactor { matcher, longest }
     }
@@ -135,13 +200,13 @@ impl RedactingStream {
             .saturating_sub(self.redactor.longest.saturating_sub(1));
         let mut out = Vec::with_capacity(self.pending.len());
         let mut copied = 0;
-        for found in matcher.find_iter(&self.pending) {
-            if found.start() >= safe {
+        for found in matcher.find_all(&self.pending) {
+            if found.start >= safe {
                 break;
             }
-            out.extend_from_slice(&self.pending[copied..found.start()]);
+            out.extend_from_slice(&self.pending[copied..found.start]);
             out.extend_from_slice(MASK);
-            copied = found.end();
+            copied = found.end;
         }
         let emit_to = safe.max(copied);
         out.extend_from_slice(&self.pending[copied..emit_to]);
@@ -156,10 +221,10 @@ impl RedactingStream {
         };
         let mut out = Vec::with_capacity(self.pending.len());
         let mut copied = 0;
-        for found in matcher.find_iter(&self.pending) {
-            out.extend_from_slice(&self.pending[copied..found.start()]);
+        for found in matcher.find_all(&self.pending) {
+            out.extend_from_slice(&self.pending[copied..found.start]);
             out.extend_from_slice(MASK);
-            copied = found.end();
+            copied = found.end;
         }
         out.extend_from_slice(&self.pending[copied..]);
         out
@@ -212,10 +277,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn masks_a_secret_split_across_chunks() {
-        let redactor = Redactor::new([SECRET, "another-secret-value"]);
-        let text = format!("start {SECRET} middle another-secret-value end");
+    /// Streams `text` through `redactor` in chunks of every size and expects `masked`.
+    fn assert_masked_in_every_chunking(redactor: &Redactor, text: &str, masked: &str) {
         for split in 1..text.len() {
             let mut stream = redactor.stream();
             let mut out = Vec::new();
@@ -223,12 +286,27 @@ mod tests {
                 out.extend(stream.push(chunk));
             }
             out.extend(stream.finish());
-            assert_eq!(
-                String::from_utf8_lossy(&out),
-                "start *** middle *** end",
-                "chunk size {split}"
-            );
+            assert_eq!(String::from_utf8_lossy(&out), masked, "chunk size {split}");
         }
+    }
+
+    #[test]
+    fn masks_a_secret_split_across_chunks() {
+        let redactor = Redactor::new([SECRET, "another-secret-value"]);
+        let text = format!("start {SECRET} middle another-secret-value end");
+        assert_masked_in_every_chunking(&redactor, &text, "start *** middle *** end");
+    }
+
+    #[test]
+    fn secrets_are_masked_even_when_the_automaton_cannot_be_built() {
+        let redactor = Redactor::build([SECRET, "another-secret-value"], |_| {
+            Err("the automaton is too large")
+        });
+        let text = format!("start {SECRET} middle another-secret-value end");
+        assert_eq!(redactor.redact_str(&text), "start *** middle *** end");
+        let encoded = STANDARD.encode(format!("user:{SECRET}"));
+        assert!(!redactor.redact_str(&encoded).contains(&encoded[8..40]));
+        assert_masked_in_every_chunking(&redactor, &text, "start *** middle *** end");
     }
 
     #[test]
