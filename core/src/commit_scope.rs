@@ -115,8 +115,6 @@ pub enum LeftOut {
     Symlink,
     /// A FIFO, socket or device node.
     SpecialFile,
-    /// A file with more than one hard link.
-    HardLink,
     /// A `.git` file or directory below the root (a nested repository or a gitlink).
     NestedGit,
     /// A name that is not UTF-8.
@@ -131,7 +129,6 @@ impl LeftOut {
             LeftOut::Guarded => "guarded_path",
             LeftOut::Symlink => "symbolic_link",
             LeftOut::SpecialFile => "special_file",
-            LeftOut::HardLink => "hard_link",
             LeftOut::NestedGit => "nested_git",
             LeftOut::UnreadableName => "non_utf8_name",
         }

@@ -84,7 +84,8 @@ pub fn collect(
     for entry in &entries {
         seen.insert(entry.path.as_str());
         let base = tracked.get(&entry.path);
-        if base.is_none() && is_ignored(repo, &entry.path) {
+        // git ignores every `.git`; a nested one is still worth listing.
+        if base.is_none() && entry.kind != EntryKind::NestedGit && is_ignored(repo, &entry.path) {
             continue;
         }
         let kind = if base.is_some() { "modified" } else { "added" };
@@ -200,9 +201,6 @@ fn file_change(
         }
         return Ok(Some(Fate::LeaveOut(reason)));
     }
-    if facts.links > 1 {
-        return Ok(Some(Fate::LeaveOut(LeftOut::HardLink)));
-    }
     if facts.size > limits.max_file_bytes {
         return Err(ChangesError::TooLarge(format!(
             "{} is {} bytes, more than the {} bytes one committed file may have",
@@ -306,8 +304,7 @@ fn check_limits(changes: &Changes, total: u64, limits: CommitLimits) -> Result<(
 /// holding one is refused before the question is asked.
 fn refuse_unreadable_ignore_files(entries: &[Entry]) -> Result<(), ChangesError> {
     let bad = entries.iter().find(|e| {
-        e.path.rsplit('/').next() == Some(".gitignore")
-            && !matches!(e.kind, EntryKind::File(f) if f.links == 1)
+        e.path.rsplit('/').next() == Some(".gitignore") && !matches!(e.kind, EntryKind::File(_))
     });
     match bad {
         Some(entry) => Err(ChangesError::Unsafe {

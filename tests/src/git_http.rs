@@ -154,6 +154,64 @@ impl GitHttpServer {
         Ok(self.repo_url(name))
     }
 
+    /// Makes `branch` of `<name>.git` a commit on top of `main` that adds `files`
+    /// (path, content) with `message`, as someone other than specrun would; returns it.
+    pub fn commit_on(
+        &self,
+        name: &str,
+        branch: &str,
+        files: &[(&str, &str)],
+        message: &str,
+    ) -> anyhow::Result<String> {
+        let repo = self.existing_repo_dir(name)?;
+        let index = repo.join("specrun-test-index");
+        let index_arg = index
+            .to_str()
+            .context("index path is not UTF-8")?
+            .to_owned();
+        let with_index = |args: &[&str]| -> anyhow::Result<String> {
+            let mut all = vec!["--work-tree", "/nonexistent"];
+            all.extend_from_slice(args);
+            let out = git_command(&repo, &all)
+                .env("GIT_INDEX_FILE", &index_arg)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        with_index(&["read-tree", "main"])?;
+        for (path, content) in files {
+            let blob = git_stdin(&repo, &["hash-object", "-w", "--stdin"], content)?;
+            with_index(&[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("100644,{blob},{path}"),
+            ])?;
+        }
+        let tree = with_index(&["write-tree"])?;
+        let _ = std::fs::remove_file(&index);
+        let commit = git(&repo, &["commit-tree", &tree, "-p", "main", "-m", message])?;
+        git(
+            &repo,
+            &["update-ref", &format!("refs/heads/{branch}"), &commit],
+        )?;
+        Ok(commit)
+    }
+
+    /// True when any object of `<name>.git` (every blob, tree and commit, unpacked)
+    /// holds `needle`: how a test proves a host file never reached the remote.
+    pub fn objects_contain(&self, name: &str, needle: &str) -> anyhow::Result<bool> {
+        let repo = self.existing_repo_dir(name)?;
+        let all = git_raw(&repo, &["cat-file", "--batch-all-objects", "--batch"], None)?;
+        Ok(all
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes()))
+    }
+
     /// Lists the branch names of bare repo `<name>.git`, sorted.
     pub fn branches(&self, name: &str) -> anyhow::Result<Vec<String>> {
         let repo = self.existing_repo_dir(name)?;

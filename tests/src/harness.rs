@@ -286,6 +286,26 @@ pub fn failed_with(
 }
 
 impl Harness {
+    /// An agents file with one agent, `name`, extending `scripted`, whose phases run the
+    /// given `sh` scripts (the text is `$1`); `extra` is more TOML for the profile.
+    /// Phases not given run the scripted agent as usual.
+    pub fn use_shell_agent(
+        &mut self,
+        name: &str,
+        phases: &[(&str, &str)],
+        extra: &str,
+    ) -> anyhow::Result<()> {
+        let mut text =
+            format!("[agents.{name}]\nextends = \"scripted\"\n{extra}\n[agents.{name}.phases]\n");
+        for (phase, script) in phases {
+            let escaped = script.replace('\\', "\\\\").replace('"', "\\\"");
+            text.push_str(&format!(
+                "{phase} = [\"sh\", \"-c\", \"{escaped}\", \"{name}\", \"{{text}}\"]\n"
+            ));
+        }
+        self.use_agents_file(&text)
+    }
+
     /// Writes the agents file every later run of this harness reads.
     pub fn use_agents_file(&mut self, text: &str) -> anyhow::Result<()> {
         self.config.agents_file = Some(write_agents_file(self.work.path(), text)?);

@@ -12,11 +12,7 @@ type TestResult = anyhow::Result<()>;
 /// An agents file with one agent, `probe`, that runs `script` (sh) in the specify phase
 /// before the scripted agent writes the spec; the text is `$1`.
 fn probe_agent(h: &mut Harness, script: &str, extra: &str) -> anyhow::Result<()> {
-    let escaped = script.replace('\\', "\\\\").replace('"', "\\\"");
-    let text = format!(
-        "[agents.probe]\nextends = \"scripted\"\n{extra}\n[agents.probe.phases]\nspecify = [\"sh\", \"-c\", \"{escaped}\", \"probe\", \"{{text}}\"]\n"
-    );
-    h.use_agents_file(&text)
+    h.use_shell_agent("probe", &[("specify", script)], extra)
 }
 
 fn probe_request(h: &Harness, url: &str) -> specrun_core::request::RunRequest {
@@ -162,7 +158,8 @@ async fn a_link_to_a_host_file_is_left_out_of_the_commit() -> TestResult {
         .read_file("linked", &branch, &format!("specs/{branch}/spec.md"))?
         .is_some());
     let commit: serde_json::Value = serde_json::from_str(
-        &h.artifact(&record, Some(Phase::Commit), "commit.json").await?,
+        &h.artifact(&record, Some(Phase::Commit), "commit.json")
+            .await?,
     )?;
     assert_eq!(
         commit["left_out"],
