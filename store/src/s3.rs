@@ -331,8 +331,9 @@ impl BlobStore for S3BlobStore {
 }
 
 /// The lifecycle rules specrun keeps on its bucket: the same IDs and prefixes as
-/// `infra/specrun.yaml` and `localstack/create-resources.sh` (a put replaces the whole
-/// set, so all three must agree).
+/// `infra/specrun.yaml` and `localstack/create-resources.sh`. A put replaces the bucket's
+/// whole set, so [`S3BlobStore::ensure_retention`] puts these back beside every rule with
+/// another ID, and all three places must agree on the IDs.
 pub const RETENTION_RULES: [(&str, &str); 4] = [
     ("specrun-runs-retention", "runs/"),
     ("specrun-celery-retention", "celery/"),
@@ -343,22 +344,33 @@ pub const RETENTION_RULES: [(&str, &str); 4] = [
 /// The rule that aborts multipart uploads left half done.
 pub const ABORT_MULTIPART_RULE: &str = "specrun-abort-incomplete-multipart";
 
+/// Whether a lifecycle rule is one specrun puts (and may replace).
+fn is_specrun_rule(rule: &aws_sdk_s3::types::LifecycleRule) -> bool {
+    let id = rule.id().unwrap_or_default();
+    id == ABORT_MULTIPART_RULE || RETENTION_RULES.iter().any(|(own, _)| *own == id)
+}
+
 impl S3BlobStore {
-    /// Days after which the bucket expires run objects (`runs/`), or `None` when no
-    /// enabled rule expires them.
-    pub async fn retention_days(&self) -> Result<Option<u32>, StoreError> {
-        let config = match self
+    /// The bucket's lifecycle rules; none when it has no lifecycle configuration.
+    async fn lifecycle_rules(&self) -> Result<Vec<aws_sdk_s3::types::LifecycleRule>, StoreError> {
+        match self
             .client
             .get_bucket_lifecycle_configuration()
             .bucket(&self.bucket)
             .send()
             .await
         {
-            Ok(config) => config,
-            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => return Ok(None),
-            Err(e) => return Err(classify(&self.bucket, e)),
-        };
-        let days = config.rules().iter().filter_map(|rule| {
+            Ok(config) => Ok(config.rules().to_vec()),
+            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
+            Err(e) => Err(classify(&self.bucket, e)),
+        }
+    }
+
+    /// Days after which the bucket expires run objects (`runs/`), or `None` when no
+    /// enabled rule expires them.
+    pub async fn retention_days(&self) -> Result<Option<u32>, StoreError> {
+        let rules = self.lifecycle_rules().await?;
+        let days = rules.iter().filter_map(|rule| {
             let enabled = rule.status() == &aws_sdk_s3::types::ExpirationStatus::Enabled;
             let prefix = rule.filter().and_then(|f| f.prefix()).unwrap_or("");
             let covers_runs = "runs/".starts_with(prefix);
@@ -372,7 +384,8 @@ impl S3BlobStore {
     }
 
     /// Puts specrun's lifecycle rules: each prefix expires after `days`, and incomplete
-    /// multipart uploads are aborted after a day.
+    /// multipart uploads are aborted after a day. The bucket's other rules (an operator's
+    /// own, by ID) are read first and put back as they were: the put replaces the set.
     pub async fn ensure_retention(&self, days: u32) -> Result<(), StoreError> {
         use aws_sdk_s3::types::{
             AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
@@ -380,7 +393,8 @@ impl S3BlobStore {
         };
         let days = i32::try_from(days).unwrap_or(i32::MAX);
         let build = |e: aws_sdk_s3::error::BuildError| StoreError::backend(&self.bucket, e);
-        let mut rules = Vec::new();
+        let mut rules = self.lifecycle_rules().await?;
+        rules.retain(|rule| !is_specrun_rule(rule));
         for (id, prefix) in RETENTION_RULES {
             rules.push(
                 LifecycleRule::builder()

@@ -442,3 +442,80 @@ async fn retention_rules_are_checked_and_put_like_the_infrastructure_does() -> a
     }
     Ok(())
 }
+
+/// `--ensure-retention` puts specrun's own rules and nothing else: an operator's rules on
+/// the same bucket stay as they were, and a stale specrun rule is replaced, not doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn ensure_retention_keeps_the_operators_own_lifecycle_rules() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{
+        BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+        LifecycleRuleFilter,
+    };
+    let moto = specrun_tests::emulator::Moto::start().await?;
+    moto.create_bucket("retention-shared").await?;
+    let rule = |id: &str, prefix: &str, days: i32| {
+        LifecycleRule::builder()
+            .id(id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+            .expiration(LifecycleExpiration::builder().days(days).build())
+            .build()
+    };
+    let operators = BucketLifecycleConfiguration::builder()
+        .rules(rule("operator-scratch-cleanup", "scratch/", 3)?)
+        .rules(rule("specrun-runs-retention", "runs/", 60)?)
+        .build()?;
+    moto.s3()
+        .put_bucket_lifecycle_configuration()
+        .bucket("retention-shared")
+        .lifecycle_configuration(operators)
+        .send()
+        .await?;
+
+    let store = specrun_store::S3BlobStore::new(moto.s3().clone(), "retention-shared");
+    store.ensure_retention(14).await?;
+
+    let rules = moto
+        .s3()
+        .get_bucket_lifecycle_configuration()
+        .bucket("retention-shared")
+        .send()
+        .await?
+        .rules()
+        .to_vec();
+    let ids: Vec<&str> = rules.iter().filter_map(|r| r.id()).collect();
+    let operator = rules
+        .iter()
+        .find(|r| r.id() == Some("operator-scratch-cleanup"))
+        .with_context(|| format!("the operator's rule is gone: {ids:?}"))?;
+    assert_eq!(operator.filter().and_then(|f| f.prefix()), Some("scratch/"));
+    assert_eq!(operator.expiration().and_then(|e| e.days()), Some(3));
+
+    // specrun's rules are exactly the template's, each once, with the new retention.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let infra = std::fs::read_to_string(format!("{root}/infra/specrun.yaml"))?;
+    let mut specrun_ids: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != "operator-scratch-cleanup")
+        .collect();
+    specrun_ids.sort_unstable();
+    let mut expected: Vec<&str> = specrun_store::s3::RETENTION_RULES
+        .iter()
+        .map(|(id, _)| *id)
+        .chain([specrun_store::s3::ABORT_MULTIPART_RULE])
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(specrun_ids, expected);
+    for (id, prefix) in specrun_store::s3::RETENTION_RULES {
+        assert!(infra.contains(&format!("Id: {id}")), "{id} in infra");
+        let rule = rules
+            .iter()
+            .find(|r| r.id() == Some(id))
+            .with_context(|| format!("no {id}"))?;
+        assert_eq!(rule.filter().and_then(|f| f.prefix()), Some(prefix), "{id}");
+        assert_eq!(rule.expiration().and_then(|e| e.days()), Some(14), "{id}");
+    }
+    assert_eq!(store.retention_days().await?, Some(14));
+    Ok(())
+}
