@@ -519,3 +519,58 @@ async fn ensure_retention_keeps_the_operators_own_lifecycle_rules() -> anyhow::R
     assert_eq!(store.retention_days().await?, Some(14));
     Ok(())
 }
+
+/// The value in the PR body's table row `| {label} | ... |`.
+fn body_row<'b>(body: &'b str, label: &str) -> anyhow::Result<&'b str> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("| {label} | ")))
+        .and_then(|rest| rest.strip_suffix(" |"))
+        .with_context(|| format!("no {label} row in the pull request body:\n{body}"))
+}
+
+/// The "Status" and "Logs" links a run's pull request carries answer from the status API
+/// that `specrun serve` runs, and the logs page links every log the run kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_links_in_a_pull_request_body_answer_from_the_status_api() -> TestResult {
+    require_image().await?;
+    let world = World::start(3).await?;
+    world.forge.create_repo("octo", "shop", "# Shop\n")?;
+    let serve = SpecrunProcess::serve(&world.env, &[]).await?;
+    let mut request = run_request("octo/shop", "Let shoppers save a basket for later");
+    request["publish"] = json!("pr");
+    let (run_id, status_url) = submit(serve.base_url()?, &request).await?;
+    let document = wait_final(&status_url, &serve).await?;
+    assert_eq!(document["status"], "succeeded", "{document:#}");
+
+    let pulls = world.forge.pulls("octo", "shop");
+    let body = pulls
+        .first()
+        .and_then(|pr| pr.body.clone())
+        .with_context(|| format!("no pull request with a body: {pulls:?}"))?;
+    let status_link = body_row(&body, "Status")?;
+    assert_eq!(status_link, status_url);
+    assert_eq!(http_request("GET", status_link, None).await?.status, 200);
+
+    let logs_link = body_row(&body, "Logs")?;
+    let logs = http_request("GET", logs_link, None).await?;
+    let listing = logs.json()?;
+    assert_eq!(logs.status, 200, "GET {logs_link}: {listing}");
+    assert_eq!(listing["run_id"], run_id.as_str());
+    let record: RunRecord = serde_json::from_value(document)?;
+    let log = record
+        .artifacts
+        .iter()
+        .find(|a| a.name.ends_with(".log") && a.size > 0)
+        .context("no non-empty log artifact")?;
+    let entry = listing["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["key"] == log.key.as_str())
+        .with_context(|| format!("{} not listed: {listing:#}", log.key))?;
+    let url = entry["url"].as_str().context("no url")?;
+    let fetched = http_request("GET", url, None).await?;
+    assert_eq!(fetched.status, 200, "GET {url}");
+    assert_eq!(fetched.body, world.moto.get_object(BUCKET, &log.key).await?);
+    Ok(())
+}

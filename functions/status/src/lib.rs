@@ -1,6 +1,8 @@
 //! The status function: `GET /runs/{id}` returns run.json with a URL for every artifact
-//! (presigned when the store can sign), `GET /runs/{id}/artifacts/...` serves an artifact
-//! of that run, and `GET /runs?limit=&cursor=` lists recent runs newest first.
+//! (presigned when the store can sign), `GET /runs/{id}/artifacts/` lists the run's
+//! artifacts with those URLs (the "Logs" link of every pull request),
+//! `GET /runs/{id}/artifacts/...` serves an artifact of that run, and
+//! `GET /runs?limit=&cursor=` lists recent runs newest first.
 
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
@@ -36,9 +38,12 @@ impl Status {
         match parts.as_slice() {
             ["runs"] => self.list(&request).await,
             ["runs", id] => self.run(id).await,
+            ["runs", id, "artifacts"] | ["runs", id, "artifacts", ""] => {
+                self.artifacts(id).await
+            }
             ["runs", id, "artifacts", rest] => self.artifact(id, rest).await,
             _ => specrun_http::not_found(&format!(
-                "no route {path}; use GET /runs or GET /runs/{{run_id}}"
+                "no route {path}; use GET /runs, GET /runs/{{run_id}} or GET /runs/{{run_id}}/artifacts/"
             )),
         }
     }
@@ -60,20 +65,49 @@ impl Status {
         };
         let mut urls = serde_json::Map::new();
         for artifact in &record.artifacts {
-            let url = match self
-                .store
-                .presign_get(&artifact.key, self.presign_expiry)
-                .await
-            {
-                Ok(Some(url)) => url,
-                Ok(None) => self.served_url(&record.run_id, &artifact.key),
-                Err(e) => return specrun_http::unavailable(&e.to_string()),
+            let url = match self.artifact_url(&record.run_id, &artifact.key).await {
+                Ok(url) => url,
+                Err(response) => return *response,
             };
             urls.insert(artifact.key.clone(), serde_json::Value::from(url));
         }
         let mut body = serde_json::to_value(&record).unwrap_or_default();
         body["artifact_urls"] = serde_json::Value::Object(urls);
         json(StatusCode::OK, &body)
+    }
+
+    /// The run's artifacts, each with its record and a URL that fetches it.
+    async fn artifacts(&self, id: &str) -> ApiResponse {
+        let record = match self.load(id).await {
+            Ok(record) => record,
+            Err(response) => return response,
+        };
+        let mut artifacts = Vec::new();
+        for artifact in &record.artifacts {
+            let mut entry = serde_json::to_value(artifact).unwrap_or_default();
+            entry["url"] = match self.artifact_url(&record.run_id, &artifact.key).await {
+                Ok(url) => serde_json::Value::from(url),
+                Err(response) => return *response,
+            };
+            artifacts.push(entry);
+        }
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "run_id": record.run_id,
+                "status": record.status,
+                "artifacts": artifacts,
+            }),
+        )
+    }
+
+    /// A presigned URL of the artifact when the store signs, else this API's own.
+    async fn artifact_url(&self, run_id: &str, key: &str) -> Result<String, Box<ApiResponse>> {
+        match self.store.presign_get(key, self.presign_expiry).await {
+            Ok(Some(url)) => Ok(url),
+            Ok(None) => Ok(self.served_url(run_id, key)),
+            Err(e) => Err(Box::new(specrun_http::unavailable(&e.to_string()))),
+        }
     }
 
     fn served_url(&self, run_id: &str, key: &str) -> String {
@@ -261,6 +295,27 @@ mod tests {
             .handle(get("/runs/run-cccc-3/artifacts/../secret.txt"))
             .await;
         assert_eq!(other.status(), StatusCode::NOT_FOUND);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_artifacts_page_lists_each_artifact_with_its_link(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let status = status_with_runs(dir.path()).await?;
+        for path in ["/runs/run-cccc-3/artifacts/", "/runs/run-cccc-3/artifacts"] {
+            let response = status.handle(get(path)).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let listing = body(&response);
+            assert_eq!(listing["run_id"], "run-cccc-3");
+            assert_eq!(
+                listing["artifacts"][0]["url"],
+                "http://status.local/runs/run-cccc-3/artifacts/specify/agent.stdout.log"
+            );
+            assert_eq!(listing["artifacts"][0]["name"], "agent.stdout.log");
+        }
+        let missing = status.handle(get("/runs/run-zzzz-9/artifacts/")).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         Ok(())
     }
 
