@@ -1,9 +1,14 @@
 //! The `specrun` command line as an operator uses it: progress on stderr, `--json` on
-//! stdout, exit codes, `status` and `logs` reading the state store.
+//! stdout, exit codes, `status`, `logs` and `cancel` on the state directory or the bucket.
 
-use specrun_core::state::RunRecord;
+use specrun_core::ports::BlobStore as _;
+use specrun_core::request::Publish;
+use specrun_core::state::{AgentConfiguration, ArtifactRef, RunRecord};
 use specrun_core::{Phase, RunStatus};
+use specrun_store::S3BlobStore;
+use specrun_tests::emulator::{aws_env, http_request, Moto, SpecrunEnv, SpecrunProcess};
 use specrun_tests::harness::{job_image, specrun_bin, Harness, CANARY_TOKEN};
+use specrun_tests::world::BUCKET;
 use std::process::{Command, Output};
 
 type TestResult = anyhow::Result<()>;
@@ -139,5 +144,148 @@ async fn exit_codes_tell_outcomes_apart() -> TestResult {
     );
     let missing = specrun(&h, &["status", "0193a1b2-0000-7000-8000-000000000000"])?;
     assert!(text(&missing.stderr).contains("no run 0193a1b2-0000-7000-8000-000000000000"));
+    Ok(())
+}
+
+/// `specrun ARGS` pointed at `moto` (endpoint, region, credentials as `specrun runner`
+/// gets them) with an empty `--state-dir`: whatever it finds came from the bucket.
+fn specrun_on(moto: &Moto, state_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(specrun_bin()?)
+        .args(args)
+        .env("SPECRUN_STATE_DIR", state_dir)
+        .env_remove("SPECRUN_BUCKET")
+        .env_remove("AWS_PROFILE")
+        .envs(aws_env(&moto.endpoint()))
+        .output()?)
+}
+
+/// A queued run in `store`, with one specify log when `log` is given.
+async fn queued_run(
+    store: &S3BlobStore,
+    run_id: &str,
+    log: Option<&str>,
+) -> anyhow::Result<RunRecord> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut record = RunRecord::queued(
+        run_id,
+        "octo/shop",
+        Publish::Branch,
+        AgentConfiguration::default(),
+        now,
+    );
+    if let Some(log) = log {
+        let key = format!("runs/{run_id}/artifacts/specify/agent.stdout.log");
+        store
+            .put(&key, log.as_bytes().to_vec(), "text/plain")
+            .await?;
+        record.artifacts.push(ArtifactRef {
+            name: "agent.stdout.log".into(),
+            key,
+            size: log.len() as u64,
+            sha256: String::new(),
+            content_type: "text/plain".into(),
+            phase: Some(Phase::Specify),
+            expires_at: now,
+        });
+    }
+    specrun_store::runs::create_run(store, &record).await?;
+    Ok(record)
+}
+
+/// `status`, `logs` and `cancel` work on the serverless deployment's bucket
+/// (`--bucket`, `SPECRUN_BUCKET`), and `cancel` there leaves the bucket as the submit
+/// API's `POST /runs/{id}/cancel` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_logs_and_cancel_work_on_the_bucket() -> TestResult {
+    let moto = Moto::start().await?;
+    moto.create_bucket(BUCKET).await?;
+    let queues = moto.create_queues("cli-runs", 3, 30).await?;
+    let store = S3BlobStore::new(moto.s3().clone(), BUCKET);
+    let by_cli = "0193a1b2-0000-7000-8000-00000000c111";
+    let by_api = "0193a1b2-0000-7000-8000-00000000a222";
+    queued_run(&store, by_cli, Some("specify said hello from the bucket")).await?;
+    queued_run(&store, by_api, None).await?;
+    let empty = tempfile::tempdir()?;
+
+    let status = specrun_on(&moto, empty.path(), &["status", by_cli, "--bucket", BUCKET])?;
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let table = text(&status.stdout);
+    assert!(
+        table.contains(by_cli) && table.contains("queued"),
+        "{table}"
+    );
+
+    // The variable does what the flag does.
+    let json = Command::new(specrun_bin()?)
+        .args(["status", by_cli, "--json"])
+        .env("SPECRUN_STATE_DIR", empty.path())
+        .env("SPECRUN_BUCKET", BUCKET)
+        .envs(aws_env(&moto.endpoint()))
+        .output()?;
+    assert_eq!(json.status.code(), Some(0), "{}", text(&json.stderr));
+    let record: RunRecord = serde_json::from_slice(&json.stdout)?;
+    assert_eq!(record.run_id, by_cli);
+
+    let logs = specrun_on(
+        &moto,
+        empty.path(),
+        &["logs", by_cli, "--phase", "specify", "--bucket", BUCKET],
+    )?;
+    assert_eq!(logs.status.code(), Some(0), "{}", text(&logs.stderr));
+    assert!(
+        text(&logs.stdout).contains("specify said hello from the bucket"),
+        "{}",
+        text(&logs.stdout)
+    );
+
+    let cancel = specrun_on(&moto, empty.path(), &["cancel", by_cli, "--bucket", BUCKET])?;
+    assert_eq!(cancel.status.code(), Some(0), "{}", text(&cancel.stderr));
+    assert!(
+        text(&cancel.stdout).contains("cancelled before it started"),
+        "{}",
+        text(&cancel.stdout)
+    );
+
+    // The same through the submit API, for comparison.
+    let env = SpecrunEnv::new(&moto, BUCKET, &queues.url, "127.0.0.1");
+    let serve = SpecrunProcess::serve(&env, &["--no-runner"]).await?;
+    let url = format!("{}/runs/{by_api}/cancel", serve.base_url()?);
+    assert_eq!(http_request("POST", &url, None).await?.status, 200);
+
+    let stored = |id: &'static str| {
+        let moto = &moto;
+        async move {
+            let bytes = moto
+                .get_object(BUCKET, &format!("runs/{id}/run.json"))
+                .await?;
+            let record: RunRecord = serde_json::from_slice(&bytes)?;
+            let marker = moto
+                .get_object(BUCKET, &format!("runs/{id}/cancel.json"))
+                .await?;
+            let marker: serde_json::Value = serde_json::from_slice(&marker)?;
+            anyhow::Ok((record, marker))
+        }
+    };
+    let (cli_record, cli_marker) = stored(by_cli).await?;
+    let (api_record, api_marker) = stored(by_api).await?;
+    assert_eq!(cli_record.status, RunStatus::Cancelled);
+    assert_eq!(cli_record.status, api_record.status);
+    let phases = |r: &RunRecord| -> Vec<_> {
+        r.phases
+            .iter()
+            .map(|p| (p.phase, p.status, p.message.clone()))
+            .collect()
+    };
+    assert_eq!(phases(&cli_record), phases(&api_record));
+    for (record, marker) in [(&cli_record, &cli_marker), (&api_record, &api_marker)] {
+        let by = marker["requested_by"].as_str().unwrap_or_default();
+        assert!(!by.is_empty(), "{marker}");
+        assert_eq!(
+            record.status_reason.as_deref(),
+            Some(format!("cancelled by {by} before it started").as_str())
+        );
+    }
+    // The state directory was never written.
+    assert_eq!(std::fs::read_dir(empty.path())?.count(), 0);
     Ok(())
 }

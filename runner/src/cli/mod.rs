@@ -1,5 +1,6 @@
 //! The `specrun` command line: `run` executes one pipeline in-process against the
-//! embedded store; `status` and `logs` read the store. Output for people goes to stderr
+//! embedded store; `status`, `logs` and `cancel` work on the embedded store or, with
+//! `--bucket`, on the serverless deployment's bucket. Output for people goes to stderr
 //! while a run works and to stdout at the end; `--json` keeps stdout machine-readable.
 
 use crate::config::{RunnerConfig, Secret, MIN_RETENTION_DAYS};
@@ -12,7 +13,7 @@ use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{Publish, RunRequest};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
-use specrun_store::FsBlobStore;
+use specrun_store::{aws_config, s3_client, FsBlobStore, S3BlobStore};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
@@ -59,20 +60,61 @@ pub enum Command {
         /// Print run.json instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Serve the submit and status API over HTTP, with a queue runner in the same process.
     Serve(Box<service::ServeArgs>),
     /// Take runs from the queue and execute them until SIGTERM.
     Runner(Box<service::WorkerCommandArgs>),
     /// Cancel a run: a queued run at once, a running one within seconds.
-    Cancel { run_id: String },
+    Cancel {
+        run_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print a run's logs.
     Logs {
         run_id: String,
         /// Only this phase's logs.
         #[arg(long)]
         phase: Option<Phase>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// Where `status`, `logs` and `cancel` find runs.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The serverless deployment's S3 bucket (endpoint, region and credentials from the
+    /// standard AWS configuration, as for `specrun runner`); --state-dir when absent.
+    #[arg(long, env = "SPECRUN_BUCKET")]
+    pub bucket: Option<String>,
+}
+
+/// A state store, and how to name it in a message that says where to look.
+struct StateStore {
+    store: Arc<dyn BlobStore>,
+    place: String,
+}
+
+impl StoreArgs {
+    async fn open(&self, state_dir: &std::path::Path) -> anyhow::Result<StateStore> {
+        Ok(match &self.bucket {
+            Some(bucket) => StateStore {
+                store: Arc::new(S3BlobStore::new(s3_client(&aws_config().await), bucket)),
+                place: format!("bucket {bucket} (--bucket / SPECRUN_BUCKET)"),
+            },
+            None => StateStore {
+                store: Arc::new(FsBlobStore::new(absolute(state_dir)?)),
+                place: format!(
+                    "the state store at {} (--state-dir / SPECRUN_STATE_DIR; --bucket / SPECRUN_BUCKET for the serverless deployment's)",
+                    state_dir.display()
+                ),
+            },
+        })
+    }
 }
 
 /// `specrun run` flags.
@@ -257,14 +299,25 @@ pub fn exit_code(status: RunStatus) -> i32 {
 
 /// Runs the command line and returns the process's exit code.
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
-    let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(absolute(&cli.global.state_dir)?));
+    let state_dir = &cli.global.state_dir;
     match cli.command {
-        Command::Run(args) => run(*args, store, &cli.global.state_dir).await,
-        Command::Status { run_id, json } => status(&run_id, json, store.as_ref()).await,
-        Command::Logs { run_id, phase } => logs(&run_id, phase, store.as_ref()).await,
-        Command::Cancel { run_id } => cancel(&run_id, store.as_ref()).await,
-        Command::Serve(args) => service::serve_command(*args, &cli.global.state_dir).await,
-        Command::Runner(args) => service::runner(*args, &cli.global.state_dir).await,
+        Command::Run(args) => {
+            let store = Arc::new(FsBlobStore::new(absolute(state_dir)?));
+            run(*args, store, state_dir).await
+        }
+        Command::Status {
+            run_id,
+            json,
+            store,
+        } => status(&run_id, json, &store.open(state_dir).await?).await,
+        Command::Logs {
+            run_id,
+            phase,
+            store,
+        } => logs(&run_id, phase, &store.open(state_dir).await?).await,
+        Command::Cancel { run_id, store } => cancel(&run_id, &store.open(state_dir).await?).await,
+        Command::Serve(args) => service::serve_command(*args, state_dir).await,
+        Command::Runner(args) => service::runner(*args, state_dir).await,
     }
 }
 
@@ -340,20 +393,18 @@ async fn run(
     Ok(exit_code(record.status))
 }
 
-async fn load(run_id: &str, store: &dyn BlobStore) -> anyhow::Result<RunRecord> {
+async fn load(run_id: &str, state: &StateStore) -> anyhow::Result<RunRecord> {
     let id = RunId::parse(run_id)?;
-    let bytes = match store.get(&keys::run_json(&id)).await {
-        Err(StoreError::NotFound(_)) => {
-            bail!("no run {run_id} in this state store (check --state-dir / SPECRUN_STATE_DIR)")
-        }
+    let bytes = match state.store.get(&keys::run_json(&id)).await {
+        Err(StoreError::NotFound(_)) => bail!("no run {run_id} in {}", state.place),
         other => other?,
     };
     serde_json::from_slice(&bytes)
         .with_context(|| format!("run.json of {run_id} is not a valid run record"))
 }
 
-async fn status(run_id: &str, json: bool, store: &dyn BlobStore) -> anyhow::Result<i32> {
-    let record = load(run_id, store).await?;
+async fn status(run_id: &str, json: bool, state: &StateStore) -> anyhow::Result<i32> {
+    let record = load(run_id, state).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
@@ -362,13 +413,13 @@ async fn status(run_id: &str, json: bool, store: &dyn BlobStore) -> anyhow::Resu
     Ok(0)
 }
 
-async fn cancel(run_id: &str, store: &dyn BlobStore) -> anyhow::Result<i32> {
+/// The same as the submit API's `POST /runs/{id}/cancel`: both call `cancel_run`.
+async fn cancel(run_id: &str, state: &StateStore) -> anyhow::Result<i32> {
     let id = RunId::parse(run_id)?;
     let user = std::env::var("USER").unwrap_or_else(|_| "an operator".to_owned());
-    match specrun_store::runs::cancel_run(store, &id, &format!("{user} (specrun cancel)")).await? {
-        None => {
-            bail!("no run {run_id} in this state store (check --state-dir / SPECRUN_STATE_DIR)")
-        }
+    let by = format!("{user} (specrun cancel)");
+    match specrun_store::runs::cancel_run(state.store.as_ref(), &id, &by).await? {
+        None => bail!("no run {run_id} in {}", state.place),
         Some(specrun_store::runs::Cancelled::BeforeStart) => {
             println!("run {run_id} cancelled before it started")
         }
@@ -383,8 +434,8 @@ async fn cancel(run_id: &str, store: &dyn BlobStore) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn logs(run_id: &str, phase: Option<Phase>, store: &dyn BlobStore) -> anyhow::Result<i32> {
-    let record = load(run_id, store).await?;
+async fn logs(run_id: &str, phase: Option<Phase>, state: &StateStore) -> anyhow::Result<i32> {
+    let record = load(run_id, state).await?;
     let logs: Vec<_> = record
         .artifacts
         .iter()
@@ -400,7 +451,7 @@ async fn logs(run_id: &str, phase: Option<Phase>, store: &dyn BlobStore) -> anyh
     let mut out = std::io::stdout().lock();
     for artifact in logs {
         writeln!(out, "==> {} ({} bytes) <==", artifact.key, artifact.size)?;
-        out.write_all(&store.get(&artifact.key).await?)?;
+        out.write_all(&state.store.get(&artifact.key).await?)?;
         writeln!(out)?;
     }
     Ok(0)
