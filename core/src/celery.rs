@@ -371,7 +371,8 @@ fn task_body(
         None | Some(Value::Null) => raw.as_bytes().to_vec(),
         Some(other) => return Err(format!("unknown body_encoding {other}")),
     };
-    serde_json::from_slice(&bytes).map_err(|e| format!("task body is not JSON: {e}"))
+    // Strict: the run request is in here, and a key given twice would mean two requests.
+    crate::strict_json::parse(&bytes).map_err(|e| format!("task body is not usable JSON: {e}"))
 }
 
 fn check_no_workflow(embed: &Value) -> Result<(), CeleryErrorKind> {
@@ -715,6 +716,25 @@ mod tests {
             "properties": {"body_encoding": "base64", "delivery_info": {}, "reply_to": "r"},
         });
         STANDARD.encode(env.to_string()).into_bytes()
+    }
+
+    #[test]
+    fn celery_kwargs_with_a_key_given_twice_are_refused() {
+        let task_body = r#"[[], {"repository": "octo/hello", "specify_text": "x", "repository": "evil/repo"}, {}]"#;
+        let env = json!({
+            "body": STANDARD.encode(task_body),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": "specrun.run", "id": "t-2"},
+            "properties": {"body_encoding": "base64", "delivery_info": {}, "reply_to": "r"},
+        });
+        let body = STANDARD.encode(env.to_string()).into_bytes();
+        let err = parse_task_message(&body, TASK_NAME).unwrap_err();
+        assert!(
+            err.to_string().contains("repository appears twice"),
+            "{err}"
+        );
+        assert_eq!(err.task_id.as_deref(), Some("t-2"));
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub struct MessageError(pub String);
 impl Incoming {
     /// Parses specrun's own formats. Celery messages are handled by [`crate::celery`].
     pub fn parse(body: &[u8]) -> Result<Incoming, MessageError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| MessageError(format!("not JSON: {e}")))?;
+        // Strict, as for `POST /runs`: a key given twice would mean two requests.
+        let value = crate::strict_json::parse(body)
+            .map_err(|e| MessageError(format!("not usable JSON: {e}")))?;
         if value.get("kind").is_some() {
             let message: RunMessage =
                 serde_json::from_value(value).map_err(|e| MessageError(e.to_string()))?;
@@ -84,6 +85,14 @@ mod tests {
         let bare = serde_json::to_vec(&request).unwrap_or_default();
         assert!(matches!(Incoming::parse(&bare), Ok(Incoming::Bare(r)) if r == request));
         assert!(Incoming::parse(b"[1,2]").is_err());
+        let twice = br#"{"repository":"octo/hello","specify_text":"x","repository":"evil/repo"}"#;
+        let refused = Incoming::parse(twice).err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("repository appears twice")),
+            "{refused:?}"
+        );
         assert!(Incoming::parse(
             br#"{"kind":"other","schema_version":1,"run_id":"x","request":{}}"#
         )

@@ -13,6 +13,7 @@ use specrun_core::message::{Incoming, RUN_MESSAGE_KIND};
 use specrun_core::repo::{RepoPolicy, RepoRef};
 use specrun_core::request::{Publish, RunRequest, ValidatedRequest, MAX_SPECIFY_TEXT};
 use specrun_core::state::{PhaseOutcome, PhaseState, RunRecord};
+use specrun_core::strict_json::{self, StrictJsonError};
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use std::fmt::Debug;
 use std::net::IpAddr;
@@ -31,12 +32,36 @@ pub fn policy() -> RepoPolicy {
     RepoPolicy::allowing(ALLOWED_HOSTS)
 }
 
-/// Target `request`: a `POST /runs` body.
+/// Target `request`: a `POST /runs` body, read as the submit function reads it.
 pub fn request(data: &[u8]) {
-    let Ok(request) = serde_json::from_slice::<RunRequest>(data) else {
+    check_strict_json(data);
+    let Ok(request) = RunRequest::parse_json(data) else {
         return;
     };
     check_request(&request, &policy());
+}
+
+/// The duplicate-refusing parser reads what serde_json reads, the same way, and refuses
+/// only what serde_json refuses or a body with a key given twice.
+fn check_strict_json(data: &[u8]) {
+    let lenient = serde_json::from_slice::<serde_json::Value>(data);
+    match (strict_json::parse(data), &lenient) {
+        (Ok(strict), Ok(lenient)) => {
+            assert_eq!(&strict, lenient, "the strict parser read otherwise")
+        }
+        (Ok(strict), Err(e)) => {
+            panic!("the strict parser took {strict:?}, serde_json refused it: {e}")
+        }
+        (Err(StrictJsonError::Syntax(e)), Ok(value)) => {
+            panic!("the strict parser refused {value:?}, which serde_json reads: {e}")
+        }
+        (Err(StrictJsonError::DuplicateKey { path }), Ok(value)) => {
+            // serde_json kept one of the two: written out again, each key is there once.
+            let again = strict_json::parse(&to_json(value));
+            assert_eq!(again.as_ref(), Ok(value), "a false duplicate {path:?}");
+        }
+        (Err(_), Err(_)) => {}
+    }
 }
 
 /// Target `state`: a stored `run.json` or `phases/<phase>.json`.
@@ -135,6 +160,11 @@ fn check_validated(request: &RunRequest, v: &ValidatedRequest, policy: &RepoPoli
         "specify_text with a control or format character accepted: {text:?}"
     );
 
+    assert!(
+        v.branch_name.is_none() || v.branch_name != v.base_branch,
+        "the base branch accepted as the run's branch: {:?}",
+        v.branch_name
+    );
     for (given, branch) in [
         (&request.base_branch, &v.base_branch),
         (&request.branch_name, &v.branch_name),
@@ -295,6 +325,8 @@ fn check_branch(branch: &BranchName) {
         && !name.starts_with('-')
         && name != "@"
         && name != "HEAD"
+        && !(name.ends_with("_HEAD") && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        && !name.starts_with("refs/")
         && !name.contains("..")
         && !name.contains("@{")
         && !name.ends_with('.')
@@ -311,9 +343,41 @@ fn check_branch(branch: &BranchName) {
     assert_eq!(BranchName::parse(name).as_ref(), Ok(branch));
 }
 
-/// Format and bidirectional-override characters (the set request.rs refuses).
+/// Characters no reader sees (the set core/src/invisible.rs documents): Unicode's format
+/// characters (Cf, 15.1), the tag block, Hangul fillers, the combining grapheme joiner and
+/// the supplementary variation selectors.
 fn is_deceptive(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    const RANGES: [(u32, u32); 25] = [
+        (0x00AD, 0x00AD),
+        (0x034F, 0x034F),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x115F, 0x1160),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0x3164, 0x3164),
+        (0xFEFF, 0xFEFF),
+        (0xFFA0, 0xFFA0),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0000, 0xE007F),
+        (0xE0100, 0xE01EF),
+    ];
+    let code = u32::from(c);
+    RANGES
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&code))
 }
 
 /// Celery's task ids as specrun accepts them: fit for a storage key.

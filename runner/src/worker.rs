@@ -267,10 +267,55 @@ impl Worker {
         }
     }
 
+    /// Sorts a message into a job that executes its run's stored request (see
+    /// [`Worker::pin`]).
+    async fn job(&self, message: &Received) -> Result<Job, Disposition> {
+        let job = self.sort(message).await?;
+        self.pin(job).await
+    }
+
+    /// A run executes the request it was created with, stored before its run.json; the
+    /// first message for a run the submit function did not create stores its own. A
+    /// message naming an existing run with another request (anyone who may write to the
+    /// queue could send one, to point a queued run at their repository or text) is refused:
+    /// deleted, nothing run, nothing about the run changed, no Celery result written (the
+    /// task id is the run's).
+    async fn pin(&self, mut job: Job) -> Result<Job, Disposition> {
+        // Compared in canonical form, as the submit function stored it.
+        let canonical = job
+            .request
+            .validate(&self.config.policy)
+            .map(|request| request.to_wire())
+            .unwrap_or_else(|_| job.request.clone());
+        let refuse = |why: &str| {
+            tracing::warn!(
+                run_id = %job.run_id,
+                "refused a queue message naming run {} with {why}; the message is deleted and the run left as it is",
+                job.run_id
+            );
+            Err(Disposition::Delete)
+        };
+        match runs::pin_request(self.store(), &job.run_id, &canonical).await {
+            Ok(runs::Pinned::Same) => {
+                job.request = canonical;
+                Ok(job)
+            }
+            Ok(runs::Pinned::Different(_)) => {
+                refuse("another request than the one it was created for")
+            }
+            Ok(runs::Pinned::Unrecorded(record)) if record.records_request(&canonical) => Ok(job),
+            Ok(runs::Pinned::Unrecorded(_)) => refuse("a request that disagrees with its run.json"),
+            Err(e) => {
+                tracing::warn!(error = %e, run_id = %job.run_id, "could not read the run's stored request; the message will be retried");
+                Err(Disposition::Retry)
+            }
+        }
+    }
+
     /// Sorts a message into a job; a message that can never run is answered (a failed run,
     /// a Celery FAILURE) and deleted, or left for the dead-letter queue when nothing can
     /// be recorded about it.
-    async fn job(&self, message: &Received) -> Result<Job, Disposition> {
+    async fn sort(&self, message: &Received) -> Result<Job, Disposition> {
         match celery::parse_task_message(&message.body, &self.config.celery_task) {
             Ok(Some(task)) => {
                 let run_id = RunId::parse(&task.task_id)

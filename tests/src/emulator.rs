@@ -630,6 +630,17 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// Panics, showing the body, unless the answer has `status`.
+    pub fn assert_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "answered {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_slice(&self.body).with_context(|| {
@@ -649,12 +660,31 @@ pub async fn http_request(
     url: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(Duration::from_secs(30), send(method, url, body))
-        .await
-        .with_context(|| format!("{method} {url} timed out"))?
+    let content_type = body.as_ref().map(|_| "application/json");
+    http_request_as(method, url, body, content_type).await
 }
 
-async fn send(method: &str, url: &str, body: Option<Vec<u8>>) -> anyhow::Result<HttpResponse> {
+/// The same with the body declared as `content_type`, or with no `Content-Type` at all.
+pub async fn http_request_as(
+    method: &str,
+    url: &str,
+    body: Option<Vec<u8>>,
+    content_type: Option<&str>,
+) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        send(method, url, body, content_type),
+    )
+    .await
+    .with_context(|| format!("{method} {url} timed out"))?
+}
+
+async fn send(
+    method: &str,
+    url: &str,
+    body: Option<Vec<u8>>,
+    content_type: Option<&str>,
+) -> anyhow::Result<HttpResponse> {
     let parsed = url::Url::parse(url).with_context(|| format!("parsing {url}"))?;
     let host = parsed.host_str().unwrap_or_default();
     ensure!(
@@ -674,8 +704,8 @@ async fn send(method: &str, url: &str, body: Option<Vec<u8>>) -> anyhow::Result<
         .method(method)
         .uri(target)
         .header(hyper::header::HOST, format!("{host}:{port}"));
-    if body.is_some() {
-        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(content_type) = content_type {
+        request = request.header(hyper::header::CONTENT_TYPE, content_type);
     }
     let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let response = sender

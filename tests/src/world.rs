@@ -79,6 +79,19 @@ impl World {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
+    /// Asserts that nothing is in the bucket and nothing on the run queue (`after` says
+    /// what was just done).
+    pub async fn assert_nothing_stored(&self, after: &str) -> anyhow::Result<()> {
+        let keys = self.moto.keys(BUCKET, "").await?;
+        ensure!(keys.is_empty(), "{after}: objects in the bucket: {keys:?}");
+        let depth = self.moto.queue_depth(&self.queues.url).await?;
+        ensure!(
+            depth.is_empty(),
+            "{after}: messages on the queue: {depth:?}"
+        );
+        Ok(())
+    }
+
     /// Waits until the run queue holds no message, visible or in flight.
     pub async fn wait_queue_empty(&self) -> anyhow::Result<()> {
         eventually(

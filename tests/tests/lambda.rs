@@ -2,7 +2,7 @@
 //! runs each `lambda_http` binary behind the real Lambda runtime API and serves it at
 //! `/lambda-url/<bin>/...` (path and query reach the handler as on AWS), against moto.
 
-use specrun_tests::emulator::{aws_env, free_port, http_request, Moto};
+use specrun_tests::emulator::{aws_env, free_port, http_request, http_request_as, Moto};
 use specrun_tests::harness::clean_cargo;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -111,6 +111,27 @@ async fn the_functions_answer_through_the_lambda_runtime() -> TestResult {
     assert_eq!(refused.status, 400);
     let refused: serde_json::Value = serde_json::from_slice(&refused.body)?;
     assert_eq!(refused["error"]["field"], "repository");
+
+    // Through the Lambda adapter too: only JSON bodies, each key once, the API's own cursors.
+    let plain = br#"{"repository":"octo/hello","specify_text":"Add logout"}"#.to_vec();
+    let not_json = http_request_as(
+        "POST",
+        &format!("{base}/submit/runs"),
+        Some(plain),
+        Some("text/plain"),
+    )
+    .await?;
+    not_json.assert_status(415);
+    let twice = br#"{"repository":"octo/hello","specify_text":"x","specify_text":"y"}"#.to_vec();
+    let twice = http_request("POST", &format!("{base}/submit/runs"), Some(twice)).await?;
+    twice.assert_status(400);
+    let forged = http_request(
+        "GET",
+        &format!("{base}/status/runs?cursor=runs%2F{run_id}%2Frun.json"),
+        None,
+    )
+    .await?;
+    forged.assert_status(400);
 
     let status = http_request("GET", &format!("{base}/status/runs/{run_id}"), None).await?;
     assert_eq!(status.status, 200);

@@ -174,9 +174,7 @@ async fn bad_requests_are_refused_over_http_and_leave_nothing_behind() -> TestRe
         assert_eq!(answer["error"]["field"], field, "{what}: {answer}");
     }
 
-    assert_eq!(world.moto.keys(BUCKET, "").await?, Vec::<String>::new());
-    let depth = world.moto.queue_depth(&world.queues.url).await?;
-    assert!(depth.is_empty(), "{depth:?}");
+    world.assert_nothing_stored("bad requests").await?;
     let list = http_request("GET", &format!("{base}/runs"), None)
         .await?
         .json()?;
