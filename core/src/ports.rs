@@ -15,6 +15,10 @@ pub enum StoreError {
     PreconditionFailed(String),
     #[error("{0:?} is not a valid key")]
     InvalidKey(String),
+    /// The bucket itself is missing: a setting names the wrong one (or the deployment is
+    /// not there), which no retry and no other key can mend.
+    #[error("bucket {0} does not exist")]
+    NoSuchBucket(String),
     #[error("storage error at {key}: {source}")]
     Backend {
         key: String,

@@ -19,6 +19,18 @@ const TRANSIENT_CODES: &[&str] = &[
     "KMS.ThrottlingException",
 ];
 
+/// The [`StoreError`] for an SDK error about `key` in `bucket`: a missing bucket is told
+/// apart from a missing object (S3 answers 404 to both).
+pub(crate) fn classify_s3<E>(bucket: &str, key: &str, e: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if e.code() == Some("NoSuchBucket") {
+        return StoreError::NoSuchBucket(bucket.to_owned());
+    }
+    classify(key, e)
+}
+
 /// The [`StoreError`] for an SDK error about `key` (an object key or a queue URL).
 pub(crate) fn classify<E>(key: &str, e: SdkError<E, HttpResponse>) -> StoreError
 where

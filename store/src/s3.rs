@@ -3,7 +3,7 @@
 //! `AWS_ENDPOINT_URL`. Conditional creates use `If-None-Match: *`; files go up in one
 //! request when small and as a multipart upload, part by part, when large.
 
-use crate::aws_error::classify;
+use crate::aws_error::classify_s3;
 use async_trait::async_trait;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -71,7 +71,7 @@ impl S3BlobStore {
             .content_type(content_type)
             .send()
             .await
-            .map_err(|e| classify(key, e))?;
+            .map_err(|e| classify_s3(&self.bucket, key, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         let uploaded = self.upload_parts(key, path, &upload_id).await;
         let parts = match uploaded {
@@ -101,7 +101,7 @@ impl S3BlobStore {
             )
             .send()
             .await
-            .map_err(|e| classify(key, e))?;
+            .map_err(|e| classify_s3(&self.bucket, key, e))?;
         Ok(())
     }
 
@@ -136,7 +136,7 @@ impl S3BlobStore {
                 .body(ByteStream::from(chunk))
                 .send()
                 .await
-                .map_err(|e| classify(key, e))?;
+                .map_err(|e| classify_s3(&self.bucket, key, e))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -181,7 +181,10 @@ impl S3BlobStore {
             Condition::IfAbsent => request.if_none_match("*"),
             Condition::IfVersion(version) => request.if_match(version),
         };
-        request.send().await.map_err(|e| classify(key, e))?;
+        request
+            .send()
+            .await
+            .map_err(|e| classify_s3(&self.bucket, key, e))?;
         Ok(())
     }
 }
@@ -235,7 +238,7 @@ impl BlobStore for S3BlobStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| classify(key, e))?;
+            .map_err(|e| classify_s3(&self.bucket, key, e))?;
         let bytes = object
             .body
             .collect()
@@ -253,7 +256,7 @@ impl BlobStore for S3BlobStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| classify(key, e))?;
+            .map_err(|e| classify_s3(&self.bucket, key, e))?;
         let version = object.e_tag().unwrap_or_default().to_owned();
         let bytes = object
             .body
@@ -296,7 +299,7 @@ impl BlobStore for S3BlobStore {
             .max_keys(max)
             .send()
             .await
-            .map_err(|e| classify(prefix, e))?;
+            .map_err(|e| classify_s3(&self.bucket, prefix, e))?;
         let keys: Vec<String> = page
             .contents()
             .iter()
@@ -325,7 +328,7 @@ impl BlobStore for S3BlobStore {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|e| classify(key, e))?;
+            .map_err(|e| classify_s3(&self.bucket, key, e))?;
         Ok(Some(request.uri().to_owned()))
     }
 }
@@ -362,7 +365,7 @@ impl S3BlobStore {
         {
             Ok(config) => Ok(config.rules().to_vec()),
             Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
-            Err(e) => Err(classify(&self.bucket, e)),
+            Err(e) => Err(classify_s3(&self.bucket, &self.bucket, e)),
         }
     }
 
@@ -434,7 +437,7 @@ impl S3BlobStore {
             .lifecycle_configuration(config)
             .send()
             .await
-            .map_err(|e| classify(&self.bucket, e))?;
+            .map_err(|e| classify_s3(&self.bucket, &self.bucket, e))?;
         Ok(())
     }
 }

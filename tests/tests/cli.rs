@@ -289,3 +289,52 @@ async fn status_logs_and_cancel_work_on_the_bucket() -> TestResult {
     assert_eq!(std::fs::read_dir(empty.path())?.count(), 0);
     Ok(())
 }
+
+/// A bucket that does not exist is a configuration error naming the bucket and what to
+/// set, from the status API and the command line alike, never "no such run".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_bucket_is_a_configuration_error_not_a_missing_run() -> TestResult {
+    let moto = Moto::start().await?;
+    let queues = moto.create_queues("cli-runs", 3, 30).await?;
+    let missing = "specrun-state-never-created";
+    let run_id = "0193a1b2-0000-7000-8000-00000000b333";
+
+    let env = SpecrunEnv::new(&moto, missing, &queues.url, "127.0.0.1");
+    let serve = SpecrunProcess::serve(&env, &["--no-runner"]).await?;
+    for path in [
+        format!("/runs/{run_id}"),
+        format!("/runs/{run_id}/artifacts/"),
+        "/runs".to_owned(),
+    ] {
+        let response = http_request("GET", &format!("{}{path}", serve.base_url()?), None).await?;
+        let answer = response.json()?;
+        assert_eq!(response.status, 500, "GET {path}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "misconfigured",
+            "GET {path}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(missing) && message.contains("SPECRUN_BUCKET"),
+            "GET {path}: {message}"
+        );
+    }
+
+    let empty = tempfile::tempdir()?;
+    for args in [
+        vec!["status", run_id, "--bucket", missing],
+        vec!["logs", run_id, "--bucket", missing],
+        vec!["cancel", run_id, "--bucket", missing],
+    ] {
+        let out = specrun_on(&moto, empty.path(), &args)?;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("bucket {missing} does not exist"))
+                && stderr.contains("SPECRUN_BUCKET")
+                && !stderr.contains("no run"),
+            "{args:?}: {stderr}"
+        );
+    }
+    Ok(())
+}

@@ -127,6 +127,17 @@ pub fn unavailable(message: &str) -> ApiResponse {
     response
 }
 
+/// A setting of this deployment is wrong (500): retrying cannot help, an operator must
+/// fix what `message` names.
+pub fn misconfigured(message: &str) -> ApiResponse {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "misconfigured",
+        message,
+        None,
+    )
+}
+
 /// The value of `name` in the request's query string, percent-decoded.
 pub fn query_param(request: &ApiRequest, name: &str) -> Option<String> {
     request.uri().query()?.split('&').find_map(|pair| {

@@ -54,7 +54,7 @@ impl Status {
         match runs::load_run(self.store.as_ref(), &run_id).await {
             Ok(Some(record)) => Ok(record),
             Ok(None) => Err(specrun_http::not_found(&format!("no run {id}"))),
-            Err(e) => Err(specrun_http::unavailable(&e.to_string())),
+            Err(e) => Err(store_failure(&e)),
         }
     }
 
@@ -106,7 +106,7 @@ impl Status {
         match self.store.presign_get(key, self.presign_expiry).await {
             Ok(Some(url)) => Ok(url),
             Ok(None) => Ok(self.served_url(run_id, key)),
-            Err(e) => Err(Box::new(specrun_http::unavailable(&e.to_string()))),
+            Err(e) => Err(Box::new(store_failure(&e))),
         }
     }
 
@@ -140,7 +140,7 @@ impl Status {
             Err(StoreError::NotFound(_)) => {
                 specrun_http::not_found(&format!("artifact {rest} has expired or was removed"))
             }
-            Err(e) => specrun_http::unavailable(&e.to_string()),
+            Err(e) => store_failure(&e),
         }
     }
 
@@ -152,7 +152,7 @@ impl Status {
         let (ids, next) = match runs::list_runs(self.store.as_ref(), cursor.as_deref(), limit).await
         {
             Ok(page) => page,
-            Err(e) => return specrun_http::unavailable(&e.to_string()),
+            Err(e) => return store_failure(&e),
         };
         let mut summaries = Vec::new();
         for id in ids {
@@ -171,6 +171,17 @@ impl Status {
             StatusCode::OK,
             &serde_json::json!({ "runs": summaries, "next_cursor": next }),
         )
+    }
+}
+
+/// The answer to a store failure: a missing bucket is this deployment's setting to fix
+/// (500, naming it), anything else an outage worth retrying (503).
+fn store_failure(e: &StoreError) -> ApiResponse {
+    match e {
+        StoreError::NoSuchBucket(bucket) => specrun_http::misconfigured(&format!(
+            "the state bucket {bucket} does not exist: set SPECRUN_BUCKET (specrun serve --bucket) to the deployment's bucket, or create it (infra/specrun.yaml)"
+        )),
+        e => specrun_http::unavailable(&e.to_string()),
     }
 }
 

@@ -393,11 +393,21 @@ async fn run(
     Ok(exit_code(record.status))
 }
 
+/// What a failed store operation tells the operator: a missing bucket is a setting to fix.
+fn explain(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::NoSuchBucket(bucket) => anyhow::anyhow!(
+            "bucket {bucket} does not exist: set --bucket / SPECRUN_BUCKET to the serverless deployment's state bucket (and AWS_REGION / AWS_ENDPOINT_URL to where it lives)"
+        ),
+        e => e.into(),
+    }
+}
+
 async fn load(run_id: &str, state: &StateStore) -> anyhow::Result<RunRecord> {
     let id = RunId::parse(run_id)?;
     let bytes = match state.store.get(&keys::run_json(&id)).await {
         Err(StoreError::NotFound(_)) => bail!("no run {run_id} in {}", state.place),
-        other => other?,
+        other => other.map_err(explain)?,
     };
     serde_json::from_slice(&bytes)
         .with_context(|| format!("run.json of {run_id} is not a valid run record"))
@@ -418,7 +428,8 @@ async fn cancel(run_id: &str, state: &StateStore) -> anyhow::Result<i32> {
     let id = RunId::parse(run_id)?;
     let user = std::env::var("USER").unwrap_or_else(|_| "an operator".to_owned());
     let by = format!("{user} (specrun cancel)");
-    match specrun_store::runs::cancel_run(state.store.as_ref(), &id, &by).await? {
+    let cancelled = specrun_store::runs::cancel_run(state.store.as_ref(), &id, &by).await;
+    match cancelled.map_err(explain)? {
         None => bail!("no run {run_id} in {}", state.place),
         Some(specrun_store::runs::Cancelled::BeforeStart) => {
             println!("run {run_id} cancelled before it started")
@@ -451,7 +462,7 @@ async fn logs(run_id: &str, phase: Option<Phase>, state: &StateStore) -> anyhow:
     let mut out = std::io::stdout().lock();
     for artifact in logs {
         writeln!(out, "==> {} ({} bytes) <==", artifact.key, artifact.size)?;
-        out.write_all(&state.store.get(&artifact.key).await?)?;
+        out.write_all(&state.store.get(&artifact.key).await.map_err(explain)?)?;
         writeln!(out)?;
     }
     Ok(0)
