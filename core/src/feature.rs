@@ -147,7 +147,7 @@ mod tests {
         ] {
             let dir = FeatureDir::parse(bad).ok();
             assert!(
-                dir.map_or(true, |d| d.require_spec_kit_layout().is_err()),
+                dir.is_none_or(|d| d.require_spec_kit_layout().is_err()),
                 "{bad}"
             );
         }

@@ -386,11 +386,50 @@ impl DockerClient {
     }
 
     /// Lets a frozen container's processes run again, for the next agent phase.
+    ///
+    /// The engine records "paused" from containerd's events, which can arrive after the
+    /// unpause answered (Docker 20.10 under load): until the engine itself says the
+    /// container runs, it refuses execs, so this waits for that and unpauses again if
+    /// the late event put the flag back.
     pub async fn thaw(&self, container: &str) -> Result<(), DockerError> {
-        self.client
-            .unpause_container(container)
+        for attempt in 0..40 {
+            if attempt % 10 == 0 {
+                match self.client.unpause_container(container).await {
+                    Ok(()) => {}
+                    // 500 "not paused": the engine caught up on its own.
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 500,
+                        message,
+                    }) if message.contains("not paused") => {}
+                    Err(e) => return Err(self.gone_or(e, container, "thawing the job container")),
+                }
+            }
+            let state = self.state(container, "thawing the job container").await?;
+            if state.paused != Some(true) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DockerError::ContainerGone(format!(
+            "{container} is still paused 2 s after it was thawed"
+        )))
+    }
+
+    /// The container's state as the engine records it.
+    async fn state(
+        &self,
+        container: &str,
+        doing: &'static str,
+    ) -> Result<bollard::models::ContainerState, DockerError> {
+        let inspected = self
+            .client
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
             .await
-            .map_err(|e| self.gone_or(e, container, "thawing the job container"))
+            .map_err(|e| self.gone_or(e, container, doing))?;
+        Ok(inspected.state.unwrap_or_default())
     }
 
     /// Kills every process in the container (frozen or not) and waits until none is
@@ -412,18 +451,10 @@ impl DockerClient {
             Err(e) => return Err(self.gone_or(e, container, "stopping the job container")),
         }
         for _ in 0..100 {
-            let inspected = self
-                .client
-                .inspect_container(
-                    container,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-                .map_err(|e| self.gone_or(e, container, "waiting for the job container to stop"))?;
-            let running = inspected
-                .state
-                .is_some_and(|state| state.running == Some(true) || state.paused == Some(true));
-            if !running {
+            let state = self
+                .state(container, "waiting for the job container to stop")
+                .await?;
+            if state.running != Some(true) && state.paused != Some(true) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -242,10 +242,10 @@ fn kind_of(visit: &Visit<'_>) -> Option<EntryKind> {
         FileType::RegularFile => EntryKind::File(FileFacts {
             size: u64::try_from(stat.st_size).unwrap_or(0),
             executable: stat.st_mode & 0o111 != 0,
-            links: u64::from(stat.st_nlink),
-            inode: u64::from(stat.st_ino),
+            links: stat.st_nlink,
+            inode: stat.st_ino,
             mtime: (
-                i64::from(stat.st_mtime),
+                stat.st_mtime,
                 u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
             ),
         }),
@@ -374,7 +374,7 @@ mod tests {
         fs::write(root.join("specs/001-x/spec.md"), "# Spec")?;
         symlink("/etc", root.join("specs/002-y"))?;
         symlink("/etc/hostname", root.join("specs/001-x/plan.md"))?;
-        rustix::fs::mkfifoat(rustix::fs::CWD, &root.join("fifo"), Mode::RUSR | Mode::WUSR)?;
+        rustix::fs::mkfifoat(rustix::fs::CWD, root.join("fifo"), Mode::RUSR | Mode::WUSR)?;
         assert_eq!(
             read_file(root, "specs/001-x/spec.md", 100)?,
             Some(b"# Spec".to_vec())
@@ -407,7 +407,7 @@ mod tests {
         )?;
         fs::hard_link(root.join("a/b/file.txt"), root.join("a/hard"))?;
         symlink("/", root.join("a/root"))?;
-        rustix::fs::mkfifoat(rustix::fs::CWD, &root.join("pipe"), Mode::RUSR)?;
+        rustix::fs::mkfifoat(rustix::fs::CWD, root.join("pipe"), Mode::RUSR)?;
         let entries = walk(root, WalkLimits::default())?;
         let kinds: Vec<(&str, &str)> = entries
             .iter()

@@ -206,13 +206,11 @@ async fn special_files_nested_git_and_stray_changes_are_listed_and_left_out() ->
 async fn workflows_need_a_commit_path_that_names_them_and_fail_can_be_chosen() -> TestResult {
     let mut h = Harness::start().await?;
     let url = h.git().create_repo("flows", "# Flows\n")?;
-    let specify = format!(
-        "specrun-scripted-agent specify \"$1\" && mkdir -p .github/workflows && \
-         echo 'on: pull_request_target' > .github/workflows/pwn.yml && echo '* @me' > .github/CODEOWNERS"
-    );
+    let specify = "specrun-scripted-agent specify \"$1\" && mkdir -p .github/workflows && \
+         echo 'on: pull_request_target' > .github/workflows/pwn.yml && echo '* @me' > .github/CODEOWNERS";
     h.use_shell_agent(
         "flows",
-        &[("specify", &specify)],
+        &[("specify", specify)],
         "commit_paths = [\"{feature}/\", \".specify/\", \".github/\"]",
     )?;
     let record = h.run(request(&h, &url, "flows")).await?;
@@ -239,7 +237,7 @@ async fn workflows_need_a_commit_path_that_names_them_and_fail_can_be_chosen() -
     let strict_url = h.git().create_repo("strict", "# Strict\n")?;
     h.use_shell_agent(
         "flows",
-        &[("specify", &specify)],
+        &[("specify", specify)],
         "unexpected_changes = \"fail\"",
     )?;
     let record = h.run(request(&h, &strict_url, "flows")).await?;
