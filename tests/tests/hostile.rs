@@ -124,11 +124,16 @@ async fn processes_left_swapping_links_during_the_commit_read_no_host_file() -> 
         h.git().branches("swap")?,
         vec![branch.clone(), "main".to_owned()]
     );
-    // Whatever state the processes were killed in, a link was never followed.
-    let committed = h
-        .git()
-        .read_file("swap", &branch, &format!("specs/{branch}/x/f"))?;
-    assert!(committed.is_none() || committed.as_deref() == Some("decoy\n"));
+    // Whatever state the processes were killed in (mid-write too), a link was never
+    // followed: what was committed is the decoy or nothing.
+    for file in ["x/f", "leak.md"] {
+        let path = format!("specs/{branch}/{file}");
+        let committed = h.git().read_file("swap", &branch, &path)?;
+        assert!(
+            matches!(committed.as_deref(), None | Some("" | "decoy\n")),
+            "{file}: {committed:?}"
+        );
+    }
     canary.assert_not_leaked(&h, "swap")?;
     h.assert_clean(&record).await
 }
