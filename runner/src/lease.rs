@@ -36,6 +36,21 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// The run's lease object as stored, and its version; `None` when there is none.
+pub async fn current(
+    store: &dyn BlobStore,
+    run: &RunId,
+) -> Result<Option<(Option<Lease>, String)>, StoreError> {
+    match store.get_versioned(&keys::lease(run)).await {
+        Ok((bytes, version)) => Ok(Some((
+            serde_json::from_slice::<Lease>(&bytes).ok(),
+            version,
+        ))),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Claims `run` for `runner_id` for `ttl`, renewed every third of it.
 pub async fn claim(
     store: Arc<dyn BlobStore>,
@@ -43,22 +58,41 @@ pub async fn claim(
     runner_id: &str,
     ttl: Duration,
 ) -> Result<Claim, StoreError> {
-    let key = keys::lease(run);
-    let ttl_time = time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(5));
-    let current = match store.get_versioned(&key).await {
-        Ok((bytes, version)) => Some((serde_json::from_slice::<Lease>(&bytes).ok(), version)),
-        Err(StoreError::NotFound(_)) => None,
-        Err(e) => return Err(e),
-    };
+    let current = current(store.as_ref(), run).await?;
     let existing = current.as_ref().and_then(|(lease, _)| lease.clone());
-    if let LeaseDecision::HeldBy { runner_id, .. } =
-        Lease::decide(existing.as_ref(), runner_id, now())
-    {
+    if let LeaseDecision::HeldBy { runner_id, .. } = Lease::decide(existing.as_ref(), now()) {
         return Ok(Claim::Busy { runner_id });
     }
+    take(store, run, runner_id, ttl, current).await
+}
+
+/// Takes the lease over whatever it says, but only if it is still at `version`: for a
+/// holder that has stopped renewing (its lease object has not changed for longer than
+/// a lease lasts), whose clock may claim it is live far into the future.
+pub async fn take_over_stale(
+    store: Arc<dyn BlobStore>,
+    run: &RunId,
+    runner_id: &str,
+    ttl: Duration,
+    stale: (Option<Lease>, String),
+) -> Result<Claim, StoreError> {
+    take(store, run, runner_id, ttl, Some(stale)).await
+}
+
+async fn take(
+    store: Arc<dyn BlobStore>,
+    run: &RunId,
+    runner_id: &str,
+    ttl: Duration,
+    current: Option<(Option<Lease>, String)>,
+) -> Result<Claim, StoreError> {
+    let key = keys::lease(run);
+    let ttl_time = time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(5));
+    let existing = current.as_ref().and_then(|(lease, _)| lease.clone());
     let lease = Lease {
         run_id: run.to_string(),
         runner_id: runner_id.to_owned(),
+        token: uuid::Uuid::now_v7().simple().to_string(),
         attempt: existing.map(|l| l.attempt + 1).unwrap_or(1),
         expires_at: now() + ttl_time,
     };
@@ -126,27 +160,48 @@ async fn renew(
     lost: Arc<AtomicBool>,
 ) {
     let ttl_time = time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(5));
+    let mut renewed_at = std::time::Instant::now();
     loop {
         tokio::time::sleep(ttl / 3).await;
+        // Two renewals missed: the lease runs out within a third of its life, after which
+        // another runner may take the run, whether or not this one can see the store.
+        // Stop before that could happen.
+        if renewed_at.elapsed() >= ttl * 2 / 3 {
+            tracing::error!(%key, "the run's lease expired without being renewed; stopping this attempt");
+            lost.store(true, Ordering::SeqCst);
+            return;
+        }
         let (mut lease, version) = match state.lock() {
             Ok(guard) => guard.clone(),
             Err(_) => return,
         };
         lease.expires_at = now() + ttl_time;
         let body = json(&lease);
-        let written = store
-            .put_if_version(&key, body.clone(), "application/json", &version)
-            .await;
-        let renewed = match written {
-            Ok(()) => version_if_ours(store.as_ref(), &key, &body).await,
-            Err(StoreError::PreconditionFailed(_)) => Ok(None),
-            Err(e) => Err(e),
+        // A store that retries for minutes must not hold the clock above.
+        let attempt = async {
+            match store
+                .put_if_version(&key, body.clone(), "application/json", &version)
+                .await
+            {
+                Ok(()) => version_if_ours(store.as_ref(), &key, &body).await,
+                Err(StoreError::PreconditionFailed(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
         };
+        let renewed = tokio::time::timeout(ttl / 3, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::unavailable(
+                    &key,
+                    "the renewal took longer than a third of the lease",
+                ))
+            });
         match renewed {
             Ok(Some(version)) => {
                 if let Ok(mut guard) = state.lock() {
                     *guard = (lease, version);
                 }
+                renewed_at = std::time::Instant::now();
             }
             Ok(None) => {
                 tracing::error!(%key, "the run's lease was taken over by another runner; stopping this attempt");

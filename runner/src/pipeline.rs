@@ -97,6 +97,9 @@ pub(crate) struct RunContext {
     pub init_files: Vec<String>,
     /// The remote's default branch, which no run may push to.
     pub default_branch: Option<String>,
+    /// The version of run.json this runner last read or wrote: its next write is
+    /// conditional on it.
+    pub record_version: String,
 }
 
 fn now() -> OffsetDateTime {
@@ -158,20 +161,40 @@ impl Pipeline {
         record: RunRecord,
         request: ValidatedRequest,
     ) -> Result<RunRecord, StoreError> {
-        self.execute_leased(record, request, None).await
+        self.execute_leased(record, request, None, None).await
     }
 
     /// [`Pipeline::execute`] under a lease: once `lease_lost` is set, the run is stopped
     /// and abandoned without recording anything more (`PreconditionFailed`), so that the
     /// runner that took it over is the only one that pushes and writes its state.
+    ///
+    /// Every write of run.json is conditional on the version this runner last read or
+    /// wrote (`version`, read here when `None`): a runner that was cut off while another
+    /// took the run over finds its next write refused, and stops.
     pub async fn execute_leased(
         &self,
         record: RunRecord,
         request: ValidatedRequest,
         lease_lost: Option<Arc<AtomicBool>>,
+        version: Option<String>,
     ) -> Result<RunRecord, StoreError> {
         let run_id =
             RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+        let (record, version) = match version {
+            Some(version) => (record, version),
+            None => match runs::load_run_versioned(self.store.as_ref(), &run_id).await? {
+                Some((stored, version)) => (stored, version),
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "run {run_id} has no run.json to execute"
+                    )))
+                }
+            },
+        };
+        if record.status.is_final() {
+            tracing::info!(%run_id, status = %record.status, "the run is finished already; not running it again");
+            return Ok(record);
+        }
         let secrets: Vec<String> = self
             .config
             .forge_token
@@ -204,6 +227,7 @@ impl Pipeline {
             frozen: false,
             init_files: Vec::new(),
             default_branch: None,
+            record_version: version,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: ctx.run_id.to_string(),
@@ -224,7 +248,7 @@ impl Pipeline {
             runner_id: self.config.runner_id.clone(),
             lease_lost,
         });
-        let (status, reason) = match self.persist(&ctx).await {
+        let (status, reason) = match self.persist(&mut ctx).await {
             Ok(()) => self.run_phases(&mut ctx, &stop).await,
             Err(e) => {
                 ctx.record.error = Some(crate::failure::store(Phase::Prepare, &e));
@@ -242,7 +266,7 @@ impl Pipeline {
         if let Err(e) = ctx.record.finish(status, reason, now()) {
             tracing::warn!(error = %e, "unexpected final transition");
         }
-        self.persist(&ctx).await?;
+        self.persist(&mut ctx).await?;
         Ok(ctx.record)
     }
 
@@ -284,6 +308,13 @@ impl Pipeline {
             }
             if let Some(reason) = stop.reason() {
                 return self.stopped(ctx, None, reason).await;
+            }
+            if ctx.abandoned {
+                // Another runner wrote the run (see `persist`): nothing more is done here.
+                return (
+                    RunStatus::Failed,
+                    Some("another runner recorded the run".to_owned()),
+                );
             }
             if let Some(reason) = skip_reason(phase, ctx.request.publish) {
                 let _ = ctx.record.skip_phase(phase, &reason, now());
@@ -482,7 +513,7 @@ impl Pipeline {
         self.phase_ended(ctx, phase).await;
     }
 
-    async fn phase_ended(&self, ctx: &RunContext, phase: Phase) {
+    async fn phase_ended(&self, ctx: &mut RunContext, phase: Phase) {
         let state = ctx.record.phase(phase);
         self.progress.event(ProgressEvent::PhaseEnded {
             phase,
@@ -495,7 +526,7 @@ impl Pipeline {
         }
     }
 
-    async fn persist_phase(&self, ctx: &RunContext, phase: Phase) -> Result<(), StoreError> {
+    async fn persist_phase(&self, ctx: &mut RunContext, phase: Phase) -> Result<(), StoreError> {
         if ctx.abandoned {
             return Ok(());
         }
@@ -505,11 +536,22 @@ impl Pipeline {
         self.persist(ctx).await
     }
 
-    async fn persist(&self, ctx: &RunContext) -> Result<(), StoreError> {
+    async fn persist(&self, ctx: &mut RunContext) -> Result<(), StoreError> {
         if ctx.abandoned {
             return Ok(());
         }
-        runs::save_run(self.store.as_ref(), &ctx.record).await
+        match runs::save_run_fenced(self.store.as_ref(), &ctx.record, &ctx.record_version).await {
+            Ok(version) => {
+                ctx.record_version = version;
+                Ok(())
+            }
+            Err(StoreError::PreconditionFailed(why)) => {
+                tracing::error!(run_id = %ctx.run_id, %why, "run.json was written by another runner; this runner stops and records nothing more");
+                ctx.abandoned = true;
+                Err(StoreError::PreconditionFailed(why))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -85,6 +85,24 @@ enum Disposition {
     Defer(Duration),
 }
 
+/// A background task that ends with its owner, also when the owner panics or its
+/// future is dropped (a keep-alive must never outlive the message it keeps hidden).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Who, on a run's last delivery, is still working on it.
+enum Holder {
+    /// Its holder finished it, with this status.
+    Finished(RunStatus),
+    /// Nobody: no live lease, or this stale one (to take over, compare-and-swap).
+    None(Option<(Option<specrun_core::lease::Lease>, String)>),
+}
+
 /// A message sorted into a run to execute.
 struct Job {
     run_id: RunId,
@@ -171,7 +189,7 @@ impl Worker {
     pub async fn process(&self, message: Received) {
         let keepalive = self.keep_hidden(message.receipt.clone());
         let disposition = self.handle(&message).await;
-        keepalive.abort();
+        drop(keepalive);
         let done = match disposition {
             Disposition::Delete => self.queue.delete(&message.receipt).await,
             Disposition::Retry => Ok(()),
@@ -182,10 +200,10 @@ impl Worker {
         }
     }
 
-    fn keep_hidden(&self, receipt: String) -> tokio::task::JoinHandle<()> {
+    fn keep_hidden(&self, receipt: String) -> AbortOnDrop {
         let queue = self.queue.clone();
         let visibility = self.config.visibility;
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let every = (visibility / 3).max(Duration::from_secs(1));
             loop {
                 tokio::time::sleep(every).await;
@@ -193,7 +211,7 @@ impl Worker {
                     tracing::warn!(error = %e, "could not extend the message's visibility");
                 }
             }
-        })
+        }))
     }
 
     async fn handle(&self, message: &Received) -> Disposition {
@@ -224,9 +242,17 @@ impl Worker {
                 Disposition::Delete
             }
             Err(e) if message.receive_count >= self.config.max_receives => {
-                tracing::error!(error = %e, run_id = %job.run_id, "giving up on the run; its message goes to the dead-letter queue");
-                self.give_up(&job, message.receive_count, &e).await;
-                Disposition::Retry
+                match self.wait_for_holder(&job).await {
+                    Holder::Finished(status) => {
+                        tracing::info!(run_id = %job.run_id, %status, "the runner holding the run finished it; this last delivery is done");
+                        Disposition::Delete
+                    }
+                    Holder::None(stale) => {
+                        tracing::error!(error = %e, run_id = %job.run_id, "giving up on the run; its message goes to the dead-letter queue");
+                        self.give_up(&job, message.receive_count, &e, stale).await;
+                        Disposition::Retry
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, run_id = %job.run_id, "the run could not be completed now; the message will be retried");
@@ -235,13 +261,100 @@ impl Worker {
         }
     }
 
-    /// Marks a run failed after its last delivery, whatever state it was left in.
-    async fn give_up(&self, job: &Job, deliveries: u32, cause: &StoreError) {
-        let Ok(Some(mut record)) = runs::load_run(self.store(), &job.run_id).await else {
-            return;
+    /// On a run's last delivery: while another runner holds it and keeps renewing its
+    /// lease, wait (the message stays hidden) until that runner finishes it. Only a run
+    /// with no live holder, or one whose lease has not been renewed for two lease
+    /// lifetimes (its holder died, whatever time its lease names), is given up.
+    async fn wait_for_holder(&self, job: &Job) -> Holder {
+        let ttl = self.config.lease_ttl;
+        let mut seen: Option<(String, std::time::Instant)> = None;
+        loop {
+            match runs::load_run(self.store(), &job.run_id).await {
+                Ok(Some(record)) if record.status.is_final() => {
+                    return Holder::Finished(record.status)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the run while waiting for its holder")
+                }
+            }
+            let current = match lease::current(self.store(), &job.run_id).await {
+                Ok(current) => current,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the run's lease");
+                    tokio::time::sleep(ttl / 3).await;
+                    continue;
+                }
+            };
+            let Some((lease, version)) = current else {
+                return Holder::None(None);
+            };
+            if !lease.as_ref().is_some_and(|l| l.is_live(now())) {
+                return Holder::None(None);
+            }
+            match &seen {
+                Some((same, since)) if *same == version => {
+                    if since.elapsed() >= ttl * 2 {
+                        tracing::warn!(run_id = %job.run_id, "the run's lease has not been renewed for two lease lifetimes; its holder is gone");
+                        return Holder::None(Some((lease, version)));
+                    }
+                }
+                _ => seen = Some((version, std::time::Instant::now())),
+            }
+            tokio::time::sleep(ttl / 3).await;
+        }
+    }
+
+    /// Marks a run failed after its last delivery, whatever state it was left in, but
+    /// only under its lease: taken normally, or over a `stale` one whose holder stopped
+    /// renewing. A run someone else holds by now is left to them.
+    async fn give_up(
+        &self,
+        job: &Job,
+        deliveries: u32,
+        cause: &StoreError,
+        stale: Option<(Option<specrun_core::lease::Lease>, String)>,
+    ) {
+        let store = self.pipeline.store.clone();
+        let runner_id = self.pipeline.config().runner_id.clone();
+        let ttl = self.config.lease_ttl;
+        let claimed = match stale {
+            Some(stale) => lease::take_over_stale(store, &job.run_id, &runner_id, ttl, stale).await,
+            None => lease::claim(store, &job.run_id, &runner_id, ttl).await,
+        };
+        let held = match claimed {
+            Ok(Claim::Held(held)) => held,
+            Ok(Claim::Busy { runner_id }) => {
+                tracing::warn!(run_id = %job.run_id, %runner_id, "another runner took the run while this one gave up on it; leaving it to them");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the run's lease to record it failed");
+                return;
+            }
+        };
+        if let Some(record) = self.record_given_up(job, deliveries, cause).await {
+            if let Some(task) = &job.celery {
+                self.celery_outcome(task, &record).await;
+            }
+        }
+        held.release().await;
+    }
+
+    /// Writes the run failed/retries_exhausted, fenced on the version it read.
+    async fn record_given_up(
+        &self,
+        job: &Job,
+        deliveries: u32,
+        cause: &StoreError,
+    ) -> Option<RunRecord> {
+        let Ok(Some((mut record, version))) =
+            runs::load_run_versioned(self.store(), &job.run_id).await
+        else {
+            return None;
         };
         if record.status.is_final() {
-            return;
+            return None;
         }
         record.error = Some(RunError {
             code: "retries_exhausted".to_owned(),
@@ -257,13 +370,13 @@ impl Worker {
         if record.status == RunStatus::Queued {
             let _ = record.start(&self.pipeline.config().runner_id, now());
         }
-        if record.finish(RunStatus::Failed, reason, now()).is_ok() {
-            if let Err(e) = runs::save_run(self.store(), &record).await {
+        record.finish(RunStatus::Failed, reason, now()).ok()?;
+        match runs::save_run_fenced(self.store(), &record, &version).await {
+            Ok(_) => Some(record),
+            Err(e) => {
                 tracing::warn!(error = %e, "could not record the failed run");
+                None
             }
-        }
-        if let Some(task) = &job.celery {
-            self.celery_outcome(task, &record).await;
         }
     }
 
@@ -434,7 +547,7 @@ impl Worker {
     /// is taken over: its orphaned container is removed and a new attempt starts.
     async fn run_under_lease(
         &self,
-        mut record: RunRecord,
+        record: RunRecord,
         request: specrun_core::ValidatedRequest,
     ) -> Result<RunRecord, StoreError> {
         let run_id =
@@ -455,19 +568,40 @@ impl Worker {
                 )));
             }
         };
+        let result = self.run_held(&held, record, request, &runner_id).await;
+        held.release().await;
+        result
+    }
+
+    /// The run under a lease this runner just took: re-read (an earlier delivery may have
+    /// finished it between our first read and the claim), restarted when another runner
+    /// left it running, then executed with every run.json write fenced.
+    async fn run_held(
+        &self,
+        held: &lease::HeldLease,
+        record: RunRecord,
+        request: specrun_core::ValidatedRequest,
+        runner_id: &str,
+    ) -> Result<RunRecord, StoreError> {
+        let run_id =
+            RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+        let (mut record, mut version) = runs::load_run_versioned(self.store(), &run_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("run {run_id} has no run.json")))?;
+        if record.status.is_final() {
+            tracing::info!(%run_id, status = %record.status, "finished while this runner claimed it; not running it again");
+            return Ok(record);
+        }
         if record.status == RunStatus::Running {
             let removed = self.pipeline.remove_orphans(&run_id).await;
             tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
-            if record.restart(&runner_id, now()).is_ok() {
-                runs::save_run(self.store(), &record).await?;
+            if record.restart(runner_id, now()).is_ok() {
+                version = runs::save_run_fenced(self.store(), &record, &version).await?;
             }
         }
-        let result = self
-            .pipeline
-            .execute_leased(record, request, Some(held.lost()))
-            .await;
-        held.release().await;
-        result
+        self.pipeline
+            .execute_leased(record, request, Some(held.lost()), Some(version))
+            .await
     }
 
     /// Records a request the queue delivered but validation refused.
@@ -493,7 +627,16 @@ impl Worker {
             )
             .is_ok()
         {
-            runs::save_run(self.store(), &record).await?;
+            let run_id =
+                RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+            // Fenced like every other write of a run: never over what another wrote.
+            if let Some((stored, version)) = runs::load_run_versioned(self.store(), &run_id).await?
+            {
+                if stored.status.is_final() {
+                    return Ok(stored);
+                }
+                runs::save_run_fenced(self.store(), &record, &version).await?;
+            }
         }
         Ok(record)
     }

@@ -44,6 +44,45 @@ pub async fn save_run(store: &dyn BlobStore, record: &RunRecord) -> Result<(), S
         .await
 }
 
+/// Replaces run.json with `record` only if it is still at `version` (what this writer
+/// last read or wrote), and returns the new version. `PreconditionFailed` means someone
+/// else wrote the run in between (a runner that took it over): the caller must stop
+/// writing about it.
+pub async fn save_run_fenced(
+    store: &dyn BlobStore,
+    record: &RunRecord,
+    version: &str,
+) -> Result<String, StoreError> {
+    let key = keys::run_json(&run_id(record)?);
+    let body = to_json(record);
+    store
+        .put_if_version(&key, body.clone(), JSON, version)
+        .await?;
+    let (now, new_version) = store.get_versioned(&key).await?;
+    if now == body {
+        Ok(new_version)
+    } else {
+        Err(StoreError::PreconditionFailed(format!(
+            "{key} was written by someone else right after this write"
+        )))
+    }
+}
+
+/// The run and its version (for [`save_run_fenced`]), or `None` when there is none.
+pub async fn load_run_versioned(
+    store: &dyn BlobStore,
+    id: &RunId,
+) -> Result<Option<(RunRecord, String)>, StoreError> {
+    let key = keys::run_json(id);
+    match store.get_versioned(&key).await {
+        Ok((bytes, version)) => serde_json::from_slice(&bytes)
+            .map(|record| Some((record, version)))
+            .map_err(|e| StoreError::backend(&key, e)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The run, or `None` when there is none with that id.
 pub async fn load_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
     load_json(store, &keys::run_json(id)).await

@@ -33,13 +33,15 @@ async fn a_run_rides_out_a_storage_and_queue_outage_and_lands_once() -> TestResu
     let through_relay = world.env_via(&relay);
 
     let serve = SpecrunProcess::serve(&world.env, &["--no-runner"]).await?;
-    // A lease and a visibility timeout shorter than the outage: both lapse while the store
-    // and queue are away, and the second receiver slot sees the message come back.
+    // A visibility timeout shorter than the outage: the message comes back to the second
+    // receiver slot while the store and queue are away. The lease outlives the outage: a
+    // lease that lapses unrenewed stops its attempt by design (another runner may have
+    // taken the run), and a new attempt follows.
     let runner = SpecrunProcess::runner(
         &through_relay,
         &[
             "--lease-secs",
-            "6",
+            "30",
             "--visibility-secs",
             "10",
             "--concurrency",

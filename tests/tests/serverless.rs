@@ -318,9 +318,18 @@ async fn a_run_that_can_never_finish_lands_in_the_dead_letter_queue_marked_faile
         )
         .await?;
 
+    // Its holder never renews it either (the lease object never changes), so on the last
+    // delivery the runner takes the stale lease over and gives the run up.
     let runner = SpecrunProcess::runner(
         &world.env,
-        &["--max-receives", "2", "--visibility-secs", "10"],
+        &[
+            "--max-receives",
+            "2",
+            "--visibility-secs",
+            "10",
+            "--lease-secs",
+            "4",
+        ],
     )
     .await?;
     let waited = eventually(

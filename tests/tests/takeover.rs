@@ -336,6 +336,7 @@ async fn a_runner_that_lost_its_lease_stops_and_records_nothing_more() -> TestRe
     let lease = specrun_core::lease::Lease {
         run_id: run_id.to_string(),
         runner_id: "runner-z".to_owned(),
+        token: "runner-z-token".to_owned(),
         attempt: 2,
         expires_at: time::OffsetDateTime::now_utc() + time::Duration::minutes(10),
     };
@@ -367,5 +368,43 @@ async fn a_runner_that_lost_its_lease_stops_and_records_nothing_more() -> TestRe
     assert_eq!(pushes(&h), 0);
     let log = std::fs::read_to_string(h.work.path().join("runner-a.log"))?;
     assert!(log.contains("taken over by another runner"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_whose_run_was_written_by_another_stops_writing_it() -> TestResult {
+    let h = Harness::start().await?;
+    let agents = slow_agent(&h, 6)?;
+    let run_id = enqueue(&h, "overwritten", 1).await?;
+    let a = runner(&h, "runner-a", &agents)?;
+    wait_until(&h, &run_id, "specify running", |r| {
+        r.phase(Phase::Specify).status == PhaseStatus::Running
+    })
+    .await?;
+    // Another runner took the run over and recorded its own attempt, while runner-a was
+    // cut off (its lease object untouched here, so only the run.json fence can tell).
+    let mut theirs = load(&h, &run_id).await?;
+    theirs.runner_id = Some("runner-z".to_owned());
+    theirs.attempt = 2;
+    theirs.status_reason = Some("taken over by runner-z".to_owned());
+    let key = specrun_core::keys::run_json(&run_id);
+    h.store
+        .put(
+            &key,
+            specrun_store::runs::to_json(&theirs),
+            "application/json",
+        )
+        .await?;
+    let written = h.store.get(&key).await?;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop(a);
+    assert_eq!(
+        h.store.get(&key).await?,
+        written,
+        "runner-a wrote over the run another runner holds"
+    );
+    assert_eq!(pushes(&h), 0, "runner-a pushed a run that is no longer its");
+    let log = std::fs::read_to_string(h.work.path().join("runner-a.log"))?;
+    assert!(log.contains("written by another runner"), "{log}");
     Ok(())
 }

@@ -1,0 +1,150 @@
+//! Exactly once, where the lease and the queue meet (issue 14): a runner on its last
+//! delivery of a run another runner holds leaves the run to that runner instead of
+//! marking it failed underneath it; two processes under one `--runner-id` never both
+//! work a run; a runner whose run.json was written by another stops writing.
+
+use anyhow::Context as _;
+use specrun_core::message::RunMessage;
+use specrun_core::state::RunRecord;
+use specrun_core::RunStatus;
+use specrun_tests::emulator::{SpecrunEnv, SpecrunProcess};
+use specrun_tests::harness::{require_image, write_slow_agents_file};
+use specrun_tests::world::{eventually, pushes, run_request, submit, World, BUCKET};
+use std::time::Duration;
+
+type TestResult = anyhow::Result<()>;
+
+/// The world's processes with a `slow` agent that sleeps `seconds` in specify.
+fn slow_env(world: &World, dir: &std::path::Path, seconds: u32) -> anyhow::Result<SpecrunEnv> {
+    let mut env = world.env.clone();
+    env.extra.push((
+        "SPECRUN_AGENTS_FILE".to_owned(),
+        write_slow_agents_file(dir, "slow", seconds)?,
+    ));
+    Ok(env)
+}
+
+/// Submits a run of the slow agent; returns its id.
+async fn submit_slow(world: &World, env: &SpecrunEnv, repo: &str) -> anyhow::Result<String> {
+    let url = world.git().create_repo(repo, "# Held\n")?;
+    let serve = SpecrunProcess::serve(env, &["--no-runner"]).await?;
+    let mut body = run_request(&url, "Export invoices as CSV files");
+    body["agent"] = "slow".into();
+    Ok(submit(serve.base_url()?, &body).await?.0)
+}
+
+/// Puts one more copy of the run's message on the queue: what SQS delivers again when a
+/// visibility extension was missed.
+async fn duplicate_message(world: &World, run_id: &str) -> anyhow::Result<()> {
+    let request = world
+        .moto
+        .get_object(BUCKET, &format!("runs/{run_id}/request.json"))
+        .await?;
+    let message = RunMessage::new(run_id, serde_json::from_slice(&request)?);
+    world
+        .moto
+        .sqs()
+        .send_message()
+        .queue_url(&world.queues.url)
+        .message_body(String::from_utf8(message.to_json())?)
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn wait_status(
+    world: &World,
+    run_id: &str,
+    wanted: impl Fn(&RunRecord) -> bool,
+    what: &str,
+) -> anyhow::Result<RunRecord> {
+    eventually(what, Duration::from_secs(150), || async {
+        Ok(world
+            .stored_run(run_id)
+            .await
+            .ok()
+            .filter(|record| wanted(record)))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_last_delivery_leaves_the_run_to_the_runner_holding_it() -> TestResult {
+    require_image().await?;
+    let world = World::start(3).await?;
+    let dir = tempfile::tempdir()?;
+    let env = slow_env(&world, dir.path(), 12)?;
+    let run_id = submit_slow(&world, &env, "held").await?;
+    let a = SpecrunProcess::runner(&env.with_runner_id("runner-a"), &["--lease-secs", "6"]).await?;
+    wait_status(
+        &world,
+        &run_id,
+        |r| r.status == RunStatus::Running,
+        "runner-a running the run",
+    )
+    .await
+    .with_context(|| a.stderr_tail(30))?;
+    duplicate_message(&world, &run_id).await?;
+    // Runner-b's first delivery of the copy is its last.
+    let b = SpecrunProcess::runner(
+        &env.with_runner_id("runner-b"),
+        &["--max-receives", "1", "--lease-secs", "6"],
+    )
+    .await?;
+    let record = wait_status(&world, &run_id, |r| r.status.is_final(), "the run finished")
+        .await
+        .with_context(|| b.stderr_tail(30))?;
+    assert_eq!(
+        record.status,
+        RunStatus::Succeeded,
+        "{:#?}\n{}",
+        record.error,
+        b.stderr_tail(30)
+    );
+    let statuses: Vec<RunStatus> = record.status_timeline.iter().map(|t| t.status).collect();
+    assert!(
+        !statuses.contains(&RunStatus::Failed),
+        "the run was marked failed under its holder: {statuses:?}"
+    );
+    assert_eq!(record.attempt, 1);
+    world
+        .wait_queue_empty()
+        .await
+        .with_context(|| b.stderr_tail(30))?;
+    let dlq = world.moto.queue_depth(&world.queues.dlq_url).await?;
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(pushes(world.git(), "held"), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_with_one_runner_id_never_both_work_a_run() -> TestResult {
+    require_image().await?;
+    let world = World::start(5).await?;
+    let dir = tempfile::tempdir()?;
+    let env = slow_env(&world, dir.path(), 8)?;
+    let run_id = submit_slow(&world, &env, "twins").await?;
+    let same = env.with_runner_id("runner-twin");
+    let first = SpecrunProcess::runner(&same, &["--visibility-secs", "30"]).await?;
+    wait_status(
+        &world,
+        &run_id,
+        |r| r.status == RunStatus::Running,
+        "the first twin running it",
+    )
+    .await
+    .with_context(|| first.stderr_tail(30))?;
+    duplicate_message(&world, &run_id).await?;
+    let second = SpecrunProcess::runner(&same, &["--visibility-secs", "30"]).await?;
+    let record = wait_status(&world, &run_id, |r| r.status.is_final(), "the run finished")
+        .await
+        .with_context(|| second.stderr_tail(30))?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
+    assert_eq!(
+        record.attempt, 1,
+        "a second process took the run: {record:#?}"
+    );
+    world.wait_queue_empty().await?;
+    assert_eq!(pushes(world.git(), "twins"), 1);
+    Ok(())
+}
