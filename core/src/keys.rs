@@ -71,6 +71,20 @@ pub fn phase_json(run: &RunId, phase: Phase) -> String {
 }
 
 /// An artifact's key; `name` is a file name chosen by specrun, never by the agent.
+/// The key of an artifact of one attempt: attempt 1's at [`artifact`], a later
+/// attempt's under `artifacts/attempt-<n>/`, so a runner that took a run over never
+/// overwrites what `previous_attempts` point at.
+pub fn attempt_artifact(run: &RunId, attempt: u32, phase: Option<Phase>, name: &str) -> String {
+    if attempt <= 1 {
+        return artifact(run, phase, name);
+    }
+    let inner = match phase {
+        Some(phase) => format!("{phase}/{name}"),
+        None => name.to_owned(),
+    };
+    format!("{RUNS_PREFIX}{run}/artifacts/attempt-{attempt}/{inner}")
+}
+
 pub fn artifact(run: &RunId, phase: Option<Phase>, name: &str) -> String {
     match phase {
         Some(phase) => format!("{RUNS_PREFIX}{run}/artifacts/{phase}/{name}"),
@@ -126,6 +140,24 @@ pub fn is_safe_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_attempt_after_the_first_keeps_its_artifacts_apart() {
+        let run =
+            RunId::parse("0193a1b2-0000-7000-8000-000000000000").unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            attempt_artifact(&run, 1, Some(Phase::Plan), "agent.stdout.log"),
+            artifact(&run, Some(Phase::Plan), "agent.stdout.log")
+        );
+        assert_eq!(
+            attempt_artifact(&run, 2, Some(Phase::Plan), "agent.stdout.log"),
+            "runs/0193a1b2-0000-7000-8000-000000000000/artifacts/attempt-2/plan/agent.stdout.log"
+        );
+        assert_eq!(
+            attempt_artifact(&run, 3, None, "egress.log"),
+            "runs/0193a1b2-0000-7000-8000-000000000000/artifacts/attempt-3/egress.log"
+        );
+    }
 
     #[test]
     fn layout_matches_the_contract() {

@@ -231,14 +231,22 @@ impl OutputSink for CommandLogs {
 pub struct ArtifactStore {
     store: Arc<dyn BlobStore>,
     run_id: RunId,
+    attempt: u32,
     retention: Duration,
 }
 
 impl ArtifactStore {
-    pub fn new(store: Arc<dyn BlobStore>, run_id: RunId, retention_days: u32) -> Self {
+    /// Artifacts of `attempt` of the run (keys per attempt: [`keys::attempt_artifact`]).
+    pub fn new(
+        store: Arc<dyn BlobStore>,
+        run_id: RunId,
+        attempt: u32,
+        retention_days: u32,
+    ) -> Self {
         ArtifactStore {
             store,
             run_id,
+            attempt,
             retention: Duration::days(i64::from(retention_days)),
         }
     }
@@ -253,7 +261,7 @@ impl ArtifactStore {
     ) -> ArtifactRef {
         ArtifactRef {
             name: name.to_owned(),
-            key: keys::artifact(&self.run_id, phase, name),
+            key: keys::attempt_artifact(&self.run_id, self.attempt, phase, name),
             size,
             sha256,
             content_type: content_type.to_owned(),

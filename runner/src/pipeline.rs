@@ -207,6 +207,7 @@ impl Pipeline {
             artifacts: ArtifactStore::new(
                 self.store.clone(),
                 run_id.clone(),
+                record.attempt,
                 self.config.retention_days,
             ),
             redactor: Redactor::new(&secrets),

@@ -147,6 +147,96 @@ async fn exit_codes_tell_outcomes_apart() -> TestResult {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_run_ends_cancelled_and_leaves_nothing_behind() -> TestResult {
+    let h = Harness::start().await?;
+    let url = h.git().create_repo("interrupted", "# Interrupted\n")?;
+    let agents = specrun_tests::harness::write_slow_agents_file(h.work.path(), "slow", 60)?;
+    let mut child = Command::new(specrun_bin()?)
+        .args([
+            "run",
+            "--repo",
+            &url,
+            "--text",
+            "Export reports",
+            "--agent",
+            "slow",
+        ])
+        .env("SPECRUN_STATE_DIR", h.state.path())
+        .env("SPECRUN_WORK_DIR", h.work.path())
+        .env("SPECRUN_IMAGE", job_image())
+        .env("SPECRUN_GIT_TOKEN", CANARY_TOKEN)
+        .env("SPECRUN_AGENTS_FILE", &agents)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let specify_running = || -> Option<RunRecord> {
+        let runs = std::fs::read_dir(h.state.path().join("runs")).ok()?;
+        runs.filter_map(Result::ok).find_map(|dir| {
+            let record: RunRecord =
+                serde_json::from_slice(&std::fs::read(dir.path().join("run.json")).ok()?).ok()?;
+            (record.phase(Phase::Specify).status == specrun_core::PhaseStatus::Running)
+                .then_some(record)
+        })
+    };
+    let mut running = None;
+    for _ in 0..600 {
+        running = specify_running();
+        if running.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let running = running.ok_or_else(|| anyhow::anyhow!("the specify phase never started"))?;
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(started.elapsed().as_secs() < 60, "specrun run did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)?;
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("interrupted; cancelling run"), "{stderr}");
+    let record: RunRecord = serde_json::from_slice(&std::fs::read(
+        h.state
+            .path()
+            .join(format!("runs/{}/run.json", running.run_id)),
+    )?)?;
+    assert_eq!(record.status, RunStatus::Cancelled, "{record:#?}");
+    assert!(
+        record
+            .phase(Phase::Specify)
+            .artifacts
+            .iter()
+            .any(|a| a.name.ends_with(".log")),
+        "the interrupted phase's logs are kept: {:#?}",
+        record.phase(Phase::Specify)
+    );
+    assert_eq!(
+        record.phase(Phase::Cleanup).status,
+        specrun_core::PhaseStatus::Succeeded
+    );
+    let label = format!("label=io.specrun.run-id={}", running.run_id);
+    let containers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &label])
+        .output()?;
+    assert!(
+        text(&containers.stdout).trim().is_empty(),
+        "a job container is left"
+    );
+    assert!(
+        !h.work.path().join(&running.run_id).exists(),
+        "the workspace is left"
+    );
+    Ok(())
+}
+
 /// `specrun ARGS` pointed at `moto` (endpoint, region, credentials as `specrun runner`
 /// gets them) with an empty `--state-dir`: whatever it finds came from the bucket.
 fn specrun_on(moto: &Moto, state_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {

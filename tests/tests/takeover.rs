@@ -188,6 +188,24 @@ async fn a_runner_killed_mid_run_is_taken_over_and_both_attempts_are_recorded() 
         "the orphaned container was removed"
     );
     assert_eq!(pushes(&h), 1, "one push");
+    // The first attempt's artifacts are still what its record says: the second attempt
+    // wrote its own under another key.
+    let first_artifacts: Vec<_> = abandoned
+        .phases
+        .iter()
+        .flat_map(|p| p.artifacts.iter())
+        .collect();
+    assert!(!first_artifacts.is_empty(), "{abandoned:#?}");
+    for artifact in first_artifacts {
+        let bytes = h.store.get(&artifact.key).await?;
+        let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        assert_eq!(sha, artifact.sha256, "{} was overwritten", artifact.key);
+        assert!(
+            record.artifacts.iter().all(|a| a.key != artifact.key),
+            "attempt 2 reused {}",
+            artifact.key
+        );
+    }
     Ok(())
 }
 

@@ -363,7 +363,7 @@ async fn run(
         .validate(&policy)
         .map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
     let progress = Arc::new(ConsoleProgress::new());
-    let pipeline = Pipeline::new(config, store, progress);
+    let pipeline = Pipeline::new(config, store.clone(), progress);
     let run_id = Pipeline::new_run_id();
     let record = pipeline
         .enqueue_record(&run_id, &request)
@@ -380,10 +380,12 @@ async fn run(
         record.agent.name,
         request.publish.as_str()
     );
+    let interrupts = cancel_on_interrupt(store.clone(), run_id.clone());
     let record = pipeline
         .execute(record, request)
         .await
         .context("recording the run's final state")?;
+    interrupts.abort();
     if args.json {
         print_summary(&mut std::io::stderr(), &record, state_dir);
         println!("{}", serde_json::to_string_pretty(&record)?);
@@ -391,6 +393,42 @@ async fn run(
         print_summary(&mut std::io::stdout(), &record, state_dir);
     }
     Ok(exit_code(record.status))
+}
+
+/// Ctrl-C or SIGTERM during `specrun run` cancels the run the way `specrun cancel`
+/// does: the pipeline stops within a second, removes the container, its network and
+/// firewall rules and the workspace, and records `cancelled` with the interrupted
+/// phase's logs. A second signal ends the process at once.
+fn cancel_on_interrupt(store: Arc<dyn BlobStore>, run_id: RunId) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            if interrupted {
+                eprintln!("specrun: interrupted again; exiting without cleaning up (remove the job container by hand: docker rm -f specrun-{run_id})");
+                std::process::exit(130);
+            }
+            interrupted = true;
+            eprintln!("specrun: interrupted; cancelling run {run_id} and cleaning up (interrupt again to exit at once)");
+            if let Err(e) = specrun_store::runs::cancel_run(
+                store.as_ref(),
+                &run_id,
+                "an interrupt (Ctrl-C or SIGTERM)",
+            )
+            .await
+            {
+                eprintln!("specrun: could not record the cancellation: {e}");
+            }
+        }
+    })
 }
 
 /// What a failed store operation tells the operator: a missing bucket is a setting to fix.
