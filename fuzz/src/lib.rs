@@ -8,6 +8,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use specrun_core::branch::BranchName;
+use specrun_core::commit_scope;
+use specrun_core::feature::FeatureDir;
+use specrun_core::quote::quote_path;
+use specrun_core::trailer::{self, RUN_TRAILER};
 use specrun_core::celery::{self, CeleryError, CeleryState, CeleryTask};
 use specrun_core::message::{Incoming, RUN_MESSAGE_KIND};
 use specrun_core::repo::{RepoPolicy, RepoRef};
@@ -64,14 +68,49 @@ fn check_strict_json(data: &[u8]) {
     }
 }
 
-/// Target `state`: a stored `run.json` or `phases/<phase>.json`.
+/// Target `state`: a stored `run.json` or `phases/<phase>.json`, and what the agent or
+/// a remote writes that specrun reads back (a commit message, a file name, feature.json,
+/// an operator's commit path).
 pub fn state(data: &[u8]) {
+    agent_written(data);
     if let Ok(record) = serde_json::from_slice::<RunRecord>(data) {
         round_trip(&record);
         take_over(record);
     }
     if let Ok(phase) = serde_json::from_slice::<PhaseState>(data) {
         round_trip(&phase);
+    }
+}
+
+fn agent_written(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Some(run) = trailer::run_of(&text) {
+        // git's rule: the run is named on a line of the message's last paragraph.
+        let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+        assert!(
+            last.lines().any(|line| line
+                .split_once(':')
+                .is_some_and(|(token, value)| token.eq_ignore_ascii_case(RUN_TRAILER)
+                    && value.trim() == run)),
+            "{run:?} is not a trailer of {text:?}"
+        );
+    }
+    let quoted = quote_path(&text);
+    assert!(!quoted.contains(['\n', '\r']), "{quoted:?} spans lines");
+    if quoted == text {
+        assert!(!text.chars().any(char::is_control), "{text:?} left unquoted");
+    }
+    if let Ok(feature) = FeatureDir::from_feature_json(data) {
+        if feature.require_spec_kit_layout().is_ok() {
+            let name = feature.as_str().strip_prefix("specs/");
+            assert!(name.is_some_and(|n| !n.is_empty() && !n.contains('/')), "{feature:?}");
+        }
+    }
+    if commit_scope::check_pattern(&text).is_ok() {
+        assert!(
+            !text.starts_with('/') && !text.split('/').any(|p| p == ".." || p == ".git"),
+            "{text:?} accepted as a commit path"
+        );
     }
 }
 
@@ -534,7 +573,11 @@ mod tests {
             state(&bytes);
             let parses = serde_json::from_slice::<RunRecord>(&bytes).is_ok()
                 || serde_json::from_slice::<PhaseState>(&bytes).is_ok();
-            assert!(parses, "{name} is neither a run nor a phase state");
+            // `agent-*` seeds are what an agent or a remote writes, not state objects.
+            assert!(
+                parses || name.contains("agent-"),
+                "{name} is neither a run nor a phase state"
+            );
         }
     }
 
