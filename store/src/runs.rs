@@ -159,6 +159,55 @@ pub async fn pin_request(
     }
 }
 
+/// Whether a run's queue message is known to have been sent. Kept beside run.json
+/// (`runs/<id>/queue.json`) for runs submitted with an idempotency key, so that a retry
+/// of a submission whose send failed, or whose answer was lost, sends it again. A run
+/// without the object was queued as runs always were: known sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueSend {
+    /// Not known to be on the queue: a send is to come, failed, or its answer was lost.
+    Pending,
+    /// The queue acknowledged the message.
+    Sent,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct QueueSendRecord {
+    schema_version: u32,
+    state: QueueSend,
+    #[serde(with = "time::serde::rfc3339")]
+    at: time::OffsetDateTime,
+}
+
+fn queue_send_key(id: &RunId) -> String {
+    format!("{}queue.json", keys::run_prefix(id))
+}
+
+/// Records what is known about run `id`'s queue message.
+pub async fn mark_queue_send(
+    store: &dyn BlobStore,
+    id: &RunId,
+    state: QueueSend,
+) -> Result<(), StoreError> {
+    let record = QueueSendRecord {
+        schema_version: 1,
+        state,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    store.put(&queue_send_key(id), to_json(&record), JSON).await
+}
+
+/// What is known about run `id`'s queue message; `None` for a run that keeps no record
+/// (queued without an idempotency key, or before this record existed).
+pub async fn queue_send(
+    store: &dyn BlobStore,
+    id: &RunId,
+) -> Result<Option<QueueSend>, StoreError> {
+    let record: Option<QueueSendRecord> = load_json(store, &queue_send_key(id)).await?;
+    Ok(record.map(|r| r.state))
+}
+
 /// Run ids, newest first, `limit` at a time; pass the returned cursor to continue. The
 /// cursor must be one this function returned (an index key); anything else is refused
 /// before the store sees it.
@@ -349,6 +398,19 @@ mod tests {
         create_run(&store, &old).await?;
         let pinned = pin_request(&store, &RunId::parse("run-bbbb-2")?, &other).await?;
         assert_eq!(pinned, Pinned::Unrecorded(Box::new(old)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_run_remembers_whether_its_message_was_sent() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        let id = RunId::parse("run-aaaa-1")?;
+        assert_eq!(queue_send(&store, &id).await?, None);
+        mark_queue_send(&store, &id, QueueSend::Pending).await?;
+        assert_eq!(queue_send(&store, &id).await?, Some(QueueSend::Pending));
+        mark_queue_send(&store, &id, QueueSend::Sent).await?;
+        assert_eq!(queue_send(&store, &id).await?, Some(QueueSend::Sent));
         Ok(())
     }
 

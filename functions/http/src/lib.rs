@@ -114,11 +114,20 @@ const RETRY_AFTER_SECS: &str = "5";
 
 /// A storage or queue failure: the client may retry, after `Retry-After` seconds.
 pub fn unavailable(message: &str) -> ApiResponse {
-    let mut response = error(
+    unavailable_with(message, serde_json::Map::new())
+}
+
+/// [`unavailable`] with more members in `error`, e.g. the `run_id` a retry will get.
+pub fn unavailable_with(
+    message: &str,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> ApiResponse {
+    let mut response = error_with(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         message,
         None,
+        extra,
     );
     response.headers_mut().insert(
         header::RETRY_AFTER,

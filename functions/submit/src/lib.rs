@@ -1,7 +1,8 @@
 //! The submit function: `POST /runs` validates a run request, assigns the run id, stores
 //! the request and run.json as `queued`, sends the queue message and answers 202 with the
 //! run id and the status URL. A repeated `idempotency_key` answers with the run it first
-//! created, or 422 when it comes with another request.
+//! created, or 422 when it comes with another request; when that run's message is not
+//! known to be on the queue (the send failed, or its answer was lost), it is sent again.
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -115,6 +116,7 @@ impl Submit {
             Ok(Accepted::New(run_id)) => (run_id, true),
             Ok(Accepted::Duplicate(run_id)) => (run_id, false),
             Ok(Accepted::Conflict(run_id)) => return conflict(&request, &run_id),
+            Ok(Accepted::NotQueued(run_id, e)) => return not_queued(&request, &run_id, &e),
             Err(e) => {
                 tracing::error!(error = %e, "could not accept a run");
                 return specrun_http::unavailable(&format!(
@@ -159,15 +161,19 @@ impl Submit {
             runs::Pinned::Unrecorded(_) => return Ok(Accepted::Duplicate(run_id)),
             runs::Pinned::Same => {}
         }
-        if claimed_before
-            && runs::load_run(self.store.as_ref(), &run_id)
-                .await?
-                .is_some()
-        {
-            return Ok(Accepted::Duplicate(run_id));
+        if claimed_before {
+            if let Some(record) = runs::load_run(self.store.as_ref(), &run_id).await? {
+                return self.requeue_if_pending(&record, run_id, request).await;
+            }
         }
         // Otherwise this is a new run, or the first request with this key stopped before
-        // recording it: record and queue it now.
+        // recording it: record and queue it now. With a key, the run is marked not known
+        // to be queued before run.json exists, so a retry after any failure from here on
+        // (the store, the queue, this process) finds it and sends its message.
+        let keyed = request.idempotency_key.is_some();
+        if keyed {
+            runs::mark_queue_send(self.store.as_ref(), &run_id, runs::QueueSend::Pending).await?;
+        }
         let record = RunRecord::for_request(
             run_id.as_str(),
             request,
@@ -178,12 +184,48 @@ impl Submit {
             Ok(()) | Err(StoreError::PreconditionFailed(_)) => {}
             Err(e) => return Err(e),
         }
+        let accepted = self.send(run_id, request).await;
+        if let (Accepted::NotQueued(_, e), false) = (&accepted, keyed) {
+            self.withdraw(record, e).await;
+        }
+        Ok(accepted)
+    }
+
+    /// The idempotency key's earlier request recorded `record`: a run still queued whose
+    /// message is not known to have been sent is sent now. A duplicate message (the
+    /// earlier send went out but its answer was lost) is harmless: a runner works a run
+    /// only under its lease and never runs a finished run again.
+    async fn requeue_if_pending(
+        &self,
+        record: &RunRecord,
+        run_id: RunId,
+        request: &ValidatedRequest,
+    ) -> Result<Accepted, StoreError> {
+        if record.status != RunStatus::Queued {
+            return Ok(Accepted::Duplicate(run_id));
+        }
+        match runs::queue_send(self.store.as_ref(), &run_id).await? {
+            Some(runs::QueueSend::Pending) => Ok(self.send(run_id, request).await),
+            Some(runs::QueueSend::Sent) | None => Ok(Accepted::Duplicate(run_id)),
+        }
+    }
+
+    /// Sends the run's message; with an idempotency key, records that it was sent.
+    async fn send(&self, run_id: RunId, request: &ValidatedRequest) -> Accepted {
         let message = RunMessage::new(run_id.as_str(), request.to_wire());
         if let Err(e) = self.queue.send(message.to_json()).await {
-            self.record_queue_failure(record, &e).await;
-            return Err(e);
+            tracing::warn!(%run_id, error = %e, "could not queue a run");
+            return Accepted::NotQueued(run_id, e);
         }
-        Ok(Accepted::New(run_id))
+        if request.idempotency_key.is_some() {
+            // Left pending, a later retry with the key sends a duplicate: harmless, so the
+            // submission still succeeded.
+            let sent = runs::QueueSend::Sent;
+            if let Err(e) = runs::mark_queue_send(self.store.as_ref(), &run_id, sent).await {
+                tracing::warn!(%run_id, error = %e, "queued a run but could not record it");
+            }
+        }
+        Accepted::New(run_id)
     }
 
     /// The agent must be known and its options declared; checked here so a bad request
@@ -218,8 +260,12 @@ impl Submit {
         }
     }
 
-    /// A run that never reached the queue must not stay `queued` forever.
-    async fn record_queue_failure(&self, mut record: RunRecord, e: &StoreError) {
+    /// A run submitted without an idempotency key whose send failed is withdrawn: no
+    /// retry can name it (a resubmission is a new run), and the client was told it was
+    /// not accepted, so it must neither stay `queued` forever nor run if its message did
+    /// go out. Only a run still queued is withdrawn, fenced on the version read, so a
+    /// runner that already took it is never overwritten.
+    async fn withdraw(&self, mut record: RunRecord, e: &StoreError) {
         record.error = Some(RunError {
             code: "queue_unavailable".to_owned(),
             message: format!("the run could not be queued: {e}"),
@@ -229,11 +275,20 @@ impl Submit {
             log_excerpt: None,
         });
         let reason = Some("the run could not be queued".to_owned());
-        if record
-            .finish(RunStatus::Failed, reason, OffsetDateTime::now_utc())
-            .is_ok()
+        let Ok(run_id) = RunId::parse(&record.run_id) else {
+            return;
+        };
+        let Ok(Some((stored, version))) =
+            runs::load_run_versioned(self.store.as_ref(), &run_id).await
+        else {
+            return;
+        };
+        if stored.status == RunStatus::Queued
+            && record
+                .finish(RunStatus::Failed, reason, OffsetDateTime::now_utc())
+                .is_ok()
         {
-            let _ = runs::save_run(self.store.as_ref(), &record).await;
+            let _ = runs::save_run_fenced(self.store.as_ref(), &record, &version).await;
         }
     }
 }
@@ -246,6 +301,27 @@ enum Accepted {
     Duplicate(RunId),
     /// The idempotency key made this run for another request.
     Conflict(RunId),
+    /// Recorded, but the queue did not take the message.
+    NotQueued(RunId, StoreError),
+}
+
+/// 503: the run is recorded but its message did not reach the queue (or its answer was
+/// lost). With an idempotency key the run stays queued and the same request retried
+/// queues it; without one it was withdrawn.
+fn not_queued(request: &ValidatedRequest, run_id: &RunId, e: &StoreError) -> ApiResponse {
+    let message = match request.idempotency_key {
+        Some(_) => format!(
+            "run {run_id} is recorded but could not be queued: {e}; retry the same request \
+             with the same idempotency_key to queue it"
+        ),
+        None => format!(
+            "the run could not be queued: {e}; run {run_id} will not run; submit again, \
+             with an idempotency_key so that retrying is safe"
+        ),
+    };
+    let mut extra = serde_json::Map::new();
+    extra.insert("run_id".to_owned(), run_id.as_str().into());
+    specrun_http::unavailable_with(&message, extra)
 }
 
 /// 422: the idempotency key already made `run_id`, for another request.
@@ -276,6 +352,91 @@ mod tests {
     use super::*;
     use specrun_store::{FsBlobStore, FsQueue};
     use std::time::Duration;
+
+    /// How [`FlakyQueue`] answers a send.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Send {
+        Works,
+        /// The queue cannot be reached: nothing is sent.
+        Fails,
+        /// The message goes out, but its answer is lost.
+        AnswerLost,
+    }
+
+    /// A queue whose sends fail on demand.
+    struct FlakyQueue {
+        inner: FsQueue,
+        send: std::sync::Mutex<Send>,
+    }
+
+    impl FlakyQueue {
+        fn set(&self, send: Send) {
+            *self.send.lock().unwrap_or_else(|e| e.into_inner()) = send;
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Queue for FlakyQueue {
+        async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+            let send = *self.send.lock().unwrap_or_else(|e| e.into_inner());
+            let lost = || StoreError::unavailable("queue", "injected by the test");
+            match send {
+                Send::Works => self.inner.send(body).await,
+                Send::Fails => Err(lost()),
+                Send::AnswerLost => Err(self.inner.send(body).await.map_or_else(|e| e, |_| lost())),
+            }
+        }
+
+        async fn receive(
+            &self,
+            max: usize,
+            wait: Duration,
+            visibility: Duration,
+        ) -> Result<Vec<specrun_core::ports::Received>, StoreError> {
+            self.inner.receive(max, wait, visibility).await
+        }
+
+        async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), StoreError> {
+            self.inner.extend(receipt, visibility).await
+        }
+
+        async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
+            self.inner.delete(receipt).await
+        }
+    }
+
+    /// [`submit`] on a [`FlakyQueue`].
+    fn flaky(dir: &std::path::Path) -> (Submit, Arc<FlakyQueue>) {
+        let queue = Arc::new(FlakyQueue {
+            inner: FsQueue::new(dir.join("queue")),
+            send: std::sync::Mutex::new(Send::Works),
+        });
+        let submit = Submit {
+            queue: queue.clone(),
+            ..submit(dir)
+        };
+        (submit, queue)
+    }
+
+    async fn messages(submit: &Submit) -> Result<usize, StoreError> {
+        let received = submit
+            .queue
+            .receive(10, Duration::ZERO, Duration::from_secs(30))
+            .await?;
+        Ok(received.len())
+    }
+
+    /// The one run recorded: its id and status.
+    async fn the_run(submit: &Submit) -> Result<(String, RunStatus), Box<dyn std::error::Error>> {
+        let listed = runs::list_runs(submit.store.as_ref(), None, 10).await?.0;
+        let [run_id] = listed.as_slice() else {
+            return Err(format!("runs recorded: {listed:?}").into());
+        };
+        let record = runs::load_run(submit.store.as_ref(), run_id)
+            .await?
+            .ok_or("no run.json")?;
+        Ok((run_id.to_string(), record.status))
+    }
 
     fn submit(dir: &std::path::Path) -> Submit {
         Submit {
@@ -440,6 +601,98 @@ mod tests {
             .receive(10, Duration::ZERO, Duration::from_secs(30))
             .await?;
         assert_eq!(messages.len(), 1, "one run, one message");
+        Ok(())
+    }
+
+    const KEYED: &str =
+        r#"{"repository":"octo/hello","specify_text":"Add login","idempotency_key":"k-9"}"#;
+
+    /// Submits [`KEYED`] while sends go `send`: a 503 naming the run, which stays queued.
+    async fn submit_while(
+        dir: &std::path::Path,
+        send: Send,
+    ) -> Result<(Submit, Arc<FlakyQueue>, String), Box<dyn std::error::Error>> {
+        let (submit, queue) = flaky(dir);
+        queue.set(send);
+        let refused = submit.handle(post(KEYED)).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[http::header::RETRY_AFTER], "5");
+        let answer = body(&refused);
+        assert_eq!(answer["error"]["code"], "unavailable");
+        let (run_id, status) = the_run(&submit).await?;
+        assert_eq!(
+            status,
+            RunStatus::Queued,
+            "an unsure send must not fail the run"
+        );
+        assert_eq!(answer["error"]["run_id"], run_id.as_str(), "{answer}");
+        Ok((submit, queue, run_id))
+    }
+
+    /// [`KEYED`] again once the queue works: 202 and queued, then 200, the same run.
+    async fn assert_retry_queues(submit: &Submit, queue: &FlakyQueue, run_id: &str) {
+        queue.set(Send::Works);
+        for expected in [StatusCode::ACCEPTED, StatusCode::OK] {
+            let answer = submit.handle(post(KEYED)).await;
+            assert_eq!(answer.status(), expected);
+            assert_eq!(body(&answer)["run_id"], run_id);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_leaves_the_run_queued_and_a_retry_queues_it_once(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (submit, queue, run_id) = submit_while(dir.path(), Send::Fails).await?;
+        // Still unreachable: another 503, nothing sent.
+        let again = submit.handle(post(KEYED)).await;
+        assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(messages(&submit).await?, 0);
+        assert_retry_queues(&submit, &queue, &run_id).await;
+        assert_eq!(messages(&submit).await?, 1, "one run, one message");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_send_whose_answer_was_lost_is_sent_again_never_failed(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (submit, queue, run_id) = submit_while(dir.path(), Send::AnswerLost).await?;
+        assert_retry_queues(&submit, &queue, &run_id).await;
+        // The lost answer's message and the resend: a duplicate the runners run once.
+        assert_eq!(messages(&submit).await?, 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_run_already_taken_from_the_queue_is_not_sent_again(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (submit, queue, run_id) = submit_while(dir.path(), Send::AnswerLost).await?;
+        // A runner took the message that did go out and started the run.
+        let run_id = RunId::parse(&run_id)?;
+        let mut record = runs::load_run(submit.store.as_ref(), &run_id)
+            .await?
+            .ok_or("no run")?;
+        record.start("runner-1", OffsetDateTime::now_utc())?;
+        runs::save_run(submit.store.as_ref(), &record).await?;
+        queue.set(Send::Works);
+        let again = submit.handle(post(KEYED)).await;
+        assert_eq!(again.status(), StatusCode::OK);
+        assert_eq!(messages(&submit).await?, 1, "no second message");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn without_a_key_a_failed_send_withdraws_the_run(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (submit, queue) = flaky(dir.path());
+        queue.set(Send::Fails);
+        let request = r#"{"repository":"octo/hello","specify_text":"Add login"}"#;
+        let refused = submit.handle(post(request)).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(the_run(&submit).await?.1, RunStatus::Failed);
         Ok(())
     }
 
