@@ -81,6 +81,21 @@ impl CeleryTask {
         self.eta.as_deref().and_then(|t| parse_time(t).ok())
     }
 
+    /// How long a task whose `eta` is still ahead at `now` should wait before it is looked
+    /// at again: until the eta (rounded up to whole seconds, at least one), but at most
+    /// `step`. `None` when it may run now.
+    pub fn wait_for_eta(
+        &self,
+        now: OffsetDateTime,
+        step: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        let eta = self.eta_time().filter(|eta| *eta > now)?;
+        let ahead = eta - now;
+        let seconds = ahead.whole_seconds() + i64::from(ahead.subsec_nanoseconds() > 0);
+        let wait = std::time::Duration::from_secs(seconds.max(1).unsigned_abs());
+        Some(wait.min(step.max(std::time::Duration::from_secs(1))))
+    }
+
     /// The time after which the task must not run, if any.
     pub fn expires_time(&self) -> Option<OffsetDateTime> {
         self.expires.as_deref().and_then(|t| parse_time(t).ok())
@@ -637,6 +652,40 @@ mod tests {
         assert_eq!(eta.unix_timestamp(), 1_795_560_463);
         assert!(!task.is_expired(eta));
         assert!(task.is_expired(expires));
+    }
+
+    #[test]
+    fn a_future_eta_waits_in_steps_until_it_is_due() {
+        let task = parse("p2-json-countdown").unwrap().unwrap();
+        let eta = task.eta_time().unwrap();
+        let step = std::time::Duration::from_secs(900);
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            task.wait_for_eta(eta - time::Duration::hours(5), step),
+            Some(step)
+        );
+        assert_eq!(
+            task.wait_for_eta(eta - time::Duration::seconds(40), step),
+            Some(secs(40))
+        );
+        assert_eq!(
+            task.wait_for_eta(eta - time::Duration::milliseconds(1500), step),
+            Some(secs(2)),
+            "rounded up, never early"
+        );
+        assert_eq!(
+            task.wait_for_eta(eta - time::Duration::milliseconds(1), step),
+            Some(secs(1))
+        );
+        assert_eq!(task.wait_for_eta(eta, step), None);
+        assert_eq!(
+            task.wait_for_eta(eta + time::Duration::seconds(1), step),
+            None
+        );
+        assert_eq!(
+            task.wait_for_eta(eta - time::Duration::hours(5), secs(0)),
+            Some(secs(1))
+        );
     }
 
     #[test]

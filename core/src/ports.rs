@@ -132,6 +132,17 @@ pub struct Received {
 pub trait Queue: Send + Sync {
     async fn send(&self, body: Vec<u8>) -> Result<String, StoreError>;
 
+    /// Sends a message that no receiver sees until `delay` has passed (SQS caps the delay
+    /// at 15 minutes; a longer one is shortened to that). A new message starts with no
+    /// receives, which is how a Celery `eta` waits without using up the message's
+    /// deliveries. A queue that cannot delay answers with an error (the default).
+    async fn send_delayed(&self, _body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+        Err(StoreError::backend(
+            "queue",
+            format!("this queue cannot delay a message (by {delay:?})"),
+        ))
+    }
+
     /// Waits up to `wait` for at most `max` messages, hiding each for `visibility`.
     async fn receive(
         &self,

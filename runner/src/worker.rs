@@ -47,6 +47,23 @@ pub struct WorkerConfig {
     /// How long a run's lease lasts without renewal: after a runner dies, its run can be
     /// taken over this long after the last renewal.
     pub lease_ttl: Duration,
+    /// The longest one wait for a Celery `eta` (SQS delays a message at most 15 minutes):
+    /// a task due later is re-sent as a new message this far ahead, again and again.
+    pub eta_step: Duration,
+}
+
+/// SQS's longest `DelaySeconds`.
+const MAX_ETA_STEP: Duration = Duration::from_secs(900);
+
+/// The eta step: `SPECRUN_ETA_STEP_SECS` (a shorter step, for tests and operators who want
+/// one), at most SQS's 15 minutes.
+fn eta_step_from_env() -> Duration {
+    std::env::var("SPECRUN_ETA_STEP_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(|secs: u64| Duration::from_secs(secs.max(1)))
+        .unwrap_or(MAX_ETA_STEP)
+        .min(MAX_ETA_STEP)
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +78,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(600),
             max_receives: 3,
             lease_ttl: Duration::from_secs(60),
+            eta_step: eta_step_from_env(),
         }
     }
 }
@@ -81,7 +99,8 @@ enum Disposition {
     /// Leave it: it comes back after its visibility timeout (and, on SQS, reaches the
     /// dead-letter queue after too many tries).
     Retry,
-    /// Hide it until a Celery `eta`.
+    /// Wait this long for a Celery `eta`: send the body again as a new message delayed by
+    /// it and delete this one (see [`Worker::defer`]).
     Defer(Duration),
 }
 
@@ -193,10 +212,37 @@ impl Worker {
         let done = match disposition {
             Disposition::Delete => self.queue.delete(&message.receipt).await,
             Disposition::Retry => Ok(()),
-            Disposition::Defer(delay) => self.queue.extend(&message.receipt, delay).await,
+            Disposition::Defer(delay) => self.defer(&message, delay).await,
         };
         if let Err(e) = done {
             tracing::warn!(error = %e, "could not settle the queue message; it will be delivered again");
+        }
+    }
+
+    /// Waits for a Celery `eta` without using up the message's deliveries: every receive
+    /// counts towards the queue's `maxReceiveCount`, so hiding the same message again would
+    /// send a task due later than a few waits to the dead-letter queue unrun. A new copy of
+    /// the body, delayed by `delay`, starts at no receives; then this one is deleted.
+    ///
+    /// Sent first, deleted second: a crash between the two leaves two copies of the task,
+    /// never none. Both name the same run (a Celery task's run id is its task id), so the
+    /// later one finds the run leased or finished and runs nothing, and the task keeps its
+    /// one result object. A queue that cannot delay a message gets the old way: the same
+    /// message hidden until then.
+    async fn defer(&self, message: &Received, delay: Duration) -> Result<(), StoreError> {
+        match self.queue.send_delayed(message.body.clone(), delay).await {
+            Ok(_) => {
+                tracing::info!(
+                    message_id = %message.message_id,
+                    wait_secs = delay.as_secs(),
+                    "the Celery task's eta is ahead; sent it again delayed and deleting this delivery"
+                );
+                self.queue.delete(&message.receipt).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not re-send the task delayed; hiding this delivery until its eta instead");
+                self.queue.extend(&message.receipt, delay).await
+            }
         }
     }
 
@@ -229,9 +275,8 @@ impl Worker {
                 .await;
                 return Disposition::Delete;
             }
-            if let Some(eta) = task.eta_time().filter(|eta| *eta > now()) {
-                let wait = (eta - now()).whole_seconds().clamp(1, 12 * 3600);
-                return Disposition::Defer(Duration::from_secs(wait.unsigned_abs()));
+            if let Some(wait) = task.wait_for_eta(now(), self.config.eta_step) {
+                return Disposition::Defer(wait);
             }
         }
         match self.execute(&job).await {

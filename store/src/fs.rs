@@ -267,23 +267,56 @@ impl FsBlobStore {
 
 /// A queue of message files. `receive` claims a message by renaming it from `pending/`
 /// into `inflight/`; the in-flight file's modification time is its visibility deadline, and
-/// an expired claim goes back to `pending/`. File names are `<id>.<receive count>`.
+/// an expired claim goes back to `pending/`. A pending file's modification time is when it
+/// may first be delivered (later than its writing for a delayed send). File names are
+/// `<id>.<receive count>`, so the count lives in the directory and outlasts the process.
+///
+/// With a `max_receives`, a message already delivered that many times is not delivered
+/// again but moved, body untouched, to `dead-letter/` beside a `<name>.why` note, as SQS's
+/// redrive policy moves one to its dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct FsQueue {
     pending: PathBuf,
     inflight: PathBuf,
+    dead_letter: PathBuf,
+    max_receives: Option<u32>,
 }
 
 fn queue_error(e: std::io::Error) -> StoreError {
     StoreError::backend("queue", e)
 }
 
+/// The note left beside a dead-lettered message, for the operator who finds it.
+#[derive(Debug, serde::Serialize)]
+struct DeadLetterNote<'a> {
+    message_id: &'a str,
+    receive_count: u32,
+    max_receives: u32,
+    dead_lettered_at: String,
+    reason: String,
+}
+
 impl FsQueue {
+    /// A queue that delivers a message any number of times.
     pub fn new(root: impl AsRef<Path>) -> Self {
         FsQueue {
             pending: root.as_ref().join("pending"),
             inflight: root.as_ref().join("inflight"),
+            dead_letter: root.as_ref().join("dead-letter"),
+            max_receives: None,
         }
+    }
+
+    /// Delivers a message at most `max` times (at least once); the next receive moves it to
+    /// `dead-letter/`. The runner passes its `--max-receives`, SQS's `maxReceiveCount`.
+    pub fn with_max_receives(mut self, max: u32) -> Self {
+        self.max_receives = Some(max.max(1));
+        self
+    }
+
+    /// Where dead-lettered messages and their notes are.
+    pub fn dead_letter_dir(&self) -> &Path {
+        &self.dead_letter
     }
 
     async fn ensure_dirs(&self) -> Result<(), StoreError> {
@@ -298,14 +331,7 @@ impl FsQueue {
         let now = SystemTime::now();
         for name in sorted_names(&self.inflight).await? {
             let path = self.inflight.join(&name);
-            let Ok(meta) = fs::metadata(&path).await else {
-                continue;
-            };
-            if meta
-                .modified()
-                .map(|deadline| deadline <= now)
-                .unwrap_or(true)
-            {
+            if is_due(&path, now).await {
                 let _ = fs::rename(&path, self.pending.join(&name)).await;
             }
         }
@@ -317,6 +343,78 @@ impl FsQueue {
             Some(_) => Ok(self.inflight.join(receipt)),
             None => Err(StoreError::InvalidKey(receipt.to_owned())),
         }
+    }
+
+    /// Writes a message into `pending/`, first deliverable `delay` from now.
+    async fn enqueue(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+        self.ensure_dirs().await?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let tmp = self.pending.join(format!("{id}.tmp"));
+        fs::write(&tmp, body).await.map_err(queue_error)?;
+        if !delay.is_zero() {
+            set_deadline(&tmp, delay).await?;
+        }
+        fs::rename(&tmp, self.pending.join(format!("{id}.0")))
+            .await
+            .map_err(queue_error)?;
+        Ok(id)
+    }
+
+    /// Moves pending `name`, delivered `count` times already, to `dead-letter/` when that
+    /// is the most it may be; whether it did (or another receiver took the file first).
+    async fn dead_letter_if_spent(&self, name: &str, id: &str, count: u32) -> bool {
+        let Some(max) = self.max_receives.filter(|max| count >= *max) else {
+            return false;
+        };
+        if let Err(e) = fs::create_dir_all(&self.dead_letter).await {
+            tracing::warn!(error = %e, "could not create the queue's dead-letter directory; the message stays pending");
+            return false;
+        }
+        // Losing the rename means another receiver claimed or moved it first.
+        if fs::rename(self.pending.join(name), self.dead_letter.join(name))
+            .await
+            .is_err()
+        {
+            return true;
+        }
+        let note = DeadLetterNote {
+            message_id: id,
+            receive_count: count,
+            max_receives: max,
+            dead_lettered_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            reason: format!(
+                "delivered {count} times without being deleted (max_receives {max}): its runs kept failing or never finished"
+            ),
+        };
+        let note_path = self.dead_letter.join(format!("{name}.why"));
+        let written = match serde_json::to_vec_pretty(&note) {
+            Ok(bytes) => fs::write(&note_path, bytes)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, message_id = id, "could not write the dead-letter note");
+        }
+        tracing::warn!(
+            message_id = id,
+            receive_count = count,
+            "moved a queue message to the dead-letter directory"
+        );
+        true
+    }
+}
+
+/// Whether a file's deadline (its modification time) has passed at `now`.
+async fn is_due(path: &Path, now: SystemTime) -> bool {
+    match fs::metadata(path).await {
+        Ok(meta) => meta
+            .modified()
+            .map(|deadline| deadline <= now)
+            .unwrap_or(true),
+        Err(_) => false,
     }
 }
 
@@ -358,14 +456,11 @@ async fn sorted_names(dir: &Path) -> Result<Vec<String>, StoreError> {
 #[async_trait]
 impl Queue for FsQueue {
     async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
-        self.ensure_dirs().await?;
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let tmp = self.pending.join(format!("{id}.tmp"));
-        fs::write(&tmp, body).await.map_err(queue_error)?;
-        fs::rename(&tmp, self.pending.join(format!("{id}.0")))
-            .await
-            .map_err(queue_error)?;
-        Ok(id)
+        self.enqueue(body, Duration::ZERO).await
+    }
+
+    async fn send_delayed(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+        self.enqueue(body, delay).await
     }
 
     async fn receive(
@@ -378,6 +473,7 @@ impl Queue for FsQueue {
         let give_up = tokio::time::Instant::now() + wait;
         loop {
             self.requeue_expired().await?;
+            let now = SystemTime::now();
             let mut received = Vec::new();
             for name in sorted_names(&self.pending).await? {
                 if received.len() >= max {
@@ -386,6 +482,11 @@ impl Queue for FsQueue {
                 let Some((id, count)) = parse_name(&name) else {
                     continue;
                 };
+                if !is_due(&self.pending.join(&name), now).await
+                    || self.dead_letter_if_spent(&name, id, count).await
+                {
+                    continue;
+                }
                 let receipt = format!("{id}.{}", count + 1);
                 let target = self.inflight.join(&receipt);
                 // Losing the rename means another receiver claimed it first.
@@ -533,6 +634,111 @@ mod tests {
         assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
         queue.delete(&again[0].receipt).await?;
         assert!(queue.receive(10, Duration::ZERO, short).await?.is_empty());
+        Ok(())
+    }
+
+    /// Receives everything visible once and lets it come straight back (visibility zero).
+    async fn receive_and_drop(queue: &FsQueue) -> Result<Vec<Received>, StoreError> {
+        queue.receive(10, Duration::ZERO, Duration::ZERO).await
+    }
+
+    #[tokio::test]
+    async fn a_message_received_max_times_moves_to_dead_letter_with_its_body() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let queue = FsQueue::new(dir.path()).with_max_receives(2);
+        let id = queue.send(b"run-7 body".to_vec()).await?;
+        let counts: Vec<u32> = [
+            receive_and_drop(&queue).await?,
+            receive_and_drop(&queue).await?,
+        ]
+        .iter()
+        .flatten()
+        .map(|m| m.receive_count)
+        .collect();
+        assert_eq!(counts, [1, 2]);
+        assert!(
+            receive_and_drop(&queue).await?.is_empty(),
+            "a third delivery"
+        );
+        assert!(receive_and_drop(&queue).await?.is_empty());
+
+        let dead = queue.dead_letter_dir();
+        assert_eq!(std::fs::read(dead.join(format!("{id}.2")))?, b"run-7 body");
+        let note: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dead.join(format!("{id}.2.why")))?)?;
+        assert_eq!(note["message_id"], id.as_str());
+        assert_eq!(
+            (
+                note["receive_count"].as_u64(),
+                note["max_receives"].as_u64()
+            ),
+            (Some(2), Some(2))
+        );
+        assert!(
+            note["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("delivered 2 times")),
+            "{note}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path().join("pending"))?.count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("inflight"))?.count(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn receive_counts_outlast_the_queue_object() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let id = FsQueue::new(dir.path()).send(b"m".to_vec()).await?;
+        for expected in 1..=2 {
+            // A new queue object each time, as after a runner restart.
+            let queue = FsQueue::new(dir.path()).with_max_receives(3);
+            let got = receive_and_drop(&queue).await?;
+            assert_eq!(
+                got.iter().map(|m| m.receive_count).collect::<Vec<_>>(),
+                [expected]
+            );
+        }
+        let restarted = FsQueue::new(dir.path()).with_max_receives(2);
+        assert!(receive_and_drop(&restarted).await?.is_empty());
+        assert!(restarted
+            .dead_letter_dir()
+            .join(format!("{id}.2"))
+            .is_file());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn without_max_receives_a_message_is_delivered_again_and_again() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let queue = FsQueue::new(dir.path());
+        queue.send(b"m".to_vec()).await?;
+        for expected in 1..=5 {
+            let got = receive_and_drop(&queue).await?;
+            assert_eq!(
+                got.iter().map(|m| m.receive_count).collect::<Vec<_>>(),
+                [expected]
+            );
+        }
+        assert!(!queue.dead_letter_dir().exists());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_delayed_message_is_hidden_until_its_delay_passes() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let queue = FsQueue::new(dir.path()).with_max_receives(1);
+        queue
+            .send_delayed(b"later".to_vec(), Duration::from_millis(300))
+            .await?;
+        assert!(receive_and_drop(&queue).await?.is_empty());
+        let got = queue
+            .receive(10, Duration::from_secs(2), Duration::from_secs(60))
+            .await?;
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].body.as_slice(), got[0].receive_count),
+            (&b"later"[..], 1)
+        );
         Ok(())
     }
 }

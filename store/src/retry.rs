@@ -223,6 +223,13 @@ impl Queue for RetryingQueue {
         .await
     }
 
+    async fn send_delayed(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+        retry(&self.policy, "send", "queue", || {
+            self.inner.send_delayed(body.clone(), delay)
+        })
+        .await
+    }
+
     async fn receive(
         &self,
         max: usize,

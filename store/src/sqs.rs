@@ -14,6 +14,9 @@ pub struct SqsQueue {
     url: String,
 }
 
+/// The longest `DelaySeconds` SQS accepts.
+const MAX_DELAY_SECS: i32 = 900;
+
 fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
@@ -29,21 +32,35 @@ impl SqsQueue {
     pub fn url(&self) -> &str {
         &self.url
     }
-}
 
-#[async_trait]
-impl Queue for SqsQueue {
-    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+    /// Sends one message; without a `delay` the queue's own delivery delay applies.
+    async fn send_message(
+        &self,
+        body: Vec<u8>,
+        delay: Option<Duration>,
+    ) -> Result<String, StoreError> {
         let body = String::from_utf8(body).map_err(|e| StoreError::backend("queue message", e))?;
         let sent = self
             .client
             .send_message()
             .queue_url(&self.url)
             .message_body(body)
+            .set_delay_seconds(delay.map(|d| seconds(d).min(MAX_DELAY_SECS)))
             .send()
             .await
             .map_err(|e| classify(&self.url, e))?;
         Ok(sent.message_id().unwrap_or_default().to_owned())
+    }
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+        self.send_message(body, None).await
+    }
+
+    async fn send_delayed(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+        self.send_message(body, Some(delay)).await
     }
 
     async fn receive(

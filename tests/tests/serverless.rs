@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
-use specrun_tests::emulator::{aws_env, http_request, SpecrunProcess};
+use specrun_tests::celery::{celery_producer, require_celery, succeeded};
+use specrun_tests::emulator::{http_request, SpecrunProcess};
 use specrun_tests::harness::require_image;
 use specrun_tests::world::{
     eventually, post_runs, pushes, run_request, submit, wait_final, World, BUCKET, RUN_TIMEOUT,
@@ -182,51 +183,6 @@ async fn bad_requests_are_refused_over_http_and_leave_nothing_behind() -> TestRe
     Ok(())
 }
 
-/// The Python producer, as a scheduler runs it.
-const CELERY_PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/celery_producer.py");
-
-/// Runs `python3 celery_producer.py ARGS` against the world's emulator; returns stdout
-/// and whether it exited 0.
-async fn celery_producer(world: &World, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let mut command = tokio::process::Command::new("python3");
-    command
-        .arg(CELERY_PRODUCER)
-        .args(args)
-        .envs(aws_env(&world.moto.endpoint()))
-        .env("SPECRUN_CELERY_QUEUE", &world.queues.name)
-        .env("SPECRUN_CELERY_QUEUE_URL", &world.queues.url)
-        .env("SPECRUN_CELERY_S3_BUCKET", BUCKET)
-        .env("SPECRUN_CELERY_S3_BASE_PATH", "celery/")
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(RUN_TIMEOUT + Duration::from_secs(30), command.output())
-        .await
-        .context("celery_producer.py did not finish")??;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(
-        output.status.code().is_some_and(|c| c <= 1),
-        "celery_producer.py {} failed ({}): {stderr}",
-        args.join(" "),
-        output.status
-    );
-    Ok((output.status.success(), String::from_utf8(output.stdout)?))
-}
-
-/// Fails with the set-up command when the Python `celery` package is missing.
-async fn require_celery() -> TestResult {
-    let found = tokio::process::Command::new("python3")
-        .args(["-c", "import celery, kombu, boto3"])
-        .output()
-        .await
-        .context("running python3")?;
-    ensure!(
-        found.status.success(),
-        "the Python celery package is missing ({}): run scripts/setup.sh \
-         (python3 -m pip install -r tests/requirements.txt)",
-        String::from_utf8_lossy(&found.stderr).trim()
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_celery_producer_submits_a_run_and_reads_its_result() -> TestResult {
     require_celery().await?;
@@ -241,14 +197,8 @@ async fn a_python_celery_producer_submits_a_run_and_reads_its_result() -> TestRe
     ensure!(!task_id.is_empty(), "send printed no task id");
 
     let timeout = RUN_TIMEOUT.as_secs().to_string();
-    let (ok, waited) = celery_producer(&world, &["wait", &task_id, "--timeout", &timeout]).await?;
-    let answer: Value =
-        serde_json::from_str(waited.trim()).with_context(|| format!("wait printed {waited:?}"))?;
-    ensure!(
-        ok,
-        "the task did not succeed: {answer:#}\nrunner stderr:\n{}",
-        runner.stderr_tail(60)
-    );
+    let waited = celery_producer(&world, &["wait", &task_id, "--timeout", &timeout]).await?;
+    let answer = succeeded(waited, &runner)?;
     assert_eq!(answer["status"], "SUCCESS", "{answer:#}");
     let result = &answer["result"];
     assert_eq!(result["status"], "succeeded", "{answer:#}");
