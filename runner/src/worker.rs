@@ -55,17 +55,6 @@ pub struct WorkerConfig {
 /// SQS's longest `DelaySeconds`.
 const MAX_ETA_STEP: Duration = Duration::from_secs(900);
 
-/// The eta step: `SPECRUN_ETA_STEP_SECS` (a shorter step, for tests and operators who want
-/// one), at most SQS's 15 minutes.
-fn eta_step_from_env() -> Duration {
-    std::env::var("SPECRUN_ETA_STEP_SECS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .map(|secs: u64| Duration::from_secs(secs.max(1)))
-        .unwrap_or(MAX_ETA_STEP)
-        .min(MAX_ETA_STEP)
-}
-
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
@@ -78,7 +67,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(600),
             max_receives: 3,
             lease_ttl: Duration::from_secs(60),
-            eta_step: eta_step_from_env(),
+            eta_step: MAX_ETA_STEP,
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct WorkerArgs {
     /// Seconds a run's lease lasts without renewal; a dead runner's run is taken over after it.
     #[arg(long, env = "SPECRUN_LEASE_SECS", default_value_t = 60)]
     pub lease_secs: u64,
+    /// Longest single wait for a Celery task's eta, in seconds (at most 900, SQS's
+    /// longest message delay): a task due later is re-sent this far ahead, again and again.
+    #[arg(long, env = "SPECRUN_ETA_STEP_SECS", default_value_t = 900)]
+    pub eta_step_secs: u64,
     /// Seconds in-flight runs get to finish after SIGTERM.
     #[arg(long, env = "SPECRUN_SHUTDOWN_GRACE_SECS", default_value_t = 600)]
     pub shutdown_grace_secs: u64,
@@ -144,6 +148,7 @@ async fn backend(
     args: &BackendArgs,
     state_dir: &Path,
     retention_days: u32,
+    max_receives: u32,
 ) -> anyhow::Result<Backend> {
     match (&args.bucket, &args.queue_url) {
         (Some(bucket), Some(queue_url)) => {
@@ -159,7 +164,9 @@ async fn backend(
             let root = absolute(state_dir)?;
             Ok((
                 Arc::new(FsBlobStore::new(&root)),
-                Arc::new(FsQueue::new(root.join(".queue"))),
+                // Like SQS's redrive: past the last delivery a message moves to the
+                // spool's dead-letter directory instead of coming back for ever.
+                Arc::new(FsQueue::new(root.join(".queue")).with_max_receives(max_receives.max(1))),
             ))
         }
     }
@@ -192,6 +199,7 @@ fn worker(
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_receives: args.max_receives.max(1),
         lease_ttl: Duration::from_secs(args.lease_secs.max(3)),
+        eta_step: Duration::from_secs(args.eta_step_secs.clamp(1, 900)),
         ..WorkerConfig::default()
     };
     Ok(Worker::new(pipeline, queue, config))
@@ -215,7 +223,13 @@ async fn shutdown_signal() {
 }
 
 pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow::Result<i32> {
-    let (store, queue) = backend(&args.backend, state_dir, args.runner.retention_days).await?;
+    let (store, queue) = backend(
+        &args.backend,
+        state_dir,
+        args.runner.retention_days,
+        args.worker.max_receives,
+    )
+    .await?;
     let worker = worker(
         &args.worker,
         &args.backend,
@@ -232,7 +246,13 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
 }
 
 pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::Result<i32> {
-    let (store, queue) = backend(&args.backend, state_dir, args.runner.retention_days).await?;
+    let (store, queue) = backend(
+        &args.backend,
+        state_dir,
+        args.runner.retention_days,
+        args.worker.max_receives,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
