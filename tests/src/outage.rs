@@ -1,8 +1,10 @@
 //! A storage outage on demand: a TCP relay in front of the emulator. Clients are pointed at
 //! the relay; [`OutageRelay::refuse`] makes it look as if the service stopped (the port
 //! refuses connections and open ones are cut), [`OutageRelay::answer_503`] as if it were
-//! overloaded (every request gets `503 Service Unavailable`), and [`OutageRelay::restore`]
-//! as if it came back, with its data, on the same address. Stopping moto itself would
+//! overloaded (every request gets `503 Service Unavailable`), [`OutageRelay::lose_answers`]
+//! as if the network dropped every answer (requests reach the service and take effect,
+//! the client sees its connection cut), and [`OutageRelay::restore`] as if it came back,
+//! with its data, on the same address. Stopping moto itself would
 //! lose its in-memory buckets and queues, which no real S3 or SQS outage does.
 
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ pub enum Mode {
     Refuse,
     /// Answer every request `503 Service Unavailable`.
     Answer503,
+    /// Pass requests on, cut the connection as the answer starts: it never arrives.
+    LoseAnswers,
 }
 
 /// The relay; stopped on drop.
@@ -71,6 +75,12 @@ impl OutageRelay {
     /// The service is up but overloaded: every request is answered 503.
     pub async fn answer_503(&self) -> anyhow::Result<()> {
         self.mode.send_replace(Mode::Answer503);
+        self.listen_again().await
+    }
+
+    /// Requests reach the service and take effect, but their answers are lost.
+    pub async fn lose_answers(&self) -> anyhow::Result<()> {
+        self.mode.send_replace(Mode::LoseAnswers);
         self.listen_again().await
     }
 
@@ -136,6 +146,20 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Rec
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                 // Any change of mode cuts the connection, as a restart would.
+                _ = mode.changed() => {}
+            }
+        }
+        Mode::LoseAnswers => {
+            let Ok(mut server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let (mut from_server, mut to_server) = server.split();
+            let (mut from_client, _) = client.split();
+            let mut answer = [0u8; 1];
+            tokio::select! {
+                _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                // The service answering means it handled the request; drop both ends.
+                _ = from_server.read(&mut answer) => {}
                 _ = mode.changed() => {}
             }
         }
