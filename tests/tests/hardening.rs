@@ -220,9 +220,19 @@ async fn a_container_killed_from_outside_fails_the_run_and_keeps_its_logs() -> T
     let runner = h.config.runner_id.clone();
     let killer = tokio::spawn(async move {
         let container = inspect_first_job_container(runner, Duration::from_secs(60)).await?;
-        // Let the specify phase start before pulling the rug.
-        tokio::time::sleep(Duration::from_secs(2)).await;
         let id = container["Id"].as_str().unwrap_or_default().to_owned();
+        // Pull the rug once the agent itself runs (its `sleep 60`), not merely the
+        // container: on a loaded machine the phases before it take a while.
+        for _ in 0..600 {
+            let top = tokio::process::Command::new("docker")
+                .args(["top", &id])
+                .output()
+                .await?;
+            if String::from_utf8_lossy(&top.stdout).contains("sleep 60") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         tokio::process::Command::new("docker")
             .args(["kill", &id])
             .output()
