@@ -505,6 +505,29 @@ impl DockerClient {
         )))
     }
 
+    /// The run ids of every specrun job container on this engine, each once.
+    pub async fn runs_with_containers(&self) -> Result<Vec<String>, DockerError> {
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&HashMap::from([(
+                "label".to_owned(),
+                vec![format!("{LABEL_MANAGED}=true")],
+            )]))
+            .build();
+        let list = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(api("listing job containers"))?;
+        let mut runs: Vec<String> = list
+            .into_iter()
+            .filter_map(|c| c.labels?.get(LABEL_RUN).cloned())
+            .collect();
+        runs.sort();
+        runs.dedup();
+        Ok(runs)
+    }
+
     /// IDs of job containers labelled with a run id (all of them when `run_id` is None).
     pub async fn containers_of(&self, run_id: Option<&str>) -> Result<Vec<String>, DockerError> {
         self.containers_labelled(run_id, None).await

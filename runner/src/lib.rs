@@ -22,6 +22,7 @@ pub mod run_locks;
 pub mod safe_fs;
 pub mod serve;
 pub mod stop;
+pub mod sweep;
 pub mod worker;
 pub mod workspace;
 

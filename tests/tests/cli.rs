@@ -237,6 +237,91 @@ async fn an_interrupted_run_ends_cancelled_and_leaves_nothing_behind() -> TestRe
     Ok(())
 }
 
+/// A stand-in for a job container a killed runner left behind, labelled for `run`.
+fn leftover_container(run: &str) -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(["run", "-d", "--rm", "--network", "none"])
+        .args(["--label", "io.specrun.managed=true"])
+        .args(["--label", &format!("io.specrun.run-id={run}")])
+        .args([job_image().as_str(), "sleep", "300"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out.stderr));
+    Ok(text(&out.stdout).trim().to_owned())
+}
+
+fn container_exists(id: &str) -> anyhow::Result<bool> {
+    Ok(Command::new("docker")
+        .args(["inspect", id])
+        .output()?
+        .status
+        .success())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweep_removes_the_leftovers_of_finished_runs_only() -> TestResult {
+    let h = Harness::start().await?;
+    let url = h.git().create_repo("swept", "# Swept\n")?;
+    let finished = h.run(h.request(&url, "Export reports")).await?;
+    assert!(finished.status.is_final());
+    // A run another runner holds right now, and a run of some other deployment.
+    let mut live = serde_json::to_value(&finished)?;
+    let live_id = "0193a1b2-0000-7000-8000-00000000beef";
+    live["run_id"] = live_id.into();
+    live["status"] = "running".into();
+    live["finished_at"] = serde_json::Value::Null;
+    let live_run = specrun_core::keys::RunId::parse(live_id)?;
+    h.store
+        .put(
+            &specrun_core::keys::run_json(&live_run),
+            serde_json::to_vec(&live)?,
+            "application/json",
+        )
+        .await?;
+    let lease = specrun_core::lease::Lease {
+        run_id: live_id.to_owned(),
+        runner_id: "runner-elsewhere".to_owned(),
+        token: "t".to_owned(),
+        attempt: 1,
+        expires_at: time::OffsetDateTime::now_utc() + time::Duration::minutes(10),
+    };
+    h.store
+        .put(
+            &specrun_core::keys::lease(&live_run),
+            serde_json::to_vec(&lease)?,
+            "application/json",
+        )
+        .await?;
+    let stale = leftover_container(&finished.run_id)?;
+    let held = leftover_container(live_id)?;
+    let foreign = leftover_container("0193a1b2-0000-7000-8000-0000000f0e19")?;
+
+    let out = specrun(&h, &["sweep"])?;
+    let report = text(&out.stdout);
+    let kept = (container_exists(&held)?, container_exists(&foreign)?);
+    let gone = !container_exists(&stale)?;
+    for id in [&held, &foreign, &stale] {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
+    assert_eq!(out.status.code(), Some(0), "{report}{}", text(&out.stderr));
+    assert!(
+        gone,
+        "the finished run's container is still there: {report}"
+    );
+    assert_eq!(
+        kept,
+        (true, true),
+        "a live or unknown run's container was removed"
+    );
+    assert!(
+        report.contains(&format!(
+            "removed the leftovers of run {}: the run is over",
+            finished.run_id
+        )),
+        "{report}"
+    );
+    Ok(())
+}
+
 /// `specrun ARGS` pointed at `moto` (endpoint, region, credentials as `specrun runner`
 /// gets them) with an empty `--state-dir`: whatever it finds came from the bucket.
 fn specrun_on(moto: &Moto, state_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {

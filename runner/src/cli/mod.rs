@@ -73,6 +73,18 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Remove the job containers, egress networks and firewall rules of runs that are
+    /// over, or whose lease ran out long ago, on this Docker engine (runners do this at
+    /// start too). Runs the store does not know are left alone.
+    Sweep {
+        /// How long after its lease ran out a run's leftovers count as abandoned.
+        #[arg(long, default_value_t = 600)]
+        stale_secs: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        runner: Box<RunnerArgs>,
+    },
     /// Print a run's logs.
     Logs {
         run_id: String,
@@ -316,6 +328,19 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             store,
         } => logs(&run_id, phase, &store.open(state_dir).await?).await,
         Command::Cancel { run_id, store } => cancel(&run_id, &store.open(state_dir).await?).await,
+        Command::Sweep {
+            stale_secs,
+            store,
+            runner,
+        } => {
+            let state = store.open(state_dir).await?;
+            let pipeline = Pipeline::new(
+                runner.to_config()?,
+                state.store,
+                Arc::new(crate::progress::TracingProgress),
+            );
+            sweep(&pipeline, Duration::from_secs(stale_secs)).await
+        }
         Command::Serve(args) => service::serve_command(*args, state_dir).await,
         Command::Runner(args) => service::runner(*args, state_dir).await,
     }
@@ -462,6 +487,21 @@ async fn status(run_id: &str, json: bool, state: &StateStore) -> anyhow::Result<
 }
 
 /// The same as the submit API's `POST /runs/{id}/cancel`: both call `cancel_run`.
+async fn sweep(pipeline: &Pipeline, stale_after: Duration) -> anyhow::Result<i32> {
+    let swept = crate::sweep::sweep(pipeline, stale_after)
+        .await
+        .context("sweeping the Docker engine (is it running? DOCKER_HOST)")?;
+    for (run, why) in &swept.removed {
+        println!("removed the leftovers of run {run}: {why}");
+    }
+    println!(
+        "swept {} run(s); left {} run(s) that may still be live or that this store does not know",
+        swept.removed.len(),
+        swept.kept.len()
+    );
+    Ok(0)
+}
+
 async fn cancel(run_id: &str, state: &StateStore) -> anyhow::Result<i32> {
     let id = RunId::parse(run_id)?;
     let user = std::env::var("USER").unwrap_or_else(|_| "an operator".to_owned());

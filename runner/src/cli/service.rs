@@ -205,6 +205,23 @@ fn worker(
     Ok(Worker::new(pipeline, queue, config))
 }
 
+/// Leftovers of runs that are over or long abandoned on this host (a runner killed
+/// before its cleanup) are removed before taking new runs; failing that is not fatal.
+async fn sweep_at_start(config: &RunnerConfig, store: Arc<dyn BlobStore>) {
+    // An engine that is down must not hold the runner's start for long.
+    let mut config = config.clone();
+    config.docker_timeout = config.docker_timeout.min(Duration::from_secs(2));
+    let pipeline = Pipeline::new(config, store, Arc::new(TracingProgress));
+    match crate::sweep::sweep(&pipeline, Duration::from_secs(600)).await {
+        Ok(swept) if !swept.removed.is_empty() => eprintln!(
+            "specrun: swept the leftovers of {} finished or abandoned run(s) on this host",
+            swept.removed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep this host's leftover job containers"),
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let terminate = async {
@@ -230,6 +247,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
         args.worker.max_receives,
     )
     .await?;
+    sweep_at_start(&args.runner.to_config()?, store.clone()).await;
     let worker = worker(
         &args.worker,
         &args.backend,
