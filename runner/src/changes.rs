@@ -56,7 +56,7 @@ pub enum ChangesError {
 /// What the base tree holds at a path.
 struct Tracked {
     id: git2::Oid,
-    mode: i32,
+    mode: u32,
 }
 
 /// What the index (written by the checkout) knew of a file's stat, to skip hashing files
@@ -80,7 +80,6 @@ pub fn collect(
     refuse_unreadable_ignore_files(&entries)?;
     let mut changes = Changes::default();
     let mut seen = std::collections::BTreeSet::new();
-    let mut total: u64 = 0;
     for entry in &entries {
         seen.insert(entry.path.as_str());
         let base = tracked.get(&entry.path);
@@ -103,9 +102,6 @@ pub fn collect(
                 match fate {
                     None => {}
                     Some(Fate::Stage(staged)) => {
-                        if let Staged::Write { content, .. } = &staged {
-                            total += content.len() as u64;
-                        }
                         changes.listed.push(Change {
                             path: entry.path.clone(),
                             kind,
@@ -146,7 +142,7 @@ pub fn collect(
             changes.staged.push(Staged::Delete { path: path.clone() });
         }
     }
-    check_limits(&changes, total, limits)?;
+    check_limits(&changes, limits)?;
     changes.listed.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)
 }
@@ -208,19 +204,8 @@ fn file_change(
         )));
     }
     let content = read(worktree, &entry.path, limits.max_file_bytes)?;
-    let mode = if facts.executable {
-        0o100_755
-    } else {
-        0o100_644
-    };
     if let Some(base) = base {
-        let id = git2::Oid::hash_object(git2::ObjectType::Blob, &content).map_err(|e| {
-            GitError::Other {
-                doing: "hashing a file",
-                source: e,
-            }
-        })?;
-        if id == base.id && mode == base.mode {
+        if blob_id(&content)? == base.id && crate::git::file_mode(facts.executable) == base.mode {
             return Ok(None);
         }
     }
@@ -238,12 +223,17 @@ fn content_differs(
     base: &Tracked,
 ) -> Result<bool, ChangesError> {
     let content = read(worktree, &entry.path, facts.size)?;
-    let id =
-        git2::Oid::hash_object(git2::ObjectType::Blob, &content).map_err(|e| GitError::Other {
+    Ok(blob_id(&content)? != base.id)
+}
+
+/// The id git gives `content` as a blob.
+fn blob_id(content: &[u8]) -> Result<git2::Oid, ChangesError> {
+    git2::Oid::hash_object(git2::ObjectType::Blob, content).map_err(|source| {
+        ChangesError::Git(GitError::Other {
             doing: "hashing a file",
-            source: e,
-        })?;
-    Ok(id != base.id)
+            source,
+        })
+    })
 }
 
 fn read(worktree: &Path, path: &str, max: u64) -> Result<Vec<u8>, ChangesError> {
@@ -282,8 +272,16 @@ fn left(entry: &Entry, kind: &'static str, reason: LeftOut) -> Change {
     }
 }
 
-fn check_limits(changes: &Changes, total: u64, limits: CommitLimits) -> Result<(), ChangesError> {
+fn check_limits(changes: &Changes, limits: CommitLimits) -> Result<(), ChangesError> {
     let files = changes.committed().count();
+    let total: u64 = changes
+        .staged
+        .iter()
+        .map(|staged| match staged {
+            Staged::Write { content, .. } => content.len() as u64,
+            Staged::Delete { .. } => 0,
+        })
+        .sum();
     if files > limits.max_files {
         return Err(ChangesError::TooLarge(format!(
             "the agent changed {files} files inside the commit paths, more than the {} one commit may hold",
@@ -332,7 +330,7 @@ fn tracked_files(repo: &git2::Repository) -> Result<BTreeMap<String, Tracked>, G
                     format!("{dir}{name}"),
                     Tracked {
                         id: entry.id(),
-                        mode: entry.filemode(),
+                        mode: u32::try_from(entry.filemode()).unwrap_or_default(),
                     },
                 );
             }

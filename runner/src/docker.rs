@@ -507,18 +507,9 @@ impl DockerClient {
 
     /// The run ids of every specrun job container on this engine, each once.
     pub async fn runs_with_containers(&self) -> Result<Vec<String>, DockerError> {
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&HashMap::from([(
-                "label".to_owned(),
-                vec![format!("{LABEL_MANAGED}=true")],
-            )]))
-            .build();
         let list = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(api("listing job containers"))?;
+            .list_labelled(vec![format!("{LABEL_MANAGED}=true")])
+            .await?;
         let mut runs: Vec<String> = list
             .into_iter()
             .filter_map(|c| c.labels?.get(LABEL_RUN).cloned())
@@ -526,6 +517,21 @@ impl DockerClient {
         runs.sort();
         runs.dedup();
         Ok(runs)
+    }
+
+    /// Every container, running or not, carrying all of `labels` (`key=value`).
+    async fn list_labelled(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&HashMap::from([("label".to_owned(), labels)]))
+            .build();
+        self.client
+            .list_containers(Some(options))
+            .await
+            .map_err(api("listing job containers"))
     }
 
     /// IDs of job containers labelled with a run id (all of them when `run_id` is None).
@@ -547,15 +553,7 @@ impl DockerClient {
         if let Some(runner) = runner_id {
             labels.push(format!("{LABEL_RUNNER}={runner}"));
         }
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&HashMap::from([("label".to_owned(), labels)]))
-            .build();
-        let list = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(api("listing job containers"))?;
+        let list = self.list_labelled(labels).await?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }
 }

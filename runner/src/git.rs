@@ -150,11 +150,27 @@ fn fetch_error(
             limit: bounds.limit,
         },
         (Stopped::Large(fetched), Some(limit)) => GitError::TooLarge { limit, fetched },
-        _ if e.message().contains("No space left") => GitError::TooLarge {
+        _ => out_of_space(&e, bounds).unwrap_or_else(|| classify(doing, e)),
+    }
+}
+
+/// A write that failed because the workspace's quota is full: the repository is larger
+/// than the workspace may hold.
+fn out_of_space(e: &git2::Error, bounds: Bounds) -> Option<GitError> {
+    e.message()
+        .contains("No space left")
+        .then(|| GitError::TooLarge {
             limit: bounds.max_fetch_bytes.unwrap_or_default(),
             fetched: 0,
-        },
-        _ => classify(doing, e),
+        })
+}
+
+/// The git mode of a regular file.
+pub fn file_mode(executable: bool) -> u32 {
+    if executable {
+        0o100_755
+    } else {
+        0o100_644
     }
 }
 
@@ -236,12 +252,8 @@ pub fn clone(
     repo.set_head(&format!("refs/heads/{base}"))
         .map_err(other("checking out the base branch"))?;
     repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
-        .map_err(|e| match e.message().contains("No space left") {
-            true => GitError::TooLarge {
-                limit: bounds.max_fetch_bytes.unwrap_or_default(),
-                fetched: 0,
-            },
-            false => other("checking out the base branch")(e),
+        .map_err(|e| {
+            out_of_space(&e, bounds).unwrap_or_else(|| other("checking out the base branch")(e))
         })?;
     Ok(Cloned {
         base_branch: base,
@@ -328,7 +340,7 @@ fn index_entry(path: &str, id: Oid, executable: bool, size: usize) -> git2::Inde
         mtime: git2::IndexTime::new(0, 0),
         dev: 0,
         ino: 0,
-        mode: if executable { 0o100_755 } else { 0o100_644 },
+        mode: file_mode(executable),
         uid: 0,
         gid: 0,
         file_size: u32::try_from(size).unwrap_or(u32::MAX),

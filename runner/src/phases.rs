@@ -1046,7 +1046,7 @@ pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
     let work = tokio::task::spawn_blocking(move || {
         workspace
             .take_back()
-            .map_err(|e| failure::error(phase, "unsafe_output", e.to_string(), UNSAFE_OUTPUT))?;
+            .map_err(|e| failure::changes(phase, &e.into(), &repository))?;
         let repo = git::open(&workspace.git, &workspace.repo)
             .map_err(|e| failure::git(phase, &e, &repository))?;
         let changes = changes::collect(&repo, &workspace.repo, &scope, limits)
@@ -1122,8 +1122,6 @@ pub(crate) async fn commit(ctx: &mut RunContext) -> StepResult {
         ..Default::default()
     }))
 }
-
-const UNSAFE_OUTPUT: &str = "The agent left a symbolic link, a special file or an oversized file where specrun reads; check the phase logs of the agent.";
 
 /// Kills every process in the job container and waits until none is left: from here
 /// on nothing of the agent's can change the worktree the runner reads.

@@ -178,8 +178,7 @@ impl Pipeline {
         lease_lost: Option<Arc<AtomicBool>>,
         version: Option<String>,
     ) -> Result<RunRecord, StoreError> {
-        let run_id =
-            RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+        let run_id = runs::run_id(&record)?;
         let (record, version) = match version {
             Some(version) => (record, version),
             None => match runs::load_run_versioned(self.store.as_ref(), &run_id).await? {

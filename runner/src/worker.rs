@@ -584,8 +584,7 @@ impl Worker {
         record: RunRecord,
         request: specrun_core::ValidatedRequest,
     ) -> Result<RunRecord, StoreError> {
-        let run_id =
-            RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
+        let run_id = runs::run_id(&record)?;
         let runner_id = self.pipeline.config().runner_id.clone();
         let held = match lease::claim(
             self.pipeline.store.clone(),
@@ -602,7 +601,7 @@ impl Worker {
                 )));
             }
         };
-        let result = self.run_held(&held, record, request, &runner_id).await;
+        let result = self.run_held(&held, &run_id, request, &runner_id).await;
         held.release().await;
         result
     }
@@ -613,13 +612,11 @@ impl Worker {
     async fn run_held(
         &self,
         held: &lease::HeldLease,
-        record: RunRecord,
+        run_id: &RunId,
         request: specrun_core::ValidatedRequest,
         runner_id: &str,
     ) -> Result<RunRecord, StoreError> {
-        let run_id =
-            RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
-        let (mut record, mut version) = runs::load_run_versioned(self.store(), &run_id)
+        let (mut record, mut version) = runs::load_run_versioned(self.store(), run_id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("run {run_id} has no run.json")))?;
         if record.status.is_final() {
@@ -627,7 +624,7 @@ impl Worker {
             return Ok(record);
         }
         if record.status == RunStatus::Running {
-            let removed = self.pipeline.remove_orphans(&run_id).await;
+            let removed = self.pipeline.remove_orphans(run_id).await;
             tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
             if record.restart(runner_id, now()).is_ok() {
                 version = runs::save_run_fenced(self.store(), &record, &version).await?;
@@ -638,39 +635,24 @@ impl Worker {
             .await
     }
 
-    /// Records a request the queue delivered but validation refused.
+    /// Records a request the queue delivered but validation refused, on the run as it is
+    /// stored now, and fenced like every other write of a run (never over another's).
     async fn refuse(
         &self,
-        mut record: RunRecord,
+        record: RunRecord,
         field: &str,
         reason: &str,
     ) -> Result<RunRecord, StoreError> {
-        record.error = Some(RunError {
-            code: "invalid_request".to_owned(),
-            message: format!("{field}: {reason}"),
-            remediation: "Fix the request and submit it again.".to_owned(),
-            phase: None,
-            exit_code: None,
-            log_excerpt: None,
-        });
-        if record
-            .finish(
-                RunStatus::Failed,
-                Some(format!("invalid request: {field}: {reason}")),
-                now(),
-            )
-            .is_ok()
-        {
-            let run_id =
-                RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))?;
-            // Fenced like every other write of a run: never over what another wrote.
-            if let Some((stored, version)) = runs::load_run_versioned(self.store(), &run_id).await?
-            {
-                if stored.status.is_final() {
-                    return Ok(stored);
-                }
-                runs::save_run_fenced(self.store(), &record, &version).await?;
-            }
+        let run_id = runs::run_id(&record)?;
+        let Some((stored, version)) = runs::load_run_versioned(self.store(), &run_id).await? else {
+            return Ok(refused(record, field, reason).0);
+        };
+        if stored.status.is_final() {
+            return Ok(stored);
+        }
+        let (record, finished) = refused(stored, field, reason);
+        if finished {
+            runs::save_run_fenced(self.store(), &record, &version).await?;
         }
         Ok(record)
     }
@@ -729,6 +711,21 @@ impl Worker {
             tracing::warn!(error = %e, %task_id, "could not write the Celery result");
         }
     }
+}
+
+/// `record` failed with `invalid_request`, and whether that transition was allowed.
+fn refused(mut record: RunRecord, field: &str, reason: &str) -> (RunRecord, bool) {
+    record.error = Some(RunError {
+        code: "invalid_request".to_owned(),
+        message: format!("{field}: {reason}"),
+        remediation: "Fix the request and submit it again.".to_owned(),
+        phase: None,
+        exit_code: None,
+        log_excerpt: None,
+    });
+    let reason = Some(format!("invalid request: {field}: {reason}"));
+    let finished = record.finish(RunStatus::Failed, reason, now()).is_ok();
+    (record, finished)
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

@@ -22,7 +22,8 @@ fn millis(record: &RunRecord) -> u64 {
     u64::try_from(record.created_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
-fn run_id(record: &RunRecord) -> Result<RunId, StoreError> {
+/// The record's run id, which every key of the run is built from.
+pub fn run_id(record: &RunRecord) -> Result<RunId, StoreError> {
     RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))
 }
 
