@@ -15,6 +15,7 @@ pub mod claude_events;
 pub mod codex_events;
 pub mod commit_scope;
 pub mod egress;
+pub mod error_code;
 pub mod event_summary;
 pub mod feature;
 pub mod invisible;
@@ -32,5 +33,6 @@ pub mod state;
 pub mod strict_json;
 pub mod trailer;
 
+pub use error_code::ErrorCode;
 pub use phase::{Phase, PhaseStatus, RunStatus};
 pub use request::{RunRequest, ValidatedRequest};

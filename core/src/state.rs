@@ -3,6 +3,7 @@
 //! methods here are the only way a run's status changes, so illegal moves are caught in
 //! one place.
 
+use crate::error_code::ErrorCode;
 use crate::phase::{Phase, PhaseStatus, RunStatus};
 use crate::request::Publish;
 use serde::de::Error as _;
@@ -50,7 +51,7 @@ pub struct AgentConfiguration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunError {
     /// A stable, machine-readable code such as `image_missing` or `clone_failed`.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     pub remediation: String,
     #[serde(default)]

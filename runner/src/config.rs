@@ -2,6 +2,7 @@
 //! use, the forge, limits and retention. Built from flags and `SPECRUN_*` variables by the
 //! binary; everything here is plain data.
 
+pub use specrun_sandbox::docker::Limits;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,24 +24,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
-    }
-}
-
-/// Resource limits of a job container.
-#[derive(Debug, Clone)]
-pub struct ContainerLimits {
-    pub memory_bytes: i64,
-    pub pids: i64,
-    pub nano_cpus: i64,
-}
-
-impl Default for ContainerLimits {
-    fn default() -> Self {
-        ContainerLimits {
-            memory_bytes: 4 * 1024 * 1024 * 1024,
-            pids: 512,
-            nano_cpus: 2_000_000_000,
-        }
     }
 }
 
@@ -94,7 +77,8 @@ pub struct RunnerConfig {
     pub docker_timeout: Duration,
     /// This runner's name in run.json and on container labels.
     pub runner_id: String,
-    pub limits: ContainerLimits,
+    /// Resource limits of each job container.
+    pub limits: Limits,
     /// Author and committer of the spec commit.
     pub commit_name: String,
     pub commit_email: String,
@@ -137,14 +121,14 @@ impl RunnerConfig {
             retention_days: 30,
             phase_timeout: Duration::from_secs(20 * 60),
             run_timeout: Duration::from_secs(60 * 60),
-            log_cap_bytes: crate::artifacts::DEFAULT_LOG_CAP_BYTES,
+            log_cap_bytes: crate::engine::artifacts::DEFAULT_LOG_CAP_BYTES,
             workspace_quota_bytes: Some(DEFAULT_WORKSPACE_QUOTA_MIB * 1024 * 1024),
             git_timeout: Duration::from_secs(600),
             commit_limits: specrun_core::commit_scope::CommitLimits::default(),
             docker_host: None,
             docker_timeout: Duration::from_secs(10),
             runner_id: "specrun-local".to_owned(),
-            limits: ContainerLimits::default(),
+            limits: Limits::default(),
             commit_name: "specrun".to_owned(),
             commit_email: "specrun@users.noreply.localhost".to_owned(),
         }

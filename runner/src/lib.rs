@@ -1,30 +1,19 @@
-//! The specrun runner: executes run requests through the nine phases in an ephemeral
-//! Docker job container, with git2 on the host side of the workspace.
+//! The specrun runner: executes run requests through the nine phases in a job
+//! environment (a Docker container by default), with git on the host side of the
+//! workspace.
 //!
-//! Map: [`config`] (plain settings) → [`pipeline`] (order, state, cleanup) → `phases`
-//! (one function per phase) → adapters [`docker`], [`git`], [`workspace`], [`artifacts`].
-//! [`cli`] is the `specrun` command line; `main.rs` only wires it.
+//! Map: [`config`] (plain settings) → [`engine`] (the pipeline, one file per phase under
+//! `engine/phases/`, typed by where the run is) → the job environment
+//! (`specrun-sandbox`) and publishing (`specrun-publish`). [`worker`] takes runs from a
+//! queue under a lease; [`serve`] answers the functions' HTTP API; [`cli`] is the
+//! `specrun` command line; `main.rs` only wires it.
 
-pub mod artifacts;
-pub mod changes;
 pub mod cli;
 pub mod config;
-pub mod docker;
-pub mod egress;
-mod failure;
-pub mod forge;
-pub mod git;
-pub mod lease;
-mod phases;
-pub mod pipeline;
-pub mod progress;
-pub mod run_locks;
-pub mod safe_fs;
+pub mod engine;
 pub mod serve;
-pub mod stop;
-pub mod sweep;
 pub mod worker;
-pub mod workspace;
 
 pub use config::RunnerConfig;
-pub use pipeline::Pipeline;
+pub use engine::progress;
+pub use engine::{Execution, Pipeline};

@@ -23,6 +23,18 @@ fn millis(record: &RunRecord) -> u64 {
 }
 
 /// The record's run id, which every key of the run is built from.
+/// A new run id: a UUIDv7, time-ordered, so listings sort by creation. The one place run
+/// ids are made (the submit function, `specrun run`).
+pub fn new_run_id() -> RunId {
+    // A UUIDv7's text form is always a valid run id.
+    RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
+}
+
+/// The time now, for records: the one clock of the runner and the functions.
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
 pub fn run_id(record: &RunRecord) -> Result<RunId, StoreError> {
     RunId::parse(&record.run_id).map_err(|e| StoreError::InvalidKey(e.to_string()))
 }
@@ -194,7 +206,7 @@ pub async fn mark_queue_send(
     let record = QueueSendRecord {
         schema_version: 1,
         state,
-        at: time::OffsetDateTime::now_utc(),
+        at: now(),
     };
     store.put(&queue_send_key(id), to_json(&record), JSON).await
 }
@@ -278,7 +290,7 @@ pub async fn cancel_run(
     if record.status.is_final() {
         return Ok(Some(Cancelled::AlreadyFinished(record.status)));
     }
-    let now = time::OffsetDateTime::now_utc();
+    let now = now();
     let marker = serde_json::json!({
         "requested_by": by,
         "requested_at": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),

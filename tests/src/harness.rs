@@ -10,9 +10,9 @@ use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{Publish, RunRequest};
 use specrun_core::state::RunRecord;
 use specrun_runner::config::Secret;
-use specrun_runner::docker::DockerClient;
 use specrun_runner::progress::TracingProgress;
-use specrun_runner::{Pipeline, RunnerConfig};
+use specrun_runner::{Execution, Pipeline, RunnerConfig};
+use specrun_sandbox::docker::{Containers, DockerClient};
 use specrun_store::FsBlobStore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,9 +98,14 @@ impl Harness {
         };
         let request = request.validate(&policy)?;
         let pipeline = Pipeline::new(config, self.store.clone(), Arc::new(TracingProgress));
-        let run_id = Pipeline::new_run_id();
+        let run_id = specrun_store::runs::new_run_id();
         let record = pipeline.enqueue_record(&run_id, &request).await?;
-        Ok(pipeline.execute(record, request).await?)
+        match pipeline.execute(record, request).await? {
+            Execution::Finished(record) => Ok(*record),
+            Execution::Abandoned => {
+                anyhow::bail!("run {run_id} was abandoned: another process wrote it")
+            }
+        }
     }
 
     /// run.json as a client would read it from the store.
@@ -130,7 +135,7 @@ impl Harness {
     /// Asserts the run left no container and no workspace behind.
     pub async fn assert_clean(&self, record: &RunRecord) -> anyhow::Result<()> {
         let docker = DockerClient::connect(None, Duration::from_secs(10)).await?;
-        let left = docker.containers_of(Some(&record.run_id)).await?;
+        let left = docker.containers(Containers::OfRun(&record.run_id)).await?;
         anyhow::ensure!(
             left.is_empty(),
             "containers left behind for run {}: {left:?}",
@@ -276,7 +281,7 @@ pub fn failed_with(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("no error recorded"))?;
     anyhow::ensure!(
-        (error.code.as_str(), error.phase) == (code, Some(phase)),
+        (error.code.to_string().as_str(), error.phase) == (code, Some(phase)),
         "expected {code} in {phase}, got {} in {:?}: {}",
         error.code,
         error.phase,

@@ -298,7 +298,7 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
                     let code = record
                         .error
                         .as_ref()
-                        .map(|e| e.code.clone())
+                        .map(|e| e.code.to_string())
                         .unwrap_or_else(|| record.status.to_string());
                     *report.failure_codes.entry(code).or_default() += 1;
                 }

@@ -143,7 +143,7 @@ async fn an_egress_agent_reaches_its_allow_list_and_nothing_else() -> TestResult
     assert!(log.contains("refused GET 169.254.169.254:80"), "{log}");
 
     // The run's network and firewall rules are gone with it.
-    let (network, bridge) = specrun_runner::egress::names(&record.run_id);
+    let (network, bridge) = specrun_sandbox::egress::names(&record.run_id);
     let networks = Command::new("docker")
         .args(["network", "ls", "--format", "{{.Name}}"])
         .output()?;
@@ -179,7 +179,7 @@ async fn without_a_host_firewall_an_egress_run_fails_at_prepare_with_the_fix() -
         error.remediation
     );
     // The half-made network was taken down again.
-    let (network, _) = specrun_runner::egress::names(&record.run_id);
+    let (network, _) = specrun_sandbox::egress::names(&record.run_id);
     let networks = Command::new("/usr/bin/docker")
         .args(["network", "ls", "--format", "{{.Name}}"])
         .output()?;

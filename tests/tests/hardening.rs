@@ -249,7 +249,7 @@ async fn a_container_killed_from_outside_fails_the_run_and_keeps_its_logs() -> T
     assert_eq!(error.phase, Some(Phase::Specify));
     assert!(
         matches!(
-            error.code.as_str(),
+            error.code.to_string().as_str(),
             "container_crashed" | "agent_phase_failed"
         ),
         "{error:#?}"

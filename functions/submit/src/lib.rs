@@ -18,7 +18,6 @@ use specrun_core::RunStatus;
 use specrun_http::{error, error_with, json, path, ApiRequest, ApiResponse};
 use specrun_store::runs;
 use std::sync::Arc;
-use time::OffsetDateTime;
 
 /// Largest request body accepted; the text itself is limited to 64 KiB.
 pub const MAX_BODY: usize = 128 * 1024;
@@ -143,7 +142,7 @@ impl Submit {
     /// key already created it. "The same request" is the validated request's canonical
     /// wire form ([`ValidatedRequest::to_wire`]), every field included.
     async fn accept(&self, request: &ValidatedRequest) -> Result<Accepted, StoreError> {
-        let mut run_id = new_run_id();
+        let mut run_id = runs::new_run_id();
         let mut claimed_before = false;
         if let Some(key) = &request.idempotency_key {
             let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
@@ -174,12 +173,8 @@ impl Submit {
         if keyed {
             runs::mark_queue_send(self.store.as_ref(), &run_id, runs::QueueSend::Pending).await?;
         }
-        let record = RunRecord::for_request(
-            run_id.as_str(),
-            request,
-            self.agent(request),
-            OffsetDateTime::now_utc(),
-        );
+        let record =
+            RunRecord::for_request(run_id.as_str(), request, self.agent(request), runs::now());
         match runs::create_run(self.store.as_ref(), &record).await {
             Ok(()) | Err(StoreError::PreconditionFailed(_)) => {}
             Err(e) => return Err(e),
@@ -267,7 +262,7 @@ impl Submit {
     /// runner that already took it is never overwritten.
     async fn withdraw(&self, mut record: RunRecord, e: &StoreError) {
         record.error = Some(RunError {
-            code: "queue_unavailable".to_owned(),
+            code: specrun_core::ErrorCode::QueueUnavailable,
             message: format!("the run could not be queued: {e}"),
             remediation: "Submit the run again; check the queue's availability and the function's permissions.".to_owned(),
             phase: None,
@@ -285,7 +280,7 @@ impl Submit {
         };
         if stored.status == RunStatus::Queued
             && record
-                .finish(RunStatus::Failed, reason, OffsetDateTime::now_utc())
+                .finish(RunStatus::Failed, reason, runs::now())
                 .is_ok()
         {
             let _ = runs::save_run_fenced(self.store.as_ref(), &record, &version).await;
@@ -340,11 +335,6 @@ fn conflict(request: &ValidatedRequest, run_id: &RunId) -> ApiResponse {
         Some("idempotency_key"),
         extra,
     )
-}
-
-fn new_run_id() -> RunId {
-    // A UUIDv7's text form is always a valid run id.
-    RunId::parse(&uuid::Uuid::now_v7().to_string()).unwrap_or_else(|_| unreachable!())
 }
 
 #[cfg(test)]
@@ -674,7 +664,7 @@ mod tests {
         let mut record = runs::load_run(submit.store.as_ref(), &run_id)
             .await?
             .ok_or("no run")?;
-        record.start("runner-1", OffsetDateTime::now_utc())?;
+        record.start("runner-1", runs::now())?;
         runs::save_run(submit.store.as_ref(), &record).await?;
         queue.set(Send::Works);
         let again = submit.handle(post(KEYED)).await;

@@ -4,7 +4,7 @@
 //! while a run works and to stdout at the end; `--json` keeps stdout machine-readable.
 
 use crate::config::{RunnerConfig, Secret, MIN_RETENTION_DAYS};
-use crate::pipeline::Pipeline;
+use crate::engine::{Execution, Pipeline};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use specrun_core::keys::{self, RunId};
@@ -196,7 +196,7 @@ pub struct RunnerArgs {
     #[arg(long, env = "SPECRUN_PHASE_TIMEOUT_SECS", default_value_t = 1200)]
     pub phase_timeout_secs: u64,
     /// Most bytes kept of each phase log (stdout, stderr); the rest is counted, not stored.
-    #[arg(long, env = "SPECRUN_LOG_CAP_BYTES", default_value_t = crate::artifacts::DEFAULT_LOG_CAP_BYTES)]
+    #[arg(long, env = "SPECRUN_LOG_CAP_BYTES", default_value_t = crate::engine::artifacts::DEFAULT_LOG_CAP_BYTES)]
     pub log_cap_bytes: u64,
     /// Disk quota of each run's workspace (clone, git directory, agent HOME) in MiB, a
     /// tmpfs of that size; 0 turns the quota off. Needs root.
@@ -389,7 +389,7 @@ async fn run(
         .map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
     let progress = Arc::new(ConsoleProgress::new());
     let pipeline = Pipeline::new(config, store.clone(), progress);
-    let run_id = Pipeline::new_run_id();
+    let run_id = specrun_store::runs::new_run_id();
     let record = pipeline
         .enqueue_record(&run_id, &request)
         .await
@@ -406,10 +406,16 @@ async fn run(
         request.publish.as_str()
     );
     let interrupts = cancel_on_interrupt(store.clone(), run_id.clone());
-    let record = pipeline
+    let record = match pipeline
         .execute(record, request)
         .await
-        .context("recording the run's final state")?;
+        .context("recording the run's final state")?
+    {
+        Execution::Finished(record) => *record,
+        Execution::Abandoned => anyhow::bail!(
+            "run {run_id}: another process wrote the run while this one worked on it, so this one stopped; `specrun status {run_id}` shows what it recorded"
+        ),
+    };
     interrupts.abort();
     if args.json {
         print_summary(&mut std::io::stderr(), &record, state_dir);
@@ -488,7 +494,7 @@ async fn status(run_id: &str, json: bool, state: &StateStore) -> anyhow::Result<
 
 /// The same as the submit API's `POST /runs/{id}/cancel`: both call `cancel_run`.
 async fn sweep(pipeline: &Pipeline, stale_after: Duration) -> anyhow::Result<i32> {
-    let swept = crate::sweep::sweep(pipeline, stale_after)
+    let swept = crate::worker::sweep::sweep(pipeline, stale_after)
         .await
         .context("sweeping the Docker engine (is it running? DOCKER_HOST)")?;
     for (run, why) in &swept.removed {

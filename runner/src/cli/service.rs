@@ -3,7 +3,7 @@
 
 use super::{absolute, RunnerArgs};
 use crate::config::RunnerConfig;
-use crate::pipeline::Pipeline;
+use crate::engine::Pipeline;
 use crate::progress::TracingProgress;
 use crate::serve::{serve, Api};
 use crate::worker::{Worker, WorkerConfig};
@@ -212,7 +212,7 @@ async fn sweep_at_start(config: &RunnerConfig, store: Arc<dyn BlobStore>) {
     let mut config = config.clone();
     config.docker_timeout = config.docker_timeout.min(Duration::from_secs(2));
     let pipeline = Pipeline::new(config, store, Arc::new(TracingProgress));
-    match crate::sweep::sweep(&pipeline, Duration::from_secs(600)).await {
+    match crate::worker::sweep::sweep(&pipeline, Duration::from_secs(600)).await {
         Ok(swept) if !swept.removed.is_empty() => eprintln!(
             "specrun: swept the leftovers of {} finished or abandoned run(s) on this host",
             swept.removed.len()

@@ -1,9 +1,9 @@
-//! The job container, through bollard: check the engine and the image, start one
+//! The Docker engine, through bollard: check the engine and the image, start one
 //! container per run, run each phase as an exec in it with output streamed to a sink, and
 //! remove it. Secrets go into each exec's environment, never the container's, so
 //! `docker inspect` never shows them.
 
-use async_trait::async_trait;
+use crate::port::{ExecEnd, ExecSpec, OutputSink, Stream};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -11,7 +11,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,47 +50,66 @@ pub struct ImageInfo {
 
 /// How to start a run's container.
 #[derive(Debug, Clone)]
-pub struct JobSpec {
+pub struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub run_id: String,
     pub runner_id: String,
-    /// `(host path, container path, read_only)`
-    pub mounts: Vec<(PathBuf, String, bool)>,
+    pub mounts: Vec<Mount>,
     pub user: String,
     pub network: specrun_core::agent::Network,
+    pub limits: Limits,
+}
+
+/// A host directory bound into the container.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub inside: String,
+    pub access: Access,
+}
+
+/// Whether the container may write a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// Resource limits of a job container.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
     pub memory_bytes: i64,
-    pub pids_limit: i64,
+    pub pids: i64,
     pub nano_cpus: i64,
 }
 
-/// One command to run in the container.
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 4 * 1024 * 1024 * 1024,
+            pids: 512,
+            nano_cpus: 2_000_000_000,
+        }
+    }
+}
+
+/// Who a command runs as, and where.
 #[derive(Debug, Clone)]
-pub struct ExecSpec {
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub workdir: String,
+pub struct Process {
     pub user: String,
+    pub workdir: String,
 }
 
-/// Which output stream bytes came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Where an exec's output goes as it arrives.
-#[async_trait]
-pub trait OutputSink: Send {
-    async fn write(&mut self, stream: Stream, bytes: &[u8]) -> std::io::Result<()>;
-}
-
-/// How an exec ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecEnd {
-    Exited(i64),
-    TimedOut,
+/// Which job containers to list.
+#[derive(Debug, Clone, Copy)]
+pub enum Containers<'a> {
+    /// Every job container of specrun's on the engine.
+    All,
+    /// Those of one run.
+    OfRun(&'a str),
+    /// Those of one run that one runner started.
+    OfRunStartedBy { run: &'a str, runner: &'a str },
 }
 
 /// A connected, version-negotiated Docker client.
@@ -216,7 +235,7 @@ impl DockerClient {
 
     /// Creates and starts the run's container, hardened: no capabilities, no new
     /// privileges, read-only root, bounded pids, memory and CPU.
-    pub async fn start_job(&self, spec: &JobSpec) -> Result<String, DockerError> {
+    pub async fn start_job(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_RUN.to_owned(), spec.run_id.clone()),
@@ -225,12 +244,12 @@ impl DockerClient {
         let binds = spec
             .mounts
             .iter()
-            .map(|(host, inside, ro)| {
-                format!(
-                    "{}:{inside}:{}",
-                    host.display(),
-                    if *ro { "ro" } else { "rw" }
-                )
+            .map(|mount| {
+                let access = match mount.access {
+                    Access::ReadOnly => "ro",
+                    Access::ReadWrite => "rw",
+                };
+                format!("{}:{}:{access}", mount.host.display(), mount.inside)
             })
             .collect();
         let network = spec.network.docker_mode();
@@ -243,9 +262,9 @@ impl DockerClient {
                 "/tmp".to_owned(),
                 "rw,nosuid,nodev,size=256m".to_owned(),
             )])),
-            pids_limit: Some(spec.pids_limit),
-            memory: Some(spec.memory_bytes),
-            nano_cpus: Some(spec.nano_cpus),
+            pids_limit: Some(spec.limits.pids),
+            memory: Some(spec.limits.memory_bytes),
+            nano_cpus: Some(spec.limits.nano_cpus),
             network_mode: Some(network.to_owned()),
             init: Some(true),
             ..Default::default()
@@ -285,6 +304,7 @@ impl DockerClient {
     pub async fn exec(
         &self,
         container: &str,
+        process: &Process,
         spec: &ExecSpec,
         sink: &mut dyn OutputSink,
         limit: Duration,
@@ -297,8 +317,8 @@ impl DockerClient {
             tty: Some(false),
             env: Some(env),
             cmd: Some(spec.argv.clone()),
-            user: Some(spec.user.clone()),
-            working_dir: Some(spec.workdir.clone()),
+            user: Some(process.user.clone()),
+            working_dir: Some(process.workdir.clone()),
             ..Default::default()
         };
         let exec = self
@@ -534,25 +554,16 @@ impl DockerClient {
             .map_err(api("listing job containers"))
     }
 
-    /// IDs of job containers labelled with a run id (all of them when `run_id` is None).
-    pub async fn containers_of(&self, run_id: Option<&str>) -> Result<Vec<String>, DockerError> {
-        self.containers_labelled(run_id, None).await
-    }
-
-    /// Job containers of `run_id` (all of specrun's when `None`), only those `runner_id`
-    /// started when it is given.
-    pub async fn containers_labelled(
-        &self,
-        run_id: Option<&str>,
-        runner_id: Option<&str>,
-    ) -> Result<Vec<String>, DockerError> {
-        let mut labels = vec![match run_id {
-            Some(id) => format!("{LABEL_RUN}={id}"),
-            None => format!("{LABEL_MANAGED}=true"),
-        }];
-        if let Some(runner) = runner_id {
-            labels.push(format!("{LABEL_RUNNER}={runner}"));
-        }
+    /// IDs of the job containers `which` names, running or not.
+    pub async fn containers(&self, which: Containers<'_>) -> Result<Vec<String>, DockerError> {
+        let labels = match which {
+            Containers::All => vec![format!("{LABEL_MANAGED}=true")],
+            Containers::OfRun(run) => vec![format!("{LABEL_RUN}={run}")],
+            Containers::OfRunStartedBy { run, runner } => vec![
+                format!("{LABEL_RUN}={run}"),
+                format!("{LABEL_RUNNER}={runner}"),
+            ],
+        };
         let list = self.list_labelled(labels).await?;
         Ok(list.into_iter().filter_map(|c| c.id).collect())
     }

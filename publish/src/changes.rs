@@ -5,8 +5,8 @@
 //! reads the worktree itself. Runs only after the agent's processes are gone.
 
 use crate::git::{GitError, Staged};
-use crate::safe_fs::{self, Entry, EntryKind, FileFacts, WalkError, WalkLimits};
 use specrun_core::commit_scope::{CommitLimits, CommitScope, LeftOut};
+use specrun_sandbox::safe_fs::{self, Entry, EntryKind, FileFacts, WalkError, WalkLimits};
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -4,12 +4,12 @@
 //! Only runs this store knows are touched: an engine shared with other deployments keeps
 //! their containers.
 
-use crate::docker::DockerError;
-use crate::lease;
-use crate::pipeline::Pipeline;
+use super::lease;
+use crate::engine::Pipeline;
 use specrun_core::keys::RunId;
 use specrun_core::lease::Lease;
 use specrun_core::state::RunRecord;
+use specrun_sandbox::SandboxError;
 use specrun_store::runs;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -44,14 +44,10 @@ pub fn sweepable(
 }
 
 /// Removes what [`sweepable`] allows on the engine the pipeline is configured for.
-pub async fn sweep(pipeline: &Pipeline, stale_after: Duration) -> Result<Swept, DockerError> {
-    let config = pipeline.config();
-    let docker =
-        crate::docker::DockerClient::connect(config.docker_host.as_deref(), config.docker_timeout)
-            .await?;
+pub async fn sweep(pipeline: &Pipeline, stale_after: Duration) -> Result<Swept, SandboxError> {
     let store = pipeline.store.as_ref();
     let mut swept = Swept::default();
-    for run in docker.runs_with_containers().await? {
+    for run in pipeline.sandbox.runs_with_jobs().await? {
         let Ok(id) = RunId::parse(&run) else {
             swept.kept.push(run);
             continue;
@@ -62,7 +58,7 @@ pub async fn sweep(pipeline: &Pipeline, stale_after: Duration) -> Result<Swept, 
         match sweepable(
             record.as_ref(),
             lease.as_ref(),
-            OffsetDateTime::now_utc(),
+            specrun_store::runs::now(),
             stale_after,
         ) {
             Some(why) => {

@@ -5,9 +5,9 @@
 //! `run_timeout`, or (lease lost) walks away and records nothing: the run is another
 //! runner's now.
 
-use crate::docker::DockerClient;
 use specrun_core::keys::{self, RunId};
 use specrun_core::ports::BlobStore;
+use specrun_sandbox::Sandbox;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,10 +30,10 @@ pub struct StopWatch {
 /// Where the watcher looks and what it may do.
 pub struct StopWatchConfig {
     pub store: Arc<dyn BlobStore>,
+    /// Where the run's job is, to remove it.
+    pub sandbox: Arc<dyn Sandbox>,
     pub run_id: RunId,
     pub run_timeout: Option<Duration>,
-    pub docker_host: Option<String>,
-    pub docker_timeout: Duration,
     pub poll: Duration,
     /// This runner's id: with a lost lease only its own containers are removed.
     pub runner_id: String,
@@ -87,16 +87,9 @@ async fn watch(config: StopWatchConfig, reason: Arc<Mutex<Option<StopReason>>>) 
     if let Ok(mut slot) = reason.lock() {
         *slot = Some(found);
     }
-    // Removing the container ends whatever command runs in it.
-    if let Ok(docker) =
-        DockerClient::connect(config.docker_host.as_deref(), config.docker_timeout).await
-    {
-        for container in docker
-            .containers_labelled(Some(config.run_id.as_str()), only_ours)
-            .await
-            .unwrap_or_default()
-        {
-            let _ = docker.remove(&container).await;
-        }
-    }
+    // Removing the job ends whatever command runs in it.
+    config
+        .sandbox
+        .kill_jobs(config.run_id.as_str(), only_ours)
+        .await;
 }

@@ -6,7 +6,6 @@
 //! whatever the agent prints past it is still read from the exec (so the command is not
 //! blocked) but only counted. Memory stays flat: a chunk at a time, plus the tail.
 
-use crate::docker::{OutputSink, Stream};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use specrun_core::keys::{self, RunId};
@@ -14,6 +13,7 @@ use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::redact::{RedactingStream, Redactor};
 use specrun_core::state::ArtifactRef;
 use specrun_core::Phase;
+use specrun_sandbox::{OutputSink, Stream};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,9 +4,9 @@
 //! one the run was given, and credentials exist only inside the credentials callback.
 //! These functions block: call them from `spawn_blocking`.
 
+pub use git2::Signature;
 use git2::{
     Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
-    Signature,
 };
 use std::cell::Cell;
 use std::path::Path;
@@ -166,6 +166,11 @@ fn out_of_space(e: &git2::Error, bounds: Bounds) -> Option<GitError> {
 }
 
 /// The git mode of a regular file.
+/// The author and committer of a commit made now.
+pub fn signature(name: &str, email: &str) -> Result<Signature<'static>, git2::Error> {
+    Signature::now(name, email)
+}
+
 pub fn file_mode(executable: bool) -> u32 {
     if executable {
         0o100_755

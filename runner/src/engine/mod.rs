@@ -1,0 +1,17 @@
+//! The engine: one run from `queued` to a final status. [`pipeline`] owns the order of the
+//! phases, the persistence of run.json and the phase JSON, stopping and cleanup; each
+//! phase lives in its own file under [`phases`] and gets only what it needs, typed by
+//! where the run is (a job after prepare, a clone after clone, a feature and branch after
+//! specify). [`artifacts`] stores redacted, hashed logs; [`failure`] turns what went
+//! wrong into a stable code with its remediation; [`stop`] notices cancellation, the run
+//! time limit and a lost lease.
+
+pub mod artifacts;
+pub(crate) mod failure;
+mod phases;
+pub mod pipeline;
+pub mod progress;
+mod run;
+pub mod stop;
+
+pub use pipeline::{Execution, Pipeline};

@@ -1,0 +1,31 @@
+//! What one run carries through its phases, whatever phase it is in. What exists only
+//! from a given phase on (the job, the clone, the feature) is not here: it is carried in
+//! the types the phases return (`phases::{Prepared, Cloned, Specified, Committed}`).
+
+use crate::config::RunnerConfig;
+use crate::engine::artifacts::ArtifactStore;
+use specrun_core::keys::RunId;
+use specrun_core::ports::BlobStore;
+use specrun_core::redact::Redactor;
+use specrun_core::request::ValidatedRequest;
+use specrun_core::state::RunRecord;
+use std::sync::Arc;
+
+/// A run in progress.
+pub(crate) struct Run {
+    pub config: Arc<RunnerConfig>,
+    pub store: Arc<dyn BlobStore>,
+    pub run_id: RunId,
+    pub request: ValidatedRequest,
+    pub record: RunRecord,
+    pub artifacts: ArtifactStore,
+    pub redactor: Redactor,
+    /// Where the repository is cloned from and pushed to: built from the request, never
+    /// read back from the repository.
+    pub clone_url: String,
+    /// The version of run.json this runner last read or wrote: its next write is
+    /// conditional on it.
+    pub record_version: String,
+    /// Another runner holds the run now: nothing more is recorded by this one.
+    pub abandoned: bool,
+}

@@ -1,0 +1,335 @@
+//! The job environment on one Docker engine: a hardened container per run with the
+//! workspace bind-mounted (the git directory read-only), each command an exec with its
+//! own environment, the container frozen between commands, and for egress agents the
+//! run's own network behind the allow-list proxy.
+
+pub mod client;
+
+pub use client::{
+    Access, ContainerSpec, Containers, DockerClient, DockerError, ImageInfo, Limits, Mount,
+    Process, LABEL_MANAGED, LABEL_RUN, LABEL_RUNNER,
+};
+
+use crate::egress::{self, RunEgress};
+use crate::port::{
+    ExecEnd, ExecSpec, Job, JobFacts, JobRequest, OutputSink, Sandbox, SandboxError, Teardown,
+};
+use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
+use async_trait::async_trait;
+use specrun_core::agent::Network;
+use specrun_core::redact::Redactor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const REPO_IN_CONTAINER: &str = "/workspace/repo";
+const HOME_IN_CONTAINER: &str = "/workspace/home";
+
+/// Where and how jobs are made on one engine.
+#[derive(Debug, Clone)]
+pub struct DockerSandbox {
+    /// `DOCKER_HOST`-style address; `None` for the environment's default.
+    pub docker_host: Option<String>,
+    /// How long any one engine call may take.
+    pub docker_timeout: Duration,
+    /// Where run workspaces are created.
+    pub work_root: PathBuf,
+    /// Each workspace's disk quota (a tmpfs); `None` for none.
+    pub workspace_quota_bytes: Option<u64>,
+    pub limits: Limits,
+}
+
+impl DockerSandbox {
+    pub async fn connect(&self) -> Result<DockerClient, DockerError> {
+        DockerClient::connect(self.docker_host.as_deref(), self.docker_timeout).await
+    }
+
+    async fn start(
+        &self,
+        docker: &DockerClient,
+        request: &JobRequest,
+        workspace: &Workspace,
+        network: Network,
+    ) -> Result<String, DockerError> {
+        let mount = |host: &Path, inside: &str, access| Mount {
+            host: host.to_path_buf(),
+            inside: inside.to_owned(),
+            access,
+        };
+        let spec = ContainerSpec {
+            name: format!("specrun-{}", request.run_id),
+            image: request.image.clone(),
+            run_id: request.run_id.clone(),
+            runner_id: request.runner_id.clone(),
+            mounts: vec![
+                mount(&workspace.repo, REPO_IN_CONTAINER, Access::ReadWrite),
+                mount(
+                    &workspace.git,
+                    &format!("{REPO_IN_CONTAINER}/.git"),
+                    Access::ReadOnly,
+                ),
+                mount(&workspace.home, HOME_IN_CONTAINER, Access::ReadWrite),
+            ],
+            user: agent_user(),
+            network,
+            limits: self.limits,
+        };
+        docker.start_job(&spec).await
+    }
+}
+
+fn agent_user() -> String {
+    format!("{AGENT_UID}:{AGENT_GID}")
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    async fn create(&self, request: JobRequest) -> Result<Box<dyn Job>, SandboxError> {
+        let docker = self.connect().await?;
+        let image = docker.image(&request.image).await?;
+        let engine_version = docker
+            .engine_version()
+            .await
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        let (work_root, run_id, quota) = (
+            self.work_root.clone(),
+            request.run_id.clone(),
+            self.workspace_quota_bytes,
+        );
+        let home_files = request.home_files.clone();
+        let workspace = tokio::task::spawn_blocking(move || {
+            let workspace = Workspace::create(&work_root, &run_id, quota)?;
+            if let Err(e) = write_home_files(&workspace.home, &home_files) {
+                let _ = workspace.remove();
+                return Err(SandboxError::HomeFiles(e));
+            }
+            Ok(workspace)
+        })
+        .await
+        .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))??;
+        let mut made = DockerJob {
+            docker,
+            facts: JobFacts {
+                engine_version,
+                image_id: image.id,
+                image_digest: image.digest,
+                ..JobFacts::default()
+            },
+            workspace,
+            egress: Mutex::new(None),
+            proxy_url: None,
+            container: None,
+            frozen: AtomicBool::new(false),
+        };
+        let network = match (&request.network, request.egress.clone()) {
+            (Network::Egress, Some(policy)) => {
+                let set_up =
+                    RunEgress::set_up(&made.docker, &request.run_id, &request.runner_id, policy)
+                        .await;
+                match set_up {
+                    Ok(egress) => {
+                        let network = Network::Named(egress.network.clone());
+                        made.proxy_url = Some(egress.proxy.url());
+                        made.egress = Mutex::new(Some(egress));
+                        network
+                    }
+                    Err(e) => {
+                        Box::new(made)
+                            .tear_down(&Redactor::new(Vec::<String>::new()))
+                            .await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            (network, _) => network.clone(),
+        };
+        match self
+            .start(&made.docker, &request, &made.workspace, network)
+            .await
+        {
+            Ok(container) => {
+                made.facts.id = container.clone();
+                made.container = Some(container);
+                Ok(Box::new(made))
+            }
+            Err(e) => {
+                Box::new(made)
+                    .tear_down(&Redactor::new(Vec::<String>::new()))
+                    .await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn kill_jobs(&self, run_id: &str, started_by: Option<&str>) -> usize {
+        let Ok(docker) = self.connect().await else {
+            return 0;
+        };
+        let which = match started_by {
+            Some(runner) => Containers::OfRunStartedBy {
+                run: run_id,
+                runner,
+            },
+            None => Containers::OfRun(run_id),
+        };
+        let mut removed = 0;
+        for container in docker.containers(which).await.unwrap_or_default() {
+            match docker.remove(&container).await {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, %container, "could not remove a job container")
+                }
+            }
+        }
+        removed
+    }
+
+    async fn remove_leftovers(&self, run_id: &str) -> usize {
+        let removed = self.kill_jobs(run_id, None).await;
+        if let Ok(docker) = self.connect().await {
+            egress::remove_orphaned(&docker, run_id).await;
+        }
+        removed
+    }
+
+    async fn runs_with_jobs(&self) -> Result<Vec<String>, SandboxError> {
+        Ok(self.connect().await?.runs_with_containers().await?)
+    }
+}
+
+/// Writes the agent's own configuration files into its HOME.
+fn write_home_files(home: &Path, files: &BTreeMap<String, String>) -> std::io::Result<()> {
+    for (relative, content) in files {
+        let path = home.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, content)?;
+    }
+    Ok(())
+}
+
+/// One run's container, workspace and way out.
+struct DockerJob {
+    docker: DockerClient,
+    facts: JobFacts,
+    workspace: Workspace,
+    egress: Mutex<Option<RunEgress>>,
+    proxy_url: Option<String>,
+    container: Option<String>,
+    /// The container's processes are frozen: the runner may read the worktree.
+    frozen: AtomicBool,
+}
+
+impl DockerJob {
+    fn container(&self) -> Result<&str, DockerError> {
+        self.container
+            .as_deref()
+            .ok_or_else(|| DockerError::ContainerGone("the job has no container".to_owned()))
+    }
+}
+
+#[async_trait]
+impl Job for DockerJob {
+    fn facts(&self) -> &JobFacts {
+        &self.facts
+    }
+
+    fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    fn base_env(&self) -> BTreeMap<String, String> {
+        [
+            ("HOME", HOME_IN_CONTAINER),
+            // The git directory belongs to the runner; let tools inside read it.
+            ("GIT_CONFIG_COUNT", "1"),
+            ("GIT_CONFIG_KEY_0", "safe.directory"),
+            ("GIT_CONFIG_VALUE_0", "*"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn network_env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        if let Some(proxy) = &self.proxy_url {
+            for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                env.insert(name.to_owned(), proxy.clone());
+            }
+            // Nothing bypasses the proxy; there is no other way out anyway.
+            for name in ["NO_PROXY", "no_proxy"] {
+                env.insert(name.to_owned(), String::new());
+            }
+        }
+        env
+    }
+
+    async fn exec(
+        &self,
+        spec: &ExecSpec,
+        sink: &mut dyn OutputSink,
+        limit: Duration,
+    ) -> Result<ExecEnd, SandboxError> {
+        let container = self.container()?;
+        if self.frozen.load(Ordering::SeqCst) {
+            self.docker.thaw(container).await?;
+            self.frozen.store(false, Ordering::SeqCst);
+        }
+        let process = Process {
+            user: agent_user(),
+            workdir: REPO_IN_CONTAINER.to_owned(),
+        };
+        let ended = self
+            .docker
+            .exec(container, &process, spec, sink, limit)
+            .await;
+        // Whatever the command left running (a background process waiting for the runner
+        // to read or commit) stays frozen until the next command, and is killed before the
+        // commit (`stop_all`).
+        let frozen = self.docker.freeze(container).await;
+        self.frozen.store(frozen.is_ok(), Ordering::SeqCst);
+        Ok(ended.and_then(|end| frozen.map(|()| end))?)
+    }
+
+    async fn stop_all(&self) -> Result<(), SandboxError> {
+        self.docker.stop_all(self.container()?).await?;
+        self.frozen.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn tear_down(self: Box<Self>, redactor: &Redactor) -> Teardown {
+        let mut teardown = Teardown::default();
+        if let Some(container) = &self.container {
+            match self.docker.remove(container).await {
+                Ok(()) => teardown.done.push("container removed"),
+                Err(e) => teardown
+                    .problems
+                    .push(format!("container {container} not removed: {e}")),
+            }
+        }
+        if let Some(mut egress) = self.egress.lock().await.take() {
+            match egress.tear_down(&self.docker).await[..] {
+                [] => teardown.done.push("network removed"),
+                ref failed => teardown
+                    .problems
+                    .push(format!("network not removed: {}", failed.join("; "))),
+            }
+            teardown.egress_log = Some(egress.proxy.log(redactor));
+        }
+        let workspace = self.workspace.clone();
+        match tokio::task::spawn_blocking(move || workspace.remove()).await {
+            Ok(Ok(())) => teardown.done.push("workspace removed"),
+            Ok(Err(e)) => teardown
+                .problems
+                .push(format!("workspace not removed: {e}")),
+            Err(e) => teardown
+                .problems
+                .push(format!("workspace not removed: {e}")),
+        }
+        teardown
+    }
+}
