@@ -18,7 +18,6 @@ pub enum ErrorCode {
     AgentsFileInvalid,
     AgentsFileUnreadable,
     BaseBranchMissing,
-    CommitFailed,
     CommitTooLarge,
     ContainerCrashed,
     DiskQuotaExceeded,
@@ -57,7 +56,8 @@ pub enum ErrorCode {
     WorkspaceQuotaFailed,
     /// The forge or remote refused the token in a phase: `<phase>_permission_denied`.
     PermissionDenied(Phase),
-    /// A git operation failed in a phase for another reason: `<phase>_failed`.
+    /// A git operation failed in a phase for another reason: `<phase>_failed`
+    /// (`clone_failed`, `commit_failed`, `push_failed`).
     GitFailed(Phase),
     /// A code this version does not know, kept as it was read.
     Other(String),
@@ -71,7 +71,6 @@ const FIXED: &[(ErrorCode, &str)] = &[
     (ErrorCode::AgentsFileInvalid, "agents_file_invalid"),
     (ErrorCode::AgentsFileUnreadable, "agents_file_unreadable"),
     (ErrorCode::BaseBranchMissing, "base_branch_missing"),
-    (ErrorCode::CommitFailed, "commit_failed"),
     (ErrorCode::CommitTooLarge, "commit_too_large"),
     (ErrorCode::ContainerCrashed, "container_crashed"),
     (ErrorCode::DiskQuotaExceeded, "disk_quota_exceeded"),
@@ -206,8 +205,10 @@ mod tests {
             ErrorCode::PermissionDenied(Phase::Push).to_string(),
             "push_permission_denied"
         );
-        // `commit_failed` is a code of its own, not a phase's git failure.
-        assert_eq!(ErrorCode::parse("commit_failed"), ErrorCode::CommitFailed);
+        assert_eq!(
+            ErrorCode::parse("commit_failed"),
+            ErrorCode::GitFailed(Phase::Commit)
+        );
     }
 
     #[test]

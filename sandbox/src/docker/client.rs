@@ -398,11 +398,26 @@ impl DockerClient {
 
     /// Freezes every process in the container (the cgroup freezer): nothing the agent
     /// left running can act while the runner reads what it wrote.
+    ///
+    /// The kernel can fail a freeze while a process sits in an uninterruptible write (an
+    /// agent filling its tmpfs quota does exactly that); runc then answers "unable to
+    /// freeze", and a moment later the same freeze succeeds, so it is tried a few times.
     pub async fn freeze(&self, container: &str) -> Result<(), DockerError> {
-        self.client
-            .pause_container(container)
-            .await
-            .map_err(|e| self.gone_or(e, container, "freezing the job container"))
+        let mut attempt = 0;
+        loop {
+            match self.client.pause_container(container).await {
+                Ok(()) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500,
+                    message,
+                }) if message.contains("unable to freeze") && attempt < 5 => {
+                    attempt += 1;
+                    tracing::info!(%container, attempt, "the freeze did not take; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(self.gone_or(e, container, "freezing the job container")),
+            }
+        }
     }
 
     /// Lets a frozen container's processes run again, for the next agent phase.

@@ -128,7 +128,7 @@ fn git2_signature(name: &str, email: &str) -> Result<git::Signature<'static>, Ru
     git::signature(name, email).map_err(|e| {
         failure::error(
             PHASE,
-            ErrorCode::CommitFailed,
+            ErrorCode::GitFailed(PHASE),
             e.to_string(),
             "Check SPECRUN_COMMIT_NAME and SPECRUN_COMMIT_EMAIL.",
         )
