@@ -10,9 +10,9 @@
 
 pub mod cli;
 pub mod config;
-pub mod engine;
-pub mod serve;
-pub mod worker;
+mod engine;
+mod serve;
+mod worker;
 
 pub use config::RunnerConfig;
 pub use engine::progress;

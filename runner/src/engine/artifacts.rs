@@ -52,11 +52,6 @@ pub struct WrittenLog {
 }
 
 impl LogFile {
-    /// A log capped at [`DEFAULT_LOG_CAP_BYTES`].
-    pub async fn create(path: PathBuf, redactor: &Redactor) -> std::io::Result<Self> {
-        Self::create_capped(path, redactor, DEFAULT_LOG_CAP_BYTES).await
-    }
-
     /// A log that stores at most `cap` bytes (then a truncation marker).
     pub async fn create_capped(
         path: PathBuf,
@@ -191,14 +186,8 @@ pub struct CommandLogs {
 
 impl CommandLogs {
     /// Creates `<dir>/<stem>.stdout.log` and `<dir>/<stem>.stderr.log`, each capped at
-    /// [`DEFAULT_LOG_CAP_BYTES`].
-    pub async fn create(dir: &Path, stem: &str, redactor: &Redactor) -> std::io::Result<Self> {
-        Self::create_capped(dir, stem, redactor, DEFAULT_LOG_CAP_BYTES).await
-    }
-
-    /// [`CommandLogs::create`] with each log capped at `cap` bytes
-    /// (`RunnerConfig::log_cap_bytes`).
-    pub async fn create_capped(
+    /// `cap` bytes (`RunnerConfig::log_cap_bytes`).
+    pub async fn create(
         dir: &Path,
         stem: &str,
         redactor: &Redactor,
@@ -313,7 +302,9 @@ mod tests {
     async fn logs_are_redacted_hashed_and_tailed() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let redactor = Redactor::new(["hunter2-secret"]);
-        let mut log = LogFile::create(dir.path().join("x.log"), &redactor).await?;
+        let mut log =
+            LogFile::create_capped(dir.path().join("x.log"), &redactor, DEFAULT_LOG_CAP_BYTES)
+                .await?;
         log.write(b"line one hunter2-").await?;
         log.write(b"secret end\n").await?;
         let written = log.finish().await?;

@@ -6,12 +6,12 @@
 //! wrong into a stable code with its remediation; [`stop`] notices cancellation, the run
 //! time limit and a lost lease.
 
-pub mod artifacts;
-pub(crate) mod failure;
+pub(crate) mod artifacts;
+mod failure;
 mod phases;
-pub mod pipeline;
+mod pipeline;
 pub mod progress;
 mod run;
-pub mod stop;
+mod stop;
 
 pub use pipeline::{Execution, Pipeline};

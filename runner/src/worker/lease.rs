@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 /// The outcome of a claim.
 pub enum Claim {
-    /// This runner holds the run now, for `attempt`.
+    /// This runner holds the run now.
     Held(HeldLease),
     /// Another runner holds a live lease.
     Busy { runner_id: String },
@@ -20,7 +20,6 @@ pub enum Claim {
 
 /// A lease this runner holds; renewing stops when it is released or dropped.
 pub struct HeldLease {
-    pub attempt: u32,
     renewer: tokio::task::JoinHandle<()>,
     state: Arc<Mutex<(Lease, String)>>,
     store: Arc<dyn BlobStore>,
@@ -119,7 +118,6 @@ async fn take(
             runner_id: "another runner".to_owned(),
         });
     };
-    let attempt = lease.attempt;
     let state = Arc::new(Mutex::new((lease, version)));
     let lost = Arc::new(AtomicBool::new(false));
     let renewer = tokio::spawn(renew(
@@ -130,7 +128,6 @@ async fn take(
         lost.clone(),
     ));
     Ok(Claim::Held(HeldLease {
-        attempt,
         renewer,
         state,
         store,

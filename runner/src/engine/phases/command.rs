@@ -63,7 +63,7 @@ pub(super) async fn run_command(
         env,
         limit,
     } = command;
-    let mut logs = CommandLogs::create_capped(
+    let mut logs = CommandLogs::create(
         &job.workspace().logs,
         &format!("{phase}-{stem}"),
         &run.redactor,
@@ -76,6 +76,11 @@ pub(super) async fn run_command(
         .finish()
         .await
         .map_err(|e| failure::io(phase, "writing the phase logs", &e))?;
+    for (stream, log) in [("stdout", &stdout), ("stderr", &stderr)] {
+        if let Some(dropped) = log.truncated_bytes {
+            tracing::warn!(%phase, stem, stream, dropped, "the command printed more than the log cap; the rest was counted, not stored");
+        }
+    }
     let mut artifacts = Vec::new();
     for (name, log) in [
         (format!("{stem}.stdout.log"), &stdout),

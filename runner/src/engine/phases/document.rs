@@ -23,7 +23,7 @@ pub(super) async fn run(
     let (mut artifacts, headline) = run_agent(run, prepared, phase, env).await?;
     let file = feature.file(&format!("{phase}.md"));
     let workspace = prepared.job.workspace();
-    let Some(text) = read_output(workspace, phase, &file, &mut artifacts)? else {
+    let Some(text) = read_output(workspace, phase, &file, &mut artifacts).await? else {
         return Err(output_missing(phase, &file, artifacts));
     };
     if let Some(stop) = clarification_stop(run, phase, &file, &text, &mut artifacts).await? {

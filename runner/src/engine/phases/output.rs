@@ -12,13 +12,17 @@ use specrun_sandbox::Workspace;
 const MAX_SPEC_FILE: u64 = 4 * 1024 * 1024;
 
 /// Reads a file the agent wrote, as text, refusing symlinks; `None` when it is missing.
-pub(super) fn read_output(
+pub(super) async fn read_output(
     workspace: &Workspace,
     phase: Phase,
     relative: &str,
     artifacts: &mut Vec<ArtifactRef>,
 ) -> Result<Option<String>, Failure> {
-    match workspace.read_repo_file(relative, MAX_SPEC_FILE) {
+    let (workspace, path) = (workspace.clone(), relative.to_owned());
+    let read = tokio::task::spawn_blocking(move || workspace.read_repo_file(&path, MAX_SPEC_FILE))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match read {
         Ok(bytes) => Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned())),
         Err(e) => Err(Failure {
             error: failure::error(

@@ -78,7 +78,20 @@ pub(crate) async fn run(
     artifacts.extend(agent_artifacts);
     notes.extend(headline);
 
-    let feature = match find_feature(workspace, cloned) {
+    let found = {
+        let (workspace, specs_before) = (workspace.clone(), cloned.specs_before.clone());
+        tokio::task::spawn_blocking(move || find_feature(&workspace, &specs_before))
+            .await
+            .unwrap_or_else(|e| {
+                Err(failure::error(
+                    PHASE,
+                    ErrorCode::InternalError,
+                    e.to_string(),
+                    "Retry the run.",
+                ))
+            })
+    };
+    let feature = match found {
         Ok(Some(feature)) => feature,
         Ok(None) => {
             return Ok(Step::Stop {
@@ -90,7 +103,7 @@ pub(crate) async fn run(
         Err(error) => return Err(Failure { error, artifacts }),
     };
     let spec_path = feature.file("spec.md");
-    let Some(spec) = read_output(workspace, PHASE, &spec_path, &mut artifacts)? else {
+    let Some(spec) = read_output(workspace, PHASE, &spec_path, &mut artifacts).await? else {
         return Err(output_missing(PHASE, &spec_path, artifacts));
     };
     let branch = match branch_for(run, &feature, cloned) {
@@ -168,8 +181,11 @@ async fn files_created_by_init(run: &Run, workspace: &Workspace) -> Result<Vec<S
 }
 
 /// The feature directory from `.specify/feature.json`, or else the one new directory
-/// under `specs/`. It must be new in this run and a real directory.
-fn find_feature(workspace: &Workspace, cloned: &Cloned) -> Result<Option<FeatureDir>, RunError> {
+/// under `specs/`. It must be new in this run and a real directory. Blocking.
+fn find_feature(
+    workspace: &Workspace,
+    specs_before: &[String],
+) -> Result<Option<FeatureDir>, RunError> {
     let invalid = |reason: String| {
         failure::error(
             PHASE,
@@ -182,7 +198,7 @@ fn find_feature(workspace: &Workspace, cloned: &Cloned) -> Result<Option<Feature
         feature
             .require_spec_kit_layout()
             .map_err(|e| invalid(e.to_string()))?;
-        if cloned.specs_before.iter().any(|d| d == feature.name()) {
+        if specs_before.iter().any(|d| d == feature.name()) {
             return Err(invalid(format!(
                 "{} existed before this run; the specify phase must create its own feature directory",
                 feature.as_str()
@@ -207,7 +223,7 @@ fn find_feature(workspace: &Workspace, cloned: &Cloned) -> Result<Option<Feature
     }
     let new: Vec<String> = list_specs(workspace)
         .into_iter()
-        .filter(|d| !cloned.specs_before.contains(d))
+        .filter(|d| !specs_before.contains(d))
         .collect();
     match new.as_slice() {
         [] => Ok(None),
