@@ -63,6 +63,24 @@ pub struct RunError {
     pub log_excerpt: Option<String>,
 }
 
+impl RunError {
+    /// An error with its code, what happened and what to do; no phase, exit code or log.
+    pub fn new(
+        code: ErrorCode,
+        message: impl Into<String>,
+        remediation: impl Into<String>,
+    ) -> Self {
+        RunError {
+            code,
+            message: message.into(),
+            remediation: remediation.into(),
+            phase: None,
+            exit_code: None,
+            log_excerpt: None,
+        }
+    }
+}
+
 /// One entry of a run's status history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {

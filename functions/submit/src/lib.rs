@@ -261,14 +261,11 @@ impl Submit {
     /// go out. Only a run still queued is withdrawn, fenced on the version read, so a
     /// runner that already took it is never overwritten.
     async fn withdraw(&self, mut record: RunRecord, e: &StoreError) {
-        record.error = Some(RunError {
-            code: specrun_core::ErrorCode::QueueUnavailable,
-            message: format!("the run could not be queued: {e}"),
-            remediation: "Submit the run again; check the queue's availability and the function's permissions.".to_owned(),
-            phase: None,
-            exit_code: None,
-            log_excerpt: None,
-        });
+        record.error = Some(RunError::new(
+            specrun_core::ErrorCode::QueueUnavailable,
+            format!("the run could not be queued: {e}"),
+            "Submit the run again; check the queue's availability and the function's permissions.",
+        ));
         let reason = Some("the run could not be queued".to_owned());
         let Ok(run_id) = RunId::parse(&record.run_id) else {
             return;

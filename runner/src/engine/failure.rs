@@ -21,12 +21,8 @@ pub fn error(
     remediation: impl Into<String>,
 ) -> RunError {
     RunError {
-        code,
-        message: message.into(),
-        remediation: remediation.into(),
         phase: Some(phase),
-        exit_code: None,
-        log_excerpt: None,
+        ..RunError::new(code, message, remediation)
     }
 }
 

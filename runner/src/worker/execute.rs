@@ -166,14 +166,11 @@ impl Worker {
 
 /// `record` failed with `invalid_request`, and whether that transition was allowed.
 fn refused(mut record: RunRecord, field: &str, reason: &str) -> (RunRecord, bool) {
-    record.error = Some(RunError {
-        code: ErrorCode::InvalidRequest,
-        message: format!("{field}: {reason}"),
-        remediation: "Fix the request and submit it again.".to_owned(),
-        phase: None,
-        exit_code: None,
-        log_excerpt: None,
-    });
+    record.error = Some(RunError::new(
+        ErrorCode::InvalidRequest,
+        format!("{field}: {reason}"),
+        "Fix the request and submit it again.",
+    ));
     let reason = Some(format!("invalid request: {field}: {reason}"));
     let finished = record.finish(RunStatus::Failed, reason, now()).is_ok();
     (record, finished)

@@ -112,14 +112,11 @@ impl Worker {
         if record.status.is_final() {
             return None;
         }
-        record.error = Some(RunError {
-            code: ErrorCode::RetriesExhausted,
-            message: format!("the run could not be completed after {deliveries} deliveries: {cause}"),
-            remediation: "Look at the runner's logs and the dead-letter queue's message; submit the run again once the cause is fixed.".to_owned(),
-            phase: None,
-            exit_code: None,
-            log_excerpt: None,
-        });
+        record.error = Some(RunError::new(
+            ErrorCode::RetriesExhausted,
+            format!("the run could not be completed after {deliveries} deliveries: {cause}"),
+            "Look at the runner's logs and the dead-letter queue's message; submit the run again once the cause is fixed.",
+        ));
         let reason = Some(format!(
             "gave up after {deliveries} deliveries; the message is in the dead-letter queue"
         ));

@@ -2,7 +2,7 @@
 //! hands the worktree to the agent's user.
 
 use super::command::bounded_git;
-use super::{message, short, Cloned, Step, StepResult};
+use super::{blocking, message, short, Cloned, Step, StepResult};
 use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::{ErrorCode, Phase};
@@ -45,16 +45,8 @@ pub(crate) async fn run(run: &mut Run, job: &dyn Job) -> StepResult<Cloned> {
         }
     };
     run.record.base_branch = Some(cloned.base_branch.clone());
-    tokio::task::spawn_blocking(move || workspace.hand_to_agent())
-        .await
-        .map_err(|e| {
-            failure::error(
-                PHASE,
-                ErrorCode::InternalError,
-                e.to_string(),
-                "Retry the run.",
-            )
-        })?
+    blocking(PHASE, move || workspace.hand_to_agent())
+        .await?
         .map_err(|e| {
             failure::error(
                 PHASE,

@@ -110,6 +110,22 @@ fn json_bytes(value: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec_pretty(value).unwrap_or_default()
 }
 
+/// Runs blocking work (file reads, git) off the async threads; a task that did not
+/// finish (it panicked) fails the phase with `internal_error`.
+async fn blocking<T: Send + 'static>(
+    phase: Phase,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RunError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| {
+        failure::error(
+            phase,
+            specrun_core::ErrorCode::InternalError,
+            e.to_string(),
+            "Retry the run.",
+        )
+    })
+}
+
 /// The first 12 characters of an id, as git and Docker show them.
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)

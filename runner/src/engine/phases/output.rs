@@ -1,6 +1,6 @@
 //! Reading what an agent phase wrote: its file, safely; a missing file; open questions.
 
-use super::{json_bytes, store_failure, Failure, Step};
+use super::{blocking, json_bytes, store_failure, Failure, Step};
 use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::clarify;
@@ -19,9 +19,10 @@ pub(super) async fn read_output(
     artifacts: &mut Vec<ArtifactRef>,
 ) -> Result<Option<String>, Failure> {
     let (workspace, path) = (workspace.clone(), relative.to_owned());
-    let read = tokio::task::spawn_blocking(move || workspace.read_repo_file(&path, MAX_SPEC_FILE))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let read = blocking(phase, move || {
+        workspace.read_repo_file(&path, MAX_SPEC_FILE)
+    })
+    .await?;
     match read {
         Ok(bytes) => Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned())),
         Err(e) => Err(Failure {

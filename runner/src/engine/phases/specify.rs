@@ -5,7 +5,7 @@
 use super::clone::list_specs;
 use super::command::{require_success, run_agent, run_command, Command};
 use super::output::{clarification_stop, output_missing, read_output};
-use super::{Cloned, Failure, Prepared, Specified, Step, StepResult};
+use super::{blocking, Cloned, Failure, Prepared, Specified, Step, StepResult};
 use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::branch::BranchName;
@@ -80,16 +80,9 @@ pub(crate) async fn run(
 
     let found = {
         let (workspace, specs_before) = (workspace.clone(), cloned.specs_before.clone());
-        tokio::task::spawn_blocking(move || find_feature(&workspace, &specs_before))
+        blocking(PHASE, move || find_feature(&workspace, &specs_before))
             .await
-            .unwrap_or_else(|e| {
-                Err(failure::error(
-                    PHASE,
-                    ErrorCode::InternalError,
-                    e.to_string(),
-                    "Retry the run.",
-                ))
-            })
+            .and_then(|found| found)
     };
     let feature = match found {
         Ok(Some(feature)) => feature,
@@ -163,21 +156,13 @@ fn branch_for(run: &Run, feature: &FeatureDir, cloned: &Cloned) -> Result<Branch
 async fn files_created_by_init(run: &Run, workspace: &Workspace) -> Result<Vec<String>, RunError> {
     let workspace = workspace.clone();
     let repository = run.record.repository.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(PHASE, move || {
         let repo = git::open(&workspace.git, &workspace.repo)
             .map_err(|e| failure::git(PHASE, &e, &repository))?;
         changes::created_files(&repo, &workspace.repo)
             .map_err(|e| failure::changes(PHASE, &e, &repository))
     })
-    .await
-    .map_err(|e| {
-        failure::error(
-            PHASE,
-            ErrorCode::InternalError,
-            e.to_string(),
-            "Retry the run.",
-        )
-    })?
+    .await?
 }
 
 /// The feature directory from `.specify/feature.json`, or else the one new directory
