@@ -46,6 +46,26 @@ impl DockerSandbox {
         DockerClient::connect(self.docker_host.as_deref(), self.docker_timeout).await
     }
 
+    /// The run's workspace with the agent's configuration files in its HOME.
+    async fn make_workspace(&self, request: &JobRequest) -> Result<Workspace, SandboxError> {
+        let (work_root, run_id, quota) = (
+            self.work_root.clone(),
+            request.run_id.clone(),
+            self.workspace_quota_bytes,
+        );
+        let home_files = request.home_files.clone();
+        tokio::task::spawn_blocking(move || {
+            let workspace = Workspace::create(&work_root, &run_id, quota)?;
+            if let Err(e) = write_home_files(&workspace.home, &home_files) {
+                let _ = workspace.remove();
+                return Err(SandboxError::HomeFiles(e));
+            }
+            Ok(workspace)
+        })
+        .await
+        .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))?
+    }
+
     async fn start(
         &self,
         docker: &DockerClient,
@@ -93,71 +113,44 @@ impl Sandbox for DockerSandbox {
             .engine_version()
             .await
             .unwrap_or_else(|e| format!("unknown ({e})"));
-        let (work_root, run_id, quota) = (
-            self.work_root.clone(),
-            request.run_id.clone(),
-            self.workspace_quota_bytes,
-        );
-        let home_files = request.home_files.clone();
-        let workspace = tokio::task::spawn_blocking(move || {
-            let workspace = Workspace::create(&work_root, &run_id, quota)?;
-            if let Err(e) = write_home_files(&workspace.home, &home_files) {
-                let _ = workspace.remove();
-                return Err(SandboxError::HomeFiles(e));
-            }
-            Ok(workspace)
-        })
-        .await
-        .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))??;
-        let mut made = DockerJob {
-            docker,
-            facts: JobFacts {
-                engine_version,
-                image_id: image.id,
-                image_digest: image.digest,
-                ..JobFacts::default()
-            },
-            workspace,
-            egress: Mutex::new(None),
-            proxy_url: None,
-            container: None,
-            frozen: AtomicBool::new(false),
-        };
-        let network = match (&request.network, request.egress.clone()) {
+        let workspace = self.make_workspace(&request).await?;
+        let egress = match (&request.network, request.egress.clone()) {
             (Network::Egress, Some(policy)) => {
-                let set_up =
-                    RunEgress::set_up(&made.docker, &request.run_id, &request.runner_id, policy)
-                        .await;
-                match set_up {
-                    Ok(egress) => {
-                        let network = Network::Named(egress.network.clone());
-                        made.proxy_url = Some(egress.proxy.url());
-                        made.egress = Mutex::new(Some(egress));
-                        network
-                    }
+                match RunEgress::set_up(&docker, &request.run_id, &request.runner_id, policy).await
+                {
+                    Ok(egress) => Some(egress),
                     Err(e) => {
-                        Box::new(made)
-                            .tear_down(&Redactor::new(Vec::<String>::new()))
-                            .await;
+                        let _ = remove_workspace(workspace).await;
                         return Err(e.into());
                     }
                 }
             }
-            (network, _) => network.clone(),
+            _ => None,
         };
-        match self
-            .start(&made.docker, &request, &made.workspace, network)
-            .await
-        {
-            Ok(container) => {
-                made.facts.id = container.clone();
-                made.container = Some(container);
-                Ok(Box::new(made))
-            }
+        let network = match &egress {
+            Some(egress) => Network::Named(egress.network.clone()),
+            None => request.network.clone(),
+        };
+        match self.start(&docker, &request, &workspace, network).await {
+            Ok(container) => Ok(Box::new(DockerJob {
+                facts: JobFacts {
+                    id: container.clone(),
+                    engine_version,
+                    image_id: image.id,
+                    image_digest: image.digest,
+                },
+                proxy_url: egress.as_ref().map(|e| e.proxy.url()),
+                egress: Mutex::new(egress),
+                docker,
+                workspace,
+                container,
+                frozen: AtomicBool::new(false),
+            })),
             Err(e) => {
-                Box::new(made)
-                    .tear_down(&Redactor::new(Vec::<String>::new()))
-                    .await;
+                if let Some(mut egress) = egress {
+                    egress.tear_down(&docker).await;
+                }
+                let _ = remove_workspace(workspace).await;
                 Err(e.into())
             }
         }
@@ -211,6 +204,15 @@ fn write_home_files(home: &Path, files: &BTreeMap<String, String>) -> std::io::R
     Ok(())
 }
 
+/// Removes a workspace off the async threads.
+async fn remove_workspace(workspace: Workspace) -> Result<(), String> {
+    match tokio::task::spawn_blocking(move || workspace.remove()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// One run's container, workspace and way out.
 struct DockerJob {
     docker: DockerClient,
@@ -218,17 +220,9 @@ struct DockerJob {
     workspace: Workspace,
     egress: Mutex<Option<RunEgress>>,
     proxy_url: Option<String>,
-    container: Option<String>,
+    container: String,
     /// The container's processes are frozen: the runner may read the worktree.
     frozen: AtomicBool,
-}
-
-impl DockerJob {
-    fn container(&self) -> Result<&str, DockerError> {
-        self.container
-            .as_deref()
-            .ok_or_else(|| DockerError::ContainerGone("the job has no container".to_owned()))
-    }
 }
 
 #[async_trait]
@@ -274,7 +268,7 @@ impl Job for DockerJob {
         sink: &mut dyn OutputSink,
         limit: Duration,
     ) -> Result<ExecEnd, SandboxError> {
-        let container = self.container()?;
+        let container = &self.container;
         if self.frozen.load(Ordering::SeqCst) {
             self.docker.thaw(container).await?;
             self.frozen.store(false, Ordering::SeqCst);
@@ -296,20 +290,18 @@ impl Job for DockerJob {
     }
 
     async fn stop_all(&self) -> Result<(), SandboxError> {
-        self.docker.stop_all(self.container()?).await?;
+        self.docker.stop_all(&self.container).await?;
         self.frozen.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     async fn tear_down(self: Box<Self>, redactor: &Redactor) -> Teardown {
         let mut teardown = Teardown::default();
-        if let Some(container) = &self.container {
-            match self.docker.remove(container).await {
-                Ok(()) => teardown.done.push("container removed"),
-                Err(e) => teardown
-                    .problems
-                    .push(format!("container {container} not removed: {e}")),
-            }
+        match self.docker.remove(&self.container).await {
+            Ok(()) => teardown.done.push("container removed"),
+            Err(e) => teardown
+                .problems
+                .push(format!("container {} not removed: {e}", self.container)),
         }
         if let Some(mut egress) = self.egress.lock().await.take() {
             match egress.tear_down(&self.docker).await[..] {
