@@ -13,5 +13,7 @@ mod pipeline;
 pub mod progress;
 mod run;
 mod stop;
+#[cfg(test)]
+mod tests;
 
 pub use pipeline::{Execution, Pipeline};
