@@ -381,7 +381,7 @@ impl FsQueue {
             message_id: id,
             receive_count: count,
             max_receives: max,
-            dead_lettered_at: time::OffsetDateTime::now_utc()
+            dead_lettered_at: crate::runs::now()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             reason: format!(
