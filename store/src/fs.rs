@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio::fs;
 
+/// What [`FsBlobStore::write_atomic`] does when the key already holds an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// Refuse with `PreconditionFailed`: a conditional create.
+    Refuse,
+    Replace,
+}
+
 /// Objects as files under `root`.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
@@ -39,7 +47,7 @@ impl FsBlobStore {
         &self,
         key: &str,
         body: &[u8],
-        create_new: bool,
+        existing: Existing,
     ) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let err = |e: std::io::Error| StoreError::backend(key, e);
@@ -48,7 +56,7 @@ impl FsBlobStore {
         }
         let tmp = temp_path(&path);
         fs::write(&tmp, body).await.map_err(err)?;
-        if create_new {
+        if existing == Existing::Refuse {
             // A hard link fails if the target exists: a conditional create.
             let linked = fs::hard_link(&tmp, &path).await;
             let _ = fs::remove_file(&tmp).await;
@@ -143,7 +151,7 @@ fn is_temp(path: &Path) -> bool {
 #[async_trait]
 impl BlobStore for FsBlobStore {
     async fn put(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), StoreError> {
-        self.write_atomic(key, &body, false).await
+        self.write_atomic(key, &body, Existing::Replace).await
     }
 
     async fn put_new(
@@ -152,7 +160,7 @@ impl BlobStore for FsBlobStore {
         body: Vec<u8>,
         _content_type: &str,
     ) -> Result<(), StoreError> {
-        self.write_atomic(key, &body, true).await
+        self.write_atomic(key, &body, Existing::Refuse).await
     }
 
     async fn put_file(
@@ -199,7 +207,7 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| StoreError::backend(key, e))?;
         match fs::read(&path).await {
             Ok(current) if version_of(&current) == version => {
-                self.write_atomic(key, &body, false).await
+                self.write_atomic(key, &body, Existing::Replace).await
             }
             Ok(_) => Err(StoreError::PreconditionFailed(key.to_owned())),
             Err(e) if e.kind() == ErrorKind::NotFound => {
