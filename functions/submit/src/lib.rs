@@ -212,7 +212,7 @@ impl Submit {
     /// Sends the run's message; with an idempotency key, records that it was sent.
     async fn send(&self, run_id: RunId, request: &ValidatedRequest) -> Accepted {
         let message = RunMessage::new(run_id.as_str(), request.to_wire());
-        if let Err(e) = self.queue.send(message.to_json()).await {
+        if let Err(e) = self.queue.send(message.to_json().into()).await {
             tracing::warn!(%run_id, error = %e, "could not queue a run");
             return Accepted::NotQueued(run_id, e);
         }
@@ -359,7 +359,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Queue for FlakyQueue {
-        async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+        async fn send(&self, body: Bytes) -> Result<String, StoreError> {
             let send = *self.send.lock().unwrap_or_else(|e| e.into_inner());
             let lost = || StoreError::unavailable("queue", "injected by the test");
             match send {

@@ -300,7 +300,9 @@ impl ArtifactStore {
     ) -> Result<ArtifactRef, StoreError> {
         let sha256 = format!("{:x}", Sha256::digest(&bytes));
         let artifact = self.describe(phase, name, bytes.len() as u64, sha256, content_type);
-        self.store.put(&artifact.key, bytes, content_type).await?;
+        self.store
+            .put(&artifact.key, bytes.into(), content_type)
+            .await?;
         Ok(artifact)
     }
 }
