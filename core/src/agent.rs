@@ -21,9 +21,14 @@ pub enum Network {
     Named(String),
 }
 
+/// A `network` setting that names none of the networks a job container may get.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("network {0:?} must be none, egress, bridge or network:<docker network name>")]
+pub struct UnknownNetwork(pub String);
+
 impl Network {
     /// `none`, `egress`, `bridge`, or `network:<name>`.
-    pub fn parse(text: &str) -> Result<Network, String> {
+    pub fn parse(text: &str) -> Result<Network, UnknownNetwork> {
         match text {
             "none" => Ok(Network::None),
             "egress" => Ok(Network::Egress),
@@ -41,9 +46,7 @@ impl Network {
                 {
                     Ok(Network::Named(name.to_owned()))
                 }
-                _ => Err(format!(
-                    "network {other:?} must be none, egress, bridge or network:<docker network name>"
-                )),
+                _ => Err(UnknownNetwork(other.to_owned())),
             },
         }
     }
@@ -396,6 +399,23 @@ impl AgentProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_and_an_unknown_one_is_named() {
+        assert_eq!(Network::parse("egress"), Ok(Network::Egress));
+        assert_eq!(
+            Network::parse("network:specrun-1"),
+            Ok(Network::Named("specrun-1".to_owned()))
+        );
+        for bad in ["host", "network:host", "network:", "network:a b"] {
+            assert_eq!(
+                Network::parse(bad).map_err(|e| e.to_string()),
+                Err(format!(
+                    "network {bad:?} must be none, egress, bridge or network:<docker network name>"
+                ))
+            );
+        }
+    }
 
     #[test]
     fn text_stays_one_argument() -> Result<(), AgentError> {

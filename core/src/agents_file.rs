@@ -16,9 +16,10 @@
 //! specify = ["codex", "exec", "--json", "...", "$speckit-specify {text}"]
 //! ```
 
-use crate::agent::{AgentProfile, Network, OutputFormat};
-use crate::commit_scope::{self, Unexpected};
-use crate::phase::Phase;
+use crate::agent::{AgentError, AgentProfile, Network, OutputFormat, UnknownNetwork};
+use crate::commit_scope::{self, ScopeError, Unexpected};
+use crate::egress::InvalidEntry;
+use crate::phase::{Phase, UnknownPhase};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -35,9 +36,42 @@ pub enum AgentsFileError {
     #[error("the agents file is not valid TOML for specrun: {0}")]
     Toml(#[from] toml::de::Error),
     #[error("agent {agent:?}: {reason}")]
-    Profile { agent: String, reason: String },
+    Profile { agent: String, reason: ProfileError },
     #[error("the default agent {0:?} is not defined")]
     UnknownDefault(String),
+}
+
+/// What is wrong with one agent's profile in the agents file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("names are 1-32 of a-z, 0-9, '-'")]
+    InvalidName,
+    #[error(transparent)]
+    Extends(#[from] AgentError),
+    #[error(transparent)]
+    Network(#[from] UnknownNetwork),
+    #[error(transparent)]
+    Egress(#[from] InvalidEntry),
+    #[error("network \"egress\" needs an egress list of host:port destinations (the model API)")]
+    EgressWithoutList,
+    #[error(transparent)]
+    Phase(#[from] UnknownPhase),
+    #[error("phases may set specify, plan and tasks to a non-empty command, not {0}")]
+    NotAnAgentPhase(Phase),
+    #[error("output {0:?} must be text, codex-json or claude-stream-json")]
+    Output(String),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error("needs an integration (the `specify init --integration` value)")]
+    NoIntegration,
+    #[error("has no command for the {0} phase")]
+    MissingPhase(Phase),
+    #[error("{0:?} is not an environment variable name (A-Z, 0-9, _)")]
+    NotAnEnvName(String),
+    #[error("secret_env may not name {0:?}: SPECRUN_GIT_TOKEN, AWS_* and DOCKER_* are the runner's own credentials")]
+    RunnerCredential(String),
+    #[error("home file {0:?} must be a relative path inside HOME")]
+    HomePath(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,9 +129,9 @@ fn valid_home_path(path: &str) -> bool {
 }
 
 impl ProfileToml {
-    fn into_profile(self, name: &str) -> Result<AgentProfile, String> {
+    fn into_profile(self, name: &str) -> Result<AgentProfile, ProfileError> {
         let mut profile = match &self.extends {
-            Some(base) => AgentProfile::builtin(base).map_err(|e| e.to_string())?,
+            Some(base) => AgentProfile::builtin(base)?,
             None => AgentProfile {
                 name: String::new(),
                 integration: String::new(),
@@ -130,21 +164,16 @@ impl ProfileToml {
             profile.egress = egress;
         }
         if profile.network == Network::Egress && profile.egress.is_empty() {
-            return Err(
-                "network \"egress\" needs an egress list of host:port destinations (the model API)"
-                    .to_owned(),
-            );
+            return Err(ProfileError::EgressWithoutList);
         }
         if let Some(command) = self.version_command {
             profile.version_command = command;
         }
         if let Some(phases) = self.phases {
             for (phase, argv) in phases {
-                let phase: Phase = phase
-                    .parse()
-                    .map_err(|e: crate::phase::UnknownPhase| e.to_string())?;
+                let phase: Phase = phase.parse()?;
                 if !phase.is_agent_phase() || argv.is_empty() {
-                    return Err(format!("phases may set specify, plan and tasks to a non-empty command, not {phase}"));
+                    return Err(ProfileError::NotAnAgentPhase(phase));
                 }
                 profile.phase_commands.insert(phase, argv);
             }
@@ -166,35 +195,30 @@ impl ProfileToml {
                 "text" => OutputFormat::Text,
                 "codex-json" => OutputFormat::CodexJson,
                 "claude-stream-json" => OutputFormat::ClaudeStreamJson,
-                other => {
-                    return Err(format!(
-                        "output {other:?} must be text, codex-json or claude-stream-json"
-                    ))
-                }
+                _ => return Err(ProfileError::Output(output)),
             };
         }
         if let Some(paths) = self.commit_paths {
             for path in &paths {
-                commit_scope::check_pattern(path).map_err(|e| e.to_string())?;
+                commit_scope::check_pattern(path)?;
             }
             profile.commit_paths = paths;
         }
         if let Some(unexpected) = self.unexpected_changes {
-            profile.unexpected_changes =
-                Unexpected::parse(&unexpected).map_err(|e| e.to_string())?;
+            profile.unexpected_changes = Unexpected::parse(&unexpected)?;
         }
         check(&profile)?;
         Ok(profile)
     }
 }
 
-fn check(profile: &AgentProfile) -> Result<(), String> {
+fn check(profile: &AgentProfile) -> Result<(), ProfileError> {
     if profile.integration.is_empty() {
-        return Err("needs an integration (the `specify init --integration` value)".to_owned());
+        return Err(ProfileError::NoIntegration);
     }
     for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
         if !profile.phase_commands.contains_key(&phase) {
-            return Err(format!("has no command for the {phase} phase"));
+            return Err(ProfileError::MissingPhase(phase));
         }
     }
     let names = profile
@@ -203,20 +227,14 @@ fn check(profile: &AgentProfile) -> Result<(), String> {
         .chain(profile.secret_env.iter())
         .chain(profile.options.values());
     if let Some(bad) = names.into_iter().find(|n| !valid_env_name(n)) {
-        return Err(format!(
-            "{bad:?} is not an environment variable name (A-Z, 0-9, _)"
-        ));
+        return Err(ProfileError::NotAnEnvName(bad.clone()));
     }
     // The runner's own credentials (forge token, cloud keys) must never reach the agent.
     if let Some(bad) = profile.secret_env.iter().find(|n| is_runner_credential(n)) {
-        return Err(format!(
-            "secret_env may not name {bad:?}: SPECRUN_GIT_TOKEN, AWS_* and DOCKER_* are the runner's own credentials"
-        ));
+        return Err(ProfileError::RunnerCredential(bad.clone()));
     }
     if let Some(bad) = profile.home_files.keys().find(|p| !valid_home_path(p)) {
-        return Err(format!(
-            "home file {bad:?} must be a relative path inside HOME"
-        ));
+        return Err(ProfileError::HomePath(bad.clone()));
     }
     Ok(())
 }
@@ -241,7 +259,7 @@ impl AgentRegistry {
             if !valid_name(&name) {
                 return Err(AgentsFileError::Profile {
                     agent: name,
-                    reason: "names are 1-32 of a-z, 0-9, '-'".to_owned(),
+                    reason: ProfileError::InvalidName,
                 });
             }
             let profile =
@@ -267,13 +285,11 @@ impl AgentRegistry {
         self.default.as_deref()
     }
 
-    pub fn get(&self, name: &str) -> Result<&AgentProfile, crate::agent::AgentError> {
-        self.profiles
-            .get(name)
-            .ok_or_else(|| crate::agent::AgentError::Unknown {
-                name: name.to_owned(),
-                known: self.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+    pub fn get(&self, name: &str) -> Result<&AgentProfile, AgentError> {
+        self.profiles.get(name).ok_or_else(|| AgentError::Unknown {
+            name: name.to_owned(),
+            known: self.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 }
 
@@ -326,6 +342,56 @@ mod tests {
         );
         assert_eq!(x.map(|p| p.unexpected_changes), Some(Unexpected::Fail));
         Ok(())
+    }
+
+    #[test]
+    fn profile_mistakes_read_as_they_always_have() {
+        let cases = [
+            (
+                "[agents.Bad]\nextends = \"codex\"",
+                "agent \"Bad\": names are 1-32 of a-z, 0-9, '-'",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\nnetwork = \"host\"",
+                "agent \"x\": network \"host\" must be none, egress, bridge or network:<docker network name>",
+            ),
+            (
+                "[agents.x]\nextends = \"scripted\"\nnetwork = \"egress\"",
+                "agent \"x\": network \"egress\" needs an egress list of host:port destinations (the model API)",
+            ),
+            (
+                "[agents.x]\nextends = \"scripted\"\n[agents.x.phases]\nclone = [\"x\"]",
+                "agent \"x\": phases may set specify, plan and tasks to a non-empty command, not clone",
+            ),
+            (
+                "[agents.x]\nextends = \"scripted\"\noutput = \"yaml\"",
+                "agent \"x\": output \"yaml\" must be text, codex-json or claude-stream-json",
+            ),
+            (
+                "[agents.x]\nversion_command = [\"x\"]",
+                "agent \"x\": needs an integration (the `specify init --integration` value)",
+            ),
+            (
+                "[agents.x]\nintegration = \"none\"",
+                "agent \"x\": has no command for the specify phase",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\nsecret_env = [\"lower\"]",
+                "agent \"x\": \"lower\" is not an environment variable name (A-Z, 0-9, _)",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\nsecret_env = [\"DOCKER_HOST\"]",
+                "agent \"x\": secret_env may not name \"DOCKER_HOST\": SPECRUN_GIT_TOKEN, AWS_* and DOCKER_* are the runner's own credentials",
+            ),
+            (
+                "[agents.x]\nextends = \"codex\"\n[agents.x.home_files]\n\"/etc/x\" = \"k\"",
+                "agent \"x\": home file \"/etc/x\" must be a relative path inside HOME",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = AgentRegistry::from_toml(text).err().map(|e| e.to_string());
+            assert_eq!(err.as_deref(), Some(expected), "{text:?}");
+        }
     }
 
     #[test]

@@ -167,6 +167,28 @@ pub enum CeleryErrorKind {
     InvalidTaskId(String),
 }
 
+/// What could not be read in a task body; it reaches the scheduler as
+/// [`CeleryErrorKind::Malformed`].
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("body is not a string")]
+    NotAString,
+    #[error("body is not valid base64: {0}")]
+    Base64(base64::DecodeError),
+    #[error("unknown body_encoding {0}")]
+    UnknownEncoding(Value),
+    #[error("task body is not usable JSON: {0}")]
+    Json(crate::strict_json::StrictJsonError),
+    #[error("{key} {text:?} is not an ISO 8601 time: {error}")]
+    NotIso8601 {
+        key: String,
+        text: String,
+        error: time::error::Parse,
+    },
+    #[error("{key} is not a time: {value}")]
+    NotATime { key: String, value: Value },
+}
+
 fn malformed(task_id: &Option<String>, reason: impl Into<String>) -> CeleryError {
     refuse(task_id, CeleryErrorKind::Malformed(reason.into()))
 }
@@ -227,7 +249,8 @@ pub fn parse_task_message(
         return Err(refuse(&task_id, CeleryErrorKind::Compressed(name)));
     }
 
-    let task_body = task_body(&envelope, properties).map_err(|e| malformed(&task_id, e))?;
+    let task_body =
+        task_body(&envelope, properties).map_err(|e| malformed(&task_id, e.to_string()))?;
 
     let protocol: u8 = if headers.contains_key("task") { 2 } else { 1 };
     let (fields, args, kwargs, embed) = if protocol == 2 {
@@ -322,8 +345,8 @@ pub fn parse_task_message(
             .and_then(|r| u32::try_from(r).ok())
             .ok_or_else(|| malformed(&task_id, "retries is not a count"))?,
     };
-    let eta = time_field(&fields, "eta").map_err(|e| malformed(&task_id, e))?;
-    let expires = time_field(&fields, "expires").map_err(|e| malformed(&task_id, e))?;
+    let eta = time_field(&fields, "eta").map_err(|e| malformed(&task_id, e.to_string()))?;
+    let expires = time_field(&fields, "expires").map_err(|e| malformed(&task_id, e.to_string()))?;
     let ignore_result = matches!(fields.get("ignore_result"), Some(Value::Bool(true)));
     let root_id = opt_string(&fields, "root_id");
     let parent_id = opt_string(&fields, "parent_id");
@@ -372,22 +395,22 @@ fn kombu_envelope(body: &[u8]) -> Option<Map<String, Value>> {
 fn task_body(
     envelope: &Map<String, Value>,
     properties: &Map<String, Value>,
-) -> Result<Value, String> {
+) -> Result<Value, BodyError> {
     let raw = match envelope.get("body") {
         Some(Value::String(s)) => s,
         // kombu leaves a body it did not encode as it is: already JSON.
         Some(other @ (Value::Array(_) | Value::Object(_))) => return Ok(other.clone()),
-        _ => return Err("body is not a string".to_owned()),
+        _ => return Err(BodyError::NotAString),
     };
     let bytes = match properties.get("body_encoding") {
-        Some(Value::String(enc)) if enc == "base64" => STANDARD
-            .decode(raw.trim())
-            .map_err(|e| format!("body is not valid base64: {e}"))?,
+        Some(Value::String(enc)) if enc == "base64" => {
+            STANDARD.decode(raw.trim()).map_err(BodyError::Base64)?
+        }
         None | Some(Value::Null) => raw.as_bytes().to_vec(),
-        Some(other) => return Err(format!("unknown body_encoding {other}")),
+        Some(other) => return Err(BodyError::UnknownEncoding(other.clone())),
     };
     // Strict: the run request is in here, and a key given twice would mean two requests.
-    crate::strict_json::parse(&bytes).map_err(|e| format!("task body is not usable JSON: {e}"))
+    crate::strict_json::parse(&bytes).map_err(BodyError::Json)
 }
 
 fn check_no_workflow(embed: &Value) -> Result<(), CeleryErrorKind> {
@@ -414,14 +437,21 @@ fn opt_string(map: &Map<String, Value>, key: &str) -> Option<String> {
     str_field(map, key).map(str::to_owned)
 }
 
-fn time_field(map: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+fn time_field(map: &Map<String, Value>, key: &str) -> Result<Option<String>, BodyError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(t)) => match parse_time(t) {
             Ok(_) => Ok(Some(t.clone())),
-            Err(e) => Err(format!("{key} {t:?} is not an ISO 8601 time: {e}")),
+            Err(error) => Err(BodyError::NotIso8601 {
+                key: key.to_owned(),
+                text: t.clone(),
+                error,
+            }),
         },
-        Some(other) => Err(format!("{key} is not a time: {other}")),
+        Some(other) => Err(BodyError::NotATime {
+            key: key.to_owned(),
+            value: other.clone(),
+        }),
     }
 }
 
@@ -567,6 +597,42 @@ mod tests {
 
     fn parse(name: &str) -> Result<Option<CeleryTask>, CeleryError> {
         parse_task_message(&fixture(name), TASK_NAME)
+    }
+
+    #[test]
+    fn unreadable_bodies_read_as_they_always_have() {
+        let refusal = |body: Value, properties: Value| {
+            let (Value::Object(envelope), Value::Object(properties)) =
+                (json!({ "body": body }), properties)
+            else {
+                return None;
+            };
+            task_body(&envelope, &properties)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            refusal(json!(1), json!({})).as_deref(),
+            Some("body is not a string")
+        );
+        assert_eq!(
+            refusal(json!("e30="), json!({ "body_encoding": "rot13" })).as_deref(),
+            Some("unknown body_encoding \"rot13\"")
+        );
+        assert!(refusal(json!("%%"), json!({ "body_encoding": "base64" }))
+            .is_some_and(|e| e.starts_with("body is not valid base64: ")));
+        assert!(refusal(json!("{\"a\":1,\"a\":2}"), json!({}))
+            .is_some_and(|e| e.starts_with("task body is not usable JSON: ")));
+
+        let time = |value: Value| {
+            let Value::Object(fields) = json!({ "eta": value }) else {
+                return None;
+            };
+            time_field(&fields, "eta").err().map(|e| e.to_string())
+        };
+        assert_eq!(time(json!(5)).as_deref(), Some("eta is not a time: 5"));
+        assert!(time(json!("soon"))
+            .is_some_and(|e| e.starts_with("eta \"soon\" is not an ISO 8601 time: ")));
     }
 
     fn expected_kwargs() -> Value {

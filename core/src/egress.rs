@@ -8,6 +8,39 @@
 use std::fmt;
 use std::net::IpAddr;
 
+/// An egress list entry that names no usable destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEntry {
+    #[error("egress entry {0:?} is not host or host:port")]
+    NotHostPort(String),
+    #[error("egress entry {entry:?}: {host:?} is not a host name or address")]
+    NotAHost { entry: String, host: String },
+    #[error("egress entry {0:?}: port 0")]
+    PortZero(String),
+}
+
+/// Why the proxy refuses a destination: the texts reach the agent in the proxy's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{host}:{port} is not on the agent's egress allow-list ({allowed})")]
+    NotListed {
+        host: String,
+        port: u16,
+        /// The allow-list as shown to the agent (`empty` when it has no entry).
+        allowed: String,
+    },
+    #[error("{host} resolves to {address}, {why}")]
+    NeverReachable {
+        host: String,
+        address: IpAddr,
+        why: &'static str,
+    },
+    #[error(
+        "{host} resolves to the internal address {address}; list the address itself to allow it"
+    )]
+    Internal { host: String, address: IpAddr },
+}
+
 /// One allowed destination, `host:port` (port 443 when omitted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
@@ -17,9 +50,9 @@ pub struct Destination {
 
 impl Destination {
     /// `api.openai.com`, `api.openai.com:443`, `10.0.0.5:8080`, `[fd00::5]:443`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidEntry> {
         let (host, port) = split_host_port(text.trim())
-            .ok_or_else(|| format!("egress entry {text:?} is not host or host:port"))?;
+            .ok_or_else(|| InvalidEntry::NotHostPort(text.to_owned()))?;
         let port = port.unwrap_or(443);
         let host = host.to_ascii_lowercase();
         let valid_name = !host.is_empty()
@@ -31,12 +64,13 @@ impl Destination {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if host.parse::<IpAddr>().is_err() && !valid_name {
-            return Err(format!(
-                "egress entry {text:?}: {host:?} is not a host name or address"
-            ));
+            return Err(InvalidEntry::NotAHost {
+                entry: text.to_owned(),
+                host,
+            });
         }
         if port == 0 {
-            return Err(format!("egress entry {text:?}: port 0"));
+            return Err(InvalidEntry::PortZero(text.to_owned()));
         }
         Ok(Destination { host, port })
     }
@@ -79,7 +113,7 @@ pub struct EgressPolicy {
 }
 
 impl EgressPolicy {
-    pub fn new(entries: &[String]) -> Result<Self, String> {
+    pub fn new(entries: &[String]) -> Result<Self, InvalidEntry> {
         Ok(EgressPolicy {
             allowed: entries
                 .iter()
@@ -93,7 +127,7 @@ impl EgressPolicy {
     }
 
     /// Whether `host:port` may be asked for at all.
-    pub fn check_destination(&self, host: &str, port: u16) -> Result<(), String> {
+    pub fn check_destination(&self, host: &str, port: u16) -> Result<(), Refused> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
         if self
@@ -103,17 +137,22 @@ impl EgressPolicy {
         {
             Ok(())
         } else {
-            Err(format!(
-                "{host}:{port} is not on the agent's egress allow-list ({})",
-                self.describe()
-            ))
+            Err(Refused::NotListed {
+                host,
+                port,
+                allowed: self.describe(),
+            })
         }
     }
 
     /// Whether `address`, which `host` resolved to, may be connected to.
-    pub fn check_address(&self, host: &str, address: IpAddr) -> Result<(), String> {
+    pub fn check_address(&self, host: &str, address: IpAddr) -> Result<(), Refused> {
         if let Some(why) = never_reachable(address) {
-            return Err(format!("{host} resolves to {address}, {why}"));
+            return Err(Refused::NeverReachable {
+                host: host.to_owned(),
+                address,
+                why,
+            });
         }
         if is_internal(address) {
             // Only an address the operator listed itself, asked for by that address.
@@ -124,9 +163,10 @@ impl EgressPolicy {
                 .ok();
             let listed = self.allowed.iter().any(|d| d.ip() == Some(address));
             if !(listed && host_ip == Some(address)) {
-                return Err(format!(
-                    "{host} resolves to the internal address {address}; list the address itself to allow it"
-                ));
+                return Err(Refused::Internal {
+                    host: host.to_owned(),
+                    address,
+                });
             }
         }
         Ok(())
@@ -231,6 +271,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_entry_is_named_as_before() {
+        let refused = |entry: &str| {
+            EgressPolicy::new(&[entry.to_owned()])
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused("[::1"),
+            "egress entry \"[::1\" is not host or host:port"
+        );
+        assert_eq!(
+            refused("A b:443"),
+            "egress entry \"A b:443\": \"a b\" is not a host name or address"
+        );
+        assert_eq!(refused("host:0"), "egress entry \"host:0\": port 0");
+    }
+
+    #[test]
     fn only_listed_destinations_are_allowed() {
         let p = policy(&["api.openai.com:443"]);
         assert!(p.check_destination("api.openai.com", 443).is_ok());
@@ -238,7 +296,17 @@ mod tests {
         assert!(p.check_destination("api.openai.com", 80).is_err());
         assert!(p.check_destination("evil.example", 443).is_err());
         let refused = p.check_destination("169.254.169.254", 80).unwrap_err();
-        assert!(refused.contains("allow-list"), "{refused}");
+        assert_eq!(
+            refused.to_string(),
+            "169.254.169.254:80 is not on the agent's egress allow-list (api.openai.com:443)"
+        );
+        assert_eq!(
+            EgressPolicy::default()
+                .check_destination("X", 443)
+                .unwrap_err()
+                .to_string(),
+            "x:443 is not on the agent's egress allow-list (empty)"
+        );
         assert!(EgressPolicy::default().check_destination("x", 443).is_err());
     }
 
@@ -257,6 +325,12 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(p.check_address("x", ip).is_err(), "{ip}");
         }
+        assert_eq!(
+            p.check_address("x", "169.254.169.254".parse().unwrap())
+                .unwrap_err()
+                .to_string(),
+            "x resolves to 169.254.169.254, a link-local address (cloud metadata lives there)"
+        );
     }
 
     #[test]
@@ -274,6 +348,12 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(p.check_address("model.internal", ip).is_err(), "{ip}");
         }
+        assert_eq!(
+            p.check_address("model.internal", "10.9.9.9".parse().unwrap())
+                .unwrap_err()
+                .to_string(),
+            "model.internal resolves to the internal address 10.9.9.9; list the address itself to allow it"
+        );
         assert!(p
             .check_address("10.1.2.3", "10.1.2.3".parse().unwrap())
             .is_ok());

@@ -3,6 +3,7 @@
 //! filesystem; the serverless path on S3 and SQS.
 
 use async_trait::async_trait;
+pub use bytes::Bytes;
 use std::path::Path;
 use std::time::Duration;
 
@@ -63,14 +64,15 @@ impl StoreError {
 }
 
 /// Objects under keys such as `runs/<id>/run.json`, readable by any client of the store.
+/// Bodies are [`Bytes`], so that a decorator that tries a write again (the retrying store)
+/// hands each attempt the same buffer instead of a copy.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     /// Writes (or replaces) an object.
-    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError>;
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError>;
 
     /// Writes an object only if none exists at `key` yet.
-    async fn put_new(&self, key: &str, body: Vec<u8>, content_type: &str)
-        -> Result<(), StoreError>;
+    async fn put_new(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError>;
 
     /// Uploads a local file, streaming it rather than holding it in memory.
     async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<(), StoreError>;
@@ -85,7 +87,7 @@ pub trait BlobStore: Send + Sync {
     async fn put_if_version(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         content_type: &str,
         version: &str,
     ) -> Result<(), StoreError>;
@@ -130,13 +132,13 @@ pub struct Received {
 /// At-least-once delivery of run requests.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError>;
+    async fn send(&self, body: Bytes) -> Result<String, StoreError>;
 
     /// Sends a message that no receiver sees until `delay` has passed (SQS caps the delay
     /// at 15 minutes; a longer one is shortened to that). A new message starts with no
     /// receives, which is how a Celery `eta` waits without using up the message's
     /// deliveries. A queue that cannot delay answers with an error (the default).
-    async fn send_delayed(&self, _body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+    async fn send_delayed(&self, _body: Bytes, delay: Duration) -> Result<String, StoreError> {
         Err(StoreError::backend(
             "queue",
             format!("this queue cannot delay a message (by {delay:?})"),

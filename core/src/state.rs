@@ -47,6 +47,28 @@ pub struct AgentConfiguration {
     pub overrides: BTreeMap<String, String>,
 }
 
+impl AgentConfiguration {
+    /// The agent a request asks for (`default_agent` when it names none), as recorded
+    /// when the run is created; the version, digest and integration are learned later.
+    /// The submit function and the runner both record runs: one constructor keeps their
+    /// records alike.
+    pub fn requested(
+        request: &crate::request::ValidatedRequest,
+        default_agent: &str,
+        image: &str,
+    ) -> Self {
+        AgentConfiguration {
+            name: request
+                .agent
+                .clone()
+                .unwrap_or_else(|| default_agent.to_owned()),
+            image: image.to_owned(),
+            overrides: request.agent_options.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// What went wrong, and what an operator can do about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunError {
@@ -485,6 +507,35 @@ mod tests {
             AgentConfiguration::default(),
             datetime!(2026-11-24 10:00 UTC),
         )
+    }
+
+    #[test]
+    fn a_request_names_its_agent_or_gets_the_default() -> Result<(), crate::request::RequestError> {
+        let policy = crate::repo::RepoPolicy::default();
+        let plain = crate::request::RunRequest::from_json(
+            br#"{"repository": "octo/hello", "specify_text": "x"}"#,
+            &policy,
+        )?;
+        assert_eq!(
+            AgentConfiguration::requested(&plain, "scripted", "specrun-job:1"),
+            AgentConfiguration {
+                name: "scripted".to_owned(),
+                image: "specrun-job:1".to_owned(),
+                ..Default::default()
+            }
+        );
+        let named = crate::request::RunRequest::from_json(
+            br#"{"repository": "octo/hello", "specify_text": "x", "agent": "codex",
+                "agent_options": {"model": "gpt-5"}}"#,
+            &policy,
+        )?;
+        let agent = AgentConfiguration::requested(&named, "scripted", "specrun-job:1");
+        assert_eq!(agent.name, "codex");
+        assert_eq!(
+            agent.overrides,
+            BTreeMap::from([("model".to_owned(), "gpt-5".to_owned())])
+        );
+        Ok(())
     }
 
     #[test]

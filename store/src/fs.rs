@@ -4,11 +4,19 @@
 
 use async_trait::async_trait;
 use specrun_core::keys::is_safe_key;
-use specrun_core::ports::{BlobStore, KeyPage, Queue, Received, StoreError};
+use specrun_core::ports::{BlobStore, Bytes, KeyPage, Queue, Received, StoreError};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio::fs;
+
+/// What [`FsBlobStore::write_atomic`] does when the key already holds an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// Refuse with `PreconditionFailed`: a conditional create.
+    Refuse,
+    Replace,
+}
 
 /// Objects as files under `root`.
 #[derive(Debug, Clone)]
@@ -39,7 +47,7 @@ impl FsBlobStore {
         &self,
         key: &str,
         body: &[u8],
-        create_new: bool,
+        existing: Existing,
     ) -> Result<(), StoreError> {
         let path = self.path_of(key)?;
         let err = |e: std::io::Error| StoreError::backend(key, e);
@@ -48,7 +56,7 @@ impl FsBlobStore {
         }
         let tmp = temp_path(&path);
         fs::write(&tmp, body).await.map_err(err)?;
-        if create_new {
+        if existing == Existing::Refuse {
             // A hard link fails if the target exists: a conditional create.
             let linked = fs::hard_link(&tmp, &path).await;
             let _ = fs::remove_file(&tmp).await;
@@ -142,17 +150,12 @@ fn is_temp(path: &Path) -> bool {
 
 #[async_trait]
 impl BlobStore for FsBlobStore {
-    async fn put(&self, key: &str, body: Vec<u8>, _content_type: &str) -> Result<(), StoreError> {
-        self.write_atomic(key, &body, false).await
+    async fn put(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
+        self.write_atomic(key, &body, Existing::Replace).await
     }
 
-    async fn put_new(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        _content_type: &str,
-    ) -> Result<(), StoreError> {
-        self.write_atomic(key, &body, true).await
+    async fn put_new(&self, key: &str, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
+        self.write_atomic(key, &body, Existing::Refuse).await
     }
 
     async fn put_file(
@@ -189,7 +192,7 @@ impl BlobStore for FsBlobStore {
     async fn put_if_version(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         _content_type: &str,
         version: &str,
     ) -> Result<(), StoreError> {
@@ -199,7 +202,7 @@ impl BlobStore for FsBlobStore {
             .map_err(|e| StoreError::backend(key, e))?;
         match fs::read(&path).await {
             Ok(current) if version_of(&current) == version => {
-                self.write_atomic(key, &body, false).await
+                self.write_atomic(key, &body, Existing::Replace).await
             }
             Ok(_) => Err(StoreError::PreconditionFailed(key.to_owned())),
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -346,7 +349,7 @@ impl FsQueue {
     }
 
     /// Writes a message into `pending/`, first deliverable `delay` from now.
-    async fn enqueue(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+    async fn enqueue(&self, body: Bytes, delay: Duration) -> Result<String, StoreError> {
         self.ensure_dirs().await?;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let tmp = self.pending.join(format!("{id}.tmp"));
@@ -381,7 +384,7 @@ impl FsQueue {
             message_id: id,
             receive_count: count,
             max_receives: max,
-            dead_lettered_at: time::OffsetDateTime::now_utc()
+            dead_lettered_at: crate::runs::now()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             reason: format!(
@@ -455,11 +458,11 @@ async fn sorted_names(dir: &Path) -> Result<Vec<String>, StoreError> {
 
 #[async_trait]
 impl Queue for FsQueue {
-    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+    async fn send(&self, body: Bytes) -> Result<String, StoreError> {
         self.enqueue(body, Duration::ZERO).await
     }
 
-    async fn send_delayed(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+    async fn send_delayed(&self, body: Bytes, delay: Duration) -> Result<String, StoreError> {
         self.enqueue(body, delay).await
     }
 
@@ -535,17 +538,25 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = FsBlobStore::new(dir.path());
         store
-            .put("runs/a1/run.json", b"{}".to_vec(), "application/json")
-            .await?;
-        store
             .put(
-                "runs/a1/phases/plan.json",
-                b"1".to_vec(),
+                "runs/a1/run.json",
+                Bytes::from_static(b"{}"),
                 "application/json",
             )
             .await?;
         store
-            .put("runs/b2/run.json", b"2".to_vec(), "application/json")
+            .put(
+                "runs/a1/phases/plan.json",
+                Bytes::from_static(b"1"),
+                "application/json",
+            )
+            .await?;
+        store
+            .put(
+                "runs/b2/run.json",
+                Bytes::from_static(b"2"),
+                "application/json",
+            )
             .await?;
         assert_eq!(store.get("runs/a1/run.json").await?, b"{}");
         let page = store.list("runs/a1/", None, 10).await?;
@@ -571,13 +582,17 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = FsBlobStore::new(dir.path());
         store
-            .put_new("runs/x/lease.json", b"one".to_vec(), "application/json")
+            .put_new(
+                "runs/x/lease.json",
+                Bytes::from_static(b"one"),
+                "application/json",
+            )
             .await?;
         let (_, version) = store.get_versioned("runs/x/lease.json").await?;
         store
             .put_if_version(
                 "runs/x/lease.json",
-                b"two".to_vec(),
+                Bytes::from_static(b"two"),
                 "application/json",
                 &version,
             )
@@ -585,7 +600,7 @@ mod tests {
         let stale = store
             .put_if_version(
                 "runs/x/lease.json",
-                b"three".to_vec(),
+                Bytes::from_static(b"three"),
                 "application/json",
                 &version,
             )
@@ -605,9 +620,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = FsBlobStore::new(dir.path());
         store
-            .put_new("k/v", b"first".to_vec(), "text/plain")
+            .put_new("k/v", Bytes::from_static(b"first"), "text/plain")
             .await?;
-        let second = store.put_new("k/v", b"second".to_vec(), "text/plain").await;
+        let second = store
+            .put_new("k/v", Bytes::from_static(b"second"), "text/plain")
+            .await;
         assert!(matches!(second, Err(StoreError::PreconditionFailed(_))));
         assert_eq!(store.get("k/v").await?, b"first");
         Ok(())
@@ -617,7 +634,7 @@ mod tests {
     async fn a_message_comes_back_after_its_visibility_unless_deleted() -> TestResult {
         let dir = tempfile::tempdir()?;
         let queue = FsQueue::new(dir.path());
-        queue.send(b"run-1".to_vec()).await?;
+        queue.send(Bytes::from_static(b"run-1")).await?;
         let short = Duration::from_millis(50);
         let first = queue.receive(10, Duration::ZERO, short).await?;
         assert_eq!(first.len(), 1);
@@ -646,7 +663,7 @@ mod tests {
     async fn a_message_received_max_times_moves_to_dead_letter_with_its_body() -> TestResult {
         let dir = tempfile::tempdir()?;
         let queue = FsQueue::new(dir.path()).with_max_receives(2);
-        let id = queue.send(b"run-7 body".to_vec()).await?;
+        let id = queue.send(Bytes::from_static(b"run-7 body")).await?;
         let counts: Vec<u32> = [
             receive_and_drop(&queue).await?,
             receive_and_drop(&queue).await?,
@@ -688,7 +705,9 @@ mod tests {
     #[tokio::test]
     async fn receive_counts_outlast_the_queue_object() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let id = FsQueue::new(dir.path()).send(b"m".to_vec()).await?;
+        let id = FsQueue::new(dir.path())
+            .send(Bytes::from_static(b"m"))
+            .await?;
         for expected in 1..=2 {
             // A new queue object each time, as after a runner restart.
             let queue = FsQueue::new(dir.path()).with_max_receives(3);
@@ -711,7 +730,7 @@ mod tests {
     async fn without_max_receives_a_message_is_delivered_again_and_again() -> TestResult {
         let dir = tempfile::tempdir()?;
         let queue = FsQueue::new(dir.path());
-        queue.send(b"m".to_vec()).await?;
+        queue.send(Bytes::from_static(b"m")).await?;
         for expected in 1..=5 {
             let got = receive_and_drop(&queue).await?;
             assert_eq!(
@@ -728,7 +747,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let queue = FsQueue::new(dir.path()).with_max_receives(1);
         queue
-            .send_delayed(b"later".to_vec(), Duration::from_millis(300))
+            .send_delayed(Bytes::from_static(b"later"), Duration::from_millis(300))
             .await?;
         assert!(receive_and_drop(&queue).await?.is_empty());
         let got = queue

@@ -12,7 +12,7 @@
 
 use async_trait::async_trait;
 use specrun_core::backoff::Backoff;
-use specrun_core::ports::{BlobStore, KeyPage, Queue, Received, StoreError};
+use specrun_core::ports::{BlobStore, Bytes, KeyPage, Queue, Received, StoreError};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
@@ -145,19 +145,14 @@ where
 
 #[async_trait]
 impl BlobStore for RetryingStore {
-    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
         retry(&self.policy, "put", key, || {
             self.inner.put(key, body.clone(), content_type)
         })
         .await
     }
 
-    async fn put_new(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-    ) -> Result<(), StoreError> {
+    async fn put_new(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
         self.conditional("put_new", key, &body, || {
             self.inner.put_new(key, body.clone(), content_type)
         })
@@ -182,7 +177,7 @@ impl BlobStore for RetryingStore {
     async fn put_if_version(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         content_type: &str,
         version: &str,
     ) -> Result<(), StoreError> {
@@ -216,14 +211,14 @@ impl BlobStore for RetryingStore {
 
 #[async_trait]
 impl Queue for RetryingQueue {
-    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+    async fn send(&self, body: Bytes) -> Result<String, StoreError> {
         retry(&self.policy, "send", "queue", || {
             self.inner.send(body.clone())
         })
         .await
     }
 
-    async fn send_delayed(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+    async fn send_delayed(&self, body: Bytes, delay: Duration) -> Result<String, StoreError> {
         retry(&self.policy, "send", "queue", || {
             self.inner.send_delayed(body.clone(), delay)
         })
@@ -281,6 +276,8 @@ mod tests {
         fault: Fault,
         failures_left: AtomicU32,
         calls: AtomicU32,
+        /// Where each `put`'s body lives: the same buffer every attempt, or a copy.
+        put_bodies: std::sync::Mutex<Vec<usize>>,
     }
 
     impl Flaky {
@@ -290,6 +287,7 @@ mod tests {
                 fault,
                 failures_left: AtomicU32::new(failures),
                 calls: AtomicU32::new(0),
+                put_bodies: std::sync::Mutex::default(),
             }
         }
 
@@ -321,10 +319,11 @@ mod tests {
 
     #[async_trait]
     impl BlobStore for Flaky {
-        async fn put(&self, key: &str, body: Vec<u8>, ct: &str) -> Result<(), StoreError> {
+        async fn put(&self, key: &str, body: Bytes, ct: &str) -> Result<(), StoreError> {
+            self.put_bodies.lock().unwrap().push(body.as_ptr() as usize);
             self.apply(key, self.inner.put(key, body, ct)).await
         }
-        async fn put_new(&self, key: &str, body: Vec<u8>, ct: &str) -> Result<(), StoreError> {
+        async fn put_new(&self, key: &str, body: Bytes, ct: &str) -> Result<(), StoreError> {
             self.apply(key, self.inner.put_new(key, body, ct)).await
         }
         async fn put_file(&self, key: &str, path: &Path, ct: &str) -> Result<(), StoreError> {
@@ -339,7 +338,7 @@ mod tests {
         async fn put_if_version(
             &self,
             key: &str,
-            body: Vec<u8>,
+            body: Bytes,
             ct: &str,
             version: &str,
         ) -> Result<(), StoreError> {
@@ -376,16 +375,28 @@ mod tests {
     #[tokio::test]
     async fn a_write_goes_through_once_the_store_is_back() {
         let (_dir, flaky, store) = setup(Fault::Refuse, 3);
-        store.put(KEY, b"v1".to_vec(), "text/plain").await.unwrap();
+        store
+            .put(KEY, Bytes::from_static(b"v1"), "text/plain")
+            .await
+            .unwrap();
         assert_eq!(store.get(KEY).await.unwrap(), b"v1");
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn every_attempt_writes_the_same_buffer() {
+        let (_dir, flaky, store) = setup(Fault::Refuse, 2);
+        let body = Bytes::from(vec![7u8; 64 * 1024]);
+        let buffer = body.as_ptr() as usize;
+        store.put(KEY, body, "text/plain").await.unwrap();
+        assert_eq!(*flaky.put_bodies.lock().unwrap(), [buffer; 3]);
     }
 
     #[tokio::test]
     async fn a_create_whose_answer_was_lost_counts_as_done() {
         let (_dir, flaky, store) = setup(Fault::LoseAnswer, 1);
         store
-            .put_new(KEY, b"mine".to_vec(), "text/plain")
+            .put_new(KEY, Bytes::from_static(b"mine"), "text/plain")
             .await
             .unwrap();
         assert_eq!(store.get(KEY).await.unwrap(), b"mine");
@@ -396,13 +407,13 @@ mod tests {
     async fn a_swap_whose_answer_was_lost_counts_as_done() {
         let (_dir, flaky, store) = setup(Fault::LoseAnswer, 0);
         store
-            .put_new(KEY, b"v1".to_vec(), "text/plain")
+            .put_new(KEY, Bytes::from_static(b"v1"), "text/plain")
             .await
             .unwrap();
         let (_, version) = store.get_versioned(KEY).await.unwrap();
         flaky.failures_left.store(1, Ordering::SeqCst);
         store
-            .put_if_version(KEY, b"v2".to_vec(), "text/plain", &version)
+            .put_if_version(KEY, Bytes::from_static(b"v2"), "text/plain", &version)
             .await
             .unwrap();
         assert_eq!(store.get(KEY).await.unwrap(), b"v2");
@@ -413,11 +424,13 @@ mod tests {
     async fn someone_elses_object_still_fails_the_condition() {
         let (_dir, flaky, store) = setup(Fault::Refuse, 0);
         store
-            .put_new(KEY, b"theirs".to_vec(), "text/plain")
+            .put_new(KEY, Bytes::from_static(b"theirs"), "text/plain")
             .await
             .unwrap();
         flaky.failures_left.store(1, Ordering::SeqCst);
-        let refused = store.put_new(KEY, b"mine".to_vec(), "text/plain").await;
+        let refused = store
+            .put_new(KEY, Bytes::from_static(b"mine"), "text/plain")
+            .await;
         assert!(matches!(refused, Err(StoreError::PreconditionFailed(_))));
         assert_eq!(store.get(KEY).await.unwrap(), b"theirs");
     }
@@ -425,7 +438,9 @@ mod tests {
     #[tokio::test]
     async fn a_permanent_error_is_not_retried() {
         let (_dir, flaky, store) = setup(Fault::Deny, 5);
-        let denied = store.put(KEY, b"v1".to_vec(), "text/plain").await;
+        let denied = store
+            .put(KEY, Bytes::from_static(b"v1"), "text/plain")
+            .await;
         assert!(matches!(denied, Err(StoreError::Backend { .. })));
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
     }
@@ -434,7 +449,9 @@ mod tests {
     async fn an_outage_longer_than_the_budget_is_reported() {
         let (_dir, flaky, store) = setup(Fault::Refuse, u32::MAX);
         let started = Instant::now();
-        let failed = store.put(KEY, b"v1".to_vec(), "text/plain").await;
+        let failed = store
+            .put(KEY, Bytes::from_static(b"v1"), "text/plain")
+            .await;
         assert!(
             failed.as_ref().is_err_and(StoreError::is_transient),
             "{failed:?}"

@@ -4,18 +4,18 @@
 //! runner all go through here.
 
 use specrun_core::keys::{self, RunId};
-use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::ports::{BlobStore, Bytes, StoreError};
 use specrun_core::request::RunRequest;
 use specrun_core::state::RunRecord;
 
 const JSON: &str = "application/json";
 
 /// Serialises a state object the way every client reads it: pretty JSON, newline-ended.
-pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub fn to_json<T: serde::Serialize>(value: &T) -> Bytes {
     // The state types serialise infallibly: plain structs with string keys.
     let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     bytes.push(b'\n');
-    bytes
+    bytes.into()
 }
 
 fn millis(record: &RunRecord) -> u64 {
@@ -46,7 +46,7 @@ pub async fn create_run(store: &dyn BlobStore, record: &RunRecord) -> Result<(),
         .put_new(&keys::run_json(&id), to_json(record), JSON)
         .await?;
     store
-        .put(&keys::run_index(&id, millis(record)), Vec::new(), JSON)
+        .put(&keys::run_index(&id, millis(record)), Bytes::new(), JSON)
         .await
 }
 

@@ -10,7 +10,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use specrun_core::keys::is_safe_key;
-use specrun_core::ports::{BlobStore, KeyPage, StoreError};
+use specrun_core::ports::{BlobStore, Bytes, KeyPage, StoreError};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -191,18 +191,13 @@ impl S3BlobStore {
 
 #[async_trait]
 impl BlobStore for S3BlobStore {
-    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
         Self::check(key)?;
         self.put_object(key, ByteStream::from(body), content_type, Condition::None)
             .await
     }
 
-    async fn put_new(
-        &self,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-    ) -> Result<(), StoreError> {
+    async fn put_new(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
         Self::check(key)?;
         self.put_object(
             key,
@@ -269,7 +264,7 @@ impl BlobStore for S3BlobStore {
     async fn put_if_version(
         &self,
         key: &str,
-        body: Vec<u8>,
+        body: Bytes,
         content_type: &str,
         version: &str,
     ) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 use crate::aws_error::classify;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use specrun_core::ports::{Queue, Received, StoreError};
+use specrun_core::ports::{Bytes, Queue, Received, StoreError};
 use std::time::Duration;
 
 /// A queue URL and its client.
@@ -36,10 +36,11 @@ impl SqsQueue {
     /// Sends one message; without a `delay` the queue's own delivery delay applies.
     async fn send_message(
         &self,
-        body: Vec<u8>,
+        body: Bytes,
         delay: Option<Duration>,
     ) -> Result<String, StoreError> {
-        let body = String::from_utf8(body).map_err(|e| StoreError::backend("queue message", e))?;
+        let body =
+            String::from_utf8(body.into()).map_err(|e| StoreError::backend("queue message", e))?;
         let sent = self
             .client
             .send_message()
@@ -55,11 +56,11 @@ impl SqsQueue {
 
 #[async_trait]
 impl Queue for SqsQueue {
-    async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+    async fn send(&self, body: Bytes) -> Result<String, StoreError> {
         self.send_message(body, None).await
     }
 
-    async fn send_delayed(&self, body: Vec<u8>, delay: Duration) -> Result<String, StoreError> {
+    async fn send_delayed(&self, body: Bytes, delay: Duration) -> Result<String, StoreError> {
         self.send_message(body, Some(delay)).await
     }
 

@@ -273,7 +273,7 @@ async fn sweep_removes_the_leftovers_of_finished_runs_only() -> TestResult {
     h.store
         .put(
             &specrun_core::keys::run_json(&live_run),
-            serde_json::to_vec(&live)?,
+            serde_json::to_vec(&live)?.into(),
             "application/json",
         )
         .await?;
@@ -287,7 +287,7 @@ async fn sweep_removes_the_leftovers_of_finished_runs_only() -> TestResult {
     h.store
         .put(
             &specrun_core::keys::lease(&live_run),
-            serde_json::to_vec(&lease)?,
+            serde_json::to_vec(&lease)?.into(),
             "application/json",
         )
         .await?;
@@ -351,7 +351,7 @@ async fn queued_run(
     if let Some(log) = log {
         let key = format!("runs/{run_id}/artifacts/specify/agent.stdout.log");
         store
-            .put(&key, log.as_bytes().to_vec(), "text/plain")
+            .put(&key, log.as_bytes().to_vec().into(), "text/plain")
             .await?;
         record.artifacts.push(ArtifactRef {
             name: "agent.stdout.log".into(),

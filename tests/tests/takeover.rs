@@ -69,7 +69,11 @@ async fn enqueue(h: &Harness, repo: &str, copies: usize) -> anyhow::Result<RunId
     let queue = FsQueue::new(h.state.path().join(".queue"));
     for _ in 0..copies {
         queue
-            .send(RunMessage::new(run_id.as_str(), request.clone()).to_json())
+            .send(
+                RunMessage::new(run_id.as_str(), request.clone())
+                    .to_json()
+                    .into(),
+            )
             .await?;
     }
     Ok(run_id)
@@ -315,7 +319,7 @@ async fn a_run_whose_runner_died_after_pushing_is_not_pushed_again() -> TestResu
     let mut request = h.request(&url, "Send a weekly summary of saved reports");
     request.agent = Some("slow".to_owned());
     FsQueue::new(h.state.path().join(".queue"))
-        .send(RunMessage::new(run_id.as_str(), request).to_json())
+        .send(RunMessage::new(run_id.as_str(), request).to_json().into())
         .await?;
 
     let second = runner(&h, "runner-b", &agents)?;
@@ -361,7 +365,7 @@ async fn a_runner_that_lost_its_lease_stops_and_records_nothing_more() -> TestRe
     h.store
         .put(
             &specrun_core::keys::lease(&run_id),
-            serde_json::to_vec(&lease)?,
+            serde_json::to_vec(&lease)?.into(),
             "application/json",
         )
         .await?;

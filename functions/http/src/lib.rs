@@ -179,29 +179,12 @@ pub fn single_query_param(
     Ok(query_param(request, name))
 }
 
+/// Form decoding: `+` is a space and `%2B` a plus, so the spaces go in before the
+/// escapes come out; a `%` that starts no escape stays as it is.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The request path without a trailing slash (`/` stays `/`).
@@ -269,6 +252,23 @@ mod tests {
         assert_eq!(get("cursor").as_deref(), Some("index/runs/1-a"));
         assert_eq!(get("x").as_deref(), Some(""));
         assert_eq!(get("y"), None);
+    }
+
+    #[test]
+    fn query_values_are_form_decoded() {
+        for (raw, decoded) in [
+            ("a+b", "a b"),
+            ("a%2Bb", "a+b"),
+            ("a%20b%2fc", "a b/c"),
+            ("caf%C3%A9", "café"),
+            ("100%", "100%"),
+            ("%4", "%4"),
+            ("%zz1", "%zz1"),
+            ("%%41", "%A"),
+            ("%FF", "\u{FFFD}"),
+        ] {
+            assert_eq!(percent_decode(raw), decoded, "{raw}");
+        }
     }
 
     fn with_content_type(values: &[&str]) -> ApiRequest {

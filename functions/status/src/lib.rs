@@ -258,7 +258,9 @@ mod tests {
             );
             if id == "run-cccc-3" {
                 let key = format!("runs/{id}/artifacts/specify/agent.stdout.log");
-                store.put(&key, b"hello log".to_vec(), "text/plain").await?;
+                store
+                    .put(&key, Bytes::from_static(b"hello log"), "text/plain")
+                    .await?;
                 record.artifacts.push(ArtifactRef {
                     name: "agent.stdout.log".into(),
                     key,
@@ -274,7 +276,7 @@ mod tests {
         store
             .put(
                 "runs/run-cccc-3/secret.txt",
-                b"not an artifact".to_vec(),
+                Bytes::from_static(b"not an artifact"),
                 "text/plain",
             )
             .await?;

@@ -173,8 +173,12 @@ impl Submit {
         if keyed {
             runs::mark_queue_send(self.store.as_ref(), &run_id, runs::QueueSend::Pending).await?;
         }
-        let record =
-            RunRecord::for_request(run_id.as_str(), request, self.agent(request), runs::now());
+        let record = RunRecord::for_request(
+            run_id.as_str(),
+            request,
+            AgentConfiguration::requested(request, &self.default_agent, &self.image),
+            runs::now(),
+        );
         match runs::create_run(self.store.as_ref(), &record).await {
             Ok(()) | Err(StoreError::PreconditionFailed(_)) => {}
             Err(e) => return Err(e),
@@ -208,7 +212,7 @@ impl Submit {
     /// Sends the run's message; with an idempotency key, records that it was sent.
     async fn send(&self, run_id: RunId, request: &ValidatedRequest) -> Accepted {
         let message = RunMessage::new(run_id.as_str(), request.to_wire());
-        if let Err(e) = self.queue.send(message.to_json()).await {
+        if let Err(e) = self.queue.send(message.to_json().into()).await {
             tracing::warn!(%run_id, error = %e, "could not queue a run");
             return Accepted::NotQueued(run_id, e);
         }
@@ -241,18 +245,6 @@ impl Submit {
             .option_env(&request.agent_options)
             .map_err(|e| field("agent_options", e.to_string()))?;
         Ok(request)
-    }
-
-    fn agent(&self, request: &ValidatedRequest) -> AgentConfiguration {
-        AgentConfiguration {
-            name: request
-                .agent
-                .clone()
-                .unwrap_or_else(|| self.default_agent.clone()),
-            image: self.image.clone(),
-            overrides: request.agent_options.clone(),
-            ..Default::default()
-        }
     }
 
     /// A run submitted without an idempotency key whose send failed is withdrawn: no
@@ -364,7 +356,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Queue for FlakyQueue {
-        async fn send(&self, body: Vec<u8>) -> Result<String, StoreError> {
+        async fn send(&self, body: Bytes) -> Result<String, StoreError> {
             let send = *self.send.lock().unwrap_or_else(|e| e.into_inner());
             let lost = || StoreError::unavailable("queue", "injected by the test");
             match send {

@@ -17,7 +17,7 @@ use specrun_sandbox::{OutputSink, Stream};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// How many bytes of a log's end are kept for an error's excerpt.
@@ -255,7 +255,7 @@ impl ArtifactStore {
             sha256,
             content_type: content_type.to_owned(),
             phase,
-            expires_at: OffsetDateTime::now_utc() + self.retention,
+            expires_at: specrun_store::runs::now() + self.retention,
         }
     }
 
@@ -289,7 +289,9 @@ impl ArtifactStore {
     ) -> Result<ArtifactRef, StoreError> {
         let sha256 = format!("{:x}", Sha256::digest(&bytes));
         let artifact = self.describe(phase, name, bytes.len() as u64, sha256, content_type);
-        self.store.put(&artifact.key, bytes, content_type).await?;
+        self.store
+            .put(&artifact.key, bytes.into(), content_type)
+            .await?;
         Ok(artifact)
     }
 }

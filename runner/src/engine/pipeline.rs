@@ -106,15 +106,7 @@ impl Pipeline {
 
     /// The agent configuration a request asks for, before the run starts.
     pub fn agent_for(&self, request: &ValidatedRequest) -> AgentConfiguration {
-        AgentConfiguration {
-            name: request
-                .agent
-                .clone()
-                .unwrap_or_else(|| self.config.default_agent.clone()),
-            image: self.config.image.clone(),
-            overrides: request.agent_options.clone(),
-            ..Default::default()
-        }
+        AgentConfiguration::requested(request, &self.config.default_agent, &self.config.image)
     }
 
     /// Records a request as a queued run and returns the record.

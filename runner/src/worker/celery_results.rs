@@ -58,7 +58,11 @@ impl Worker {
     ) {
         let key = celery::result_key(task_id, &self.config.celery_result_prefix);
         let document = celery::result_document(task_id, state, result, &rfc3339(now()), None);
-        if let Err(e) = self.store().put(&key, document, "application/json").await {
+        if let Err(e) = self
+            .store()
+            .put(&key, document.into(), "application/json")
+            .await
+        {
             tracing::warn!(error = %e, %task_id, "could not write the Celery result");
         }
     }

@@ -4,11 +4,11 @@
 
 use specrun_core::keys::{self, RunId};
 use specrun_core::lease::{Lease, LeaseDecision};
-use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::ports::{BlobStore, Bytes, StoreError};
+use specrun_store::runs::now;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use time::OffsetDateTime;
 
 /// The outcome of a claim.
 pub enum Claim {
@@ -27,12 +27,8 @@ pub struct HeldLease {
     lost: Arc<AtomicBool>,
 }
 
-fn json(lease: &Lease) -> Vec<u8> {
-    serde_json::to_vec_pretty(lease).unwrap_or_default()
-}
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+fn json(lease: &Lease) -> Bytes {
+    serde_json::to_vec_pretty(lease).unwrap_or_default().into()
 }
 
 /// The run's lease object as stored, and its version; `None` when there is none.

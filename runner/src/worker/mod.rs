@@ -201,7 +201,11 @@ impl Worker {
     /// one result object. A queue that cannot delay a message gets the old way: the same
     /// message hidden until then.
     async fn defer(&self, message: &Received, delay: Duration) -> Result<(), StoreError> {
-        match self.queue.send_delayed(message.body.clone(), delay).await {
+        match self
+            .queue
+            .send_delayed(message.body.clone().into(), delay)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(
                     message_id = %message.message_id,

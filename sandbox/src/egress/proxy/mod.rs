@@ -270,7 +270,7 @@ async fn open(
 ) -> Result<TcpStream, (&'static str, String)> {
     policy
         .check_destination(host, port)
-        .map_err(|e| ("403 Forbidden", e))?;
+        .map_err(|e| ("403 Forbidden", e.to_string()))?;
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| ("502 Bad Gateway", format!("resolving {host}: {e}")))?
@@ -278,7 +278,7 @@ async fn open(
     let mut refusal = format!("{host} resolves to no address");
     for address in addresses {
         if let Err(why) = policy.check_address(host, address.ip()) {
-            refusal = why;
+            refusal = why.to_string();
             continue;
         }
         return match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
