@@ -4,7 +4,7 @@
 use super::lease::{self, Claim};
 use super::{QueuedRun, Worker};
 use crate::engine::Execution;
-use specrun_core::celery::CeleryState;
+use specrun_core::celery::{CeleryState, CeleryTask};
 use specrun_core::keys::RunId;
 use specrun_core::ports::StoreError;
 use specrun_core::state::{RunError, RunRecord};
@@ -70,15 +70,8 @@ impl Worker {
                     .map(|record| Attempt::Finished(Box::new(record)))
             }
         };
-        if let Some(task) = &job.celery {
-            self.celery_result(
-                task,
-                CeleryState::Started,
-                serde_json::json!({ "run_id": job.run_id.as_str() }),
-            )
-            .await;
-        }
-        self.run_under_lease(record, request).await
+        self.run_under_lease(record, request, job.celery.as_ref())
+            .await
     }
 
     /// Runs the job while holding its lease. A run another runner holds is left alone (the
@@ -88,6 +81,7 @@ impl Worker {
         &self,
         record: RunRecord,
         request: specrun_core::ValidatedRequest,
+        celery: Option<&CeleryTask>,
     ) -> Result<Attempt, StoreError> {
         let run_id = runs::run_id(&record)?;
         let runner_id = self.pipeline.config().runner_id.clone();
@@ -102,7 +96,9 @@ impl Worker {
             Claim::Held(held) => held,
             Claim::Busy { runner_id } => return Ok(Attempt::Busy { runner_id }),
         };
-        let result = self.run_held(&held, &run_id, request, &runner_id).await;
+        let result = self
+            .run_held(&held, &run_id, request, &runner_id, celery)
+            .await;
         held.release().await;
         result
     }
@@ -116,6 +112,7 @@ impl Worker {
         run_id: &RunId,
         request: specrun_core::ValidatedRequest,
         runner_id: &str,
+        celery: Option<&CeleryTask>,
     ) -> Result<Attempt, StoreError> {
         let (mut record, mut version) = runs::load_run_versioned(self.store(), run_id)
             .await?
@@ -124,12 +121,23 @@ impl Worker {
             tracing::info!(%run_id, status = %record.status, "finished while this runner claimed it; not running it again");
             return Ok(Attempt::Finished(Box::new(record)));
         }
+        // Only under the lease, on a run not finished: a duplicate delivery never
+        // overwrites a task's SUCCESS (or another holder's state) with STARTED.
+        if let Some(task) = celery {
+            let started = serde_json::json!({ "run_id": run_id.as_str() });
+            self.celery_result(task, CeleryState::Started, started)
+                .await;
+        }
         if record.status == RunStatus::Running {
-            let removed = self.pipeline.remove_orphans(run_id).await;
-            tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
+            // The new attempt is written before the old one's container goes: a holder
+            // still working (its lease only looked expired, e.g. to a skewed clock) then
+            // finds its next write refused and records nothing, instead of recording the
+            // run failed because its container vanished.
             if record.restart(runner_id, now()).is_ok() {
                 version = runs::save_run_fenced(self.store(), &record, &version).await?;
             }
+            let removed = self.pipeline.remove_orphans(run_id).await;
+            tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
         }
         let execution = self
             .pipeline

@@ -3,13 +3,13 @@
 //! under its lease; a run another runner is finishing is left to it.
 
 use super::lease::{self, Claim};
-use super::{QueuedRun, Worker};
+use super::{Disposition, QueuedRun, Worker};
 use specrun_core::state::{RunError, RunRecord};
 use specrun_core::{ErrorCode, RunStatus};
 use specrun_store::runs::{self, now};
 
 /// Who, on a run's last delivery, is still working on it.
-pub(super) enum Holder {
+enum Holder {
     /// Its holder finished it, with this status.
     Finished(RunStatus),
     /// Nobody: no live lease, or this stale one (to take over, compare-and-swap).
@@ -17,11 +17,33 @@ pub(super) enum Holder {
 }
 
 impl Worker {
+    /// The last delivery of a run that cannot be run now: done once a live holder
+    /// finishes the run; with no live holder the run is given up and the message goes on
+    /// to the dead-letter queue.
+    pub(super) async fn settle_last(
+        &self,
+        queued: &QueuedRun,
+        deliveries: u32,
+        cause: &str,
+    ) -> Disposition {
+        match self.wait_for_holder(queued).await {
+            Holder::Finished(status) => {
+                tracing::info!(run_id = %queued.run_id, %status, "the runner holding the run finished it; this last delivery is done");
+                Disposition::Delete
+            }
+            Holder::None(stale) => {
+                tracing::error!(why = %cause, run_id = %queued.run_id, "giving up on the run; its message goes to the dead-letter queue");
+                self.give_up(queued, deliveries, cause, stale).await;
+                Disposition::Retry
+            }
+        }
+    }
+
     /// On a run's last delivery: while another runner holds it and keeps renewing its
     /// lease, wait (the message stays hidden) until that runner finishes it. Only a run
     /// with no live holder, or one whose lease has not been renewed for two lease
     /// lifetimes (its holder died, whatever time its lease names), is given up.
-    pub(super) async fn wait_for_holder(&self, job: &QueuedRun) -> Holder {
+    async fn wait_for_holder(&self, job: &QueuedRun) -> Holder {
         let ttl = self.config.lease_ttl;
         let mut seen: Option<(String, std::time::Instant)> = None;
         loop {
@@ -64,7 +86,7 @@ impl Worker {
     /// Marks a run failed after its last delivery, whatever state it was left in, but
     /// only under its lease: taken normally, or over a `stale` one whose holder stopped
     /// renewing. A run someone else holds by now is left to them.
-    pub(super) async fn give_up(
+    async fn give_up(
         &self,
         job: &QueuedRun,
         deliveries: u32,

@@ -72,7 +72,7 @@ impl Worker {
     /// Sorts a message into a job; a message that can never run is answered (a failed run,
     /// a Celery FAILURE) and deleted, or left for the dead-letter queue when nothing can
     /// be recorded about it.
-    async fn sort(&self, message: &Received) -> Result<QueuedRun, Disposition> {
+    pub(super) async fn sort(&self, message: &Received) -> Result<QueuedRun, Disposition> {
         match celery::parse_task_message(&message.body, &self.config.celery_task) {
             Ok(Some(task)) => {
                 let run_id = RunId::parse(&task.task_id)

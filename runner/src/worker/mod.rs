@@ -8,6 +8,7 @@
 //! runners left on this host.
 
 mod celery_results;
+mod dead_letters;
 mod execute;
 mod last_delivery;
 pub mod lease;
@@ -17,7 +18,6 @@ pub mod sweep;
 
 use crate::engine::Pipeline;
 use execute::Attempt;
-use last_delivery::Holder;
 use messages::QueuedRun;
 use run_locks::RunLocks;
 use specrun_core::celery::{self, CeleryState};
@@ -86,6 +86,8 @@ pub struct Worker {
     queue: Arc<dyn Queue>,
     config: Arc<WorkerConfig>,
     running: RunLocks,
+    /// The run queue's dead-letter queue, watched for runs left unfinished.
+    dead_letters: Option<Arc<dyn Queue>>,
 }
 
 /// What to do with a message once handled.
@@ -117,7 +119,14 @@ impl Worker {
             queue,
             config: Arc::new(config),
             running: RunLocks::default(),
+            dead_letters: None,
         }
+    }
+
+    /// Watches the run queue's dead-letter queue too (see `dead_letters`).
+    pub fn with_dead_letters(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.dead_letters = Some(queue);
+        self
     }
 
     fn store(&self) -> &dyn BlobStore {
@@ -129,6 +138,12 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut running = JoinSet::new();
+        let _watching = self.dead_letters.clone().map(|dead| {
+            let worker = self.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                worker.watch_dead_letters(dead).await
+            }))
+        });
         tokio::pin!(shutdown);
         loop {
             let free = slots.available_permits();
@@ -273,17 +288,7 @@ impl Worker {
             tracing::warn!(why = %unfinished, run_id = %queued.run_id, "the run could not be completed now; the message will be retried");
             return Disposition::Retry;
         }
-        match self.wait_for_holder(&queued).await {
-            Holder::Finished(status) => {
-                tracing::info!(run_id = %queued.run_id, %status, "the runner holding the run finished it; this last delivery is done");
-                Disposition::Delete
-            }
-            Holder::None(stale) => {
-                tracing::error!(why = %unfinished, run_id = %queued.run_id, "giving up on the run; its message goes to the dead-letter queue");
-                self.give_up(&queued, message.receive_count, &unfinished, stale)
-                    .await;
-                Disposition::Retry
-            }
-        }
+        self.settle_last(&queued, message.receive_count, &unfinished)
+            .await
     }
 }
