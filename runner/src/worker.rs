@@ -565,15 +565,8 @@ impl Worker {
             Ok(request) => request,
             Err(e) => return self.refuse(record, &e.field, &e.reason).await,
         };
-        if let Some(task) = &job.celery {
-            self.celery_result(
-                task,
-                CeleryState::Started,
-                serde_json::json!({ "run_id": job.run_id.as_str() }),
-            )
-            .await;
-        }
-        self.run_under_lease(record, request).await
+        self.run_under_lease(record, request, job.celery.as_ref())
+            .await
     }
 
     /// Runs the job while holding its lease. A run another runner holds is left alone (the
@@ -583,6 +576,7 @@ impl Worker {
         &self,
         record: RunRecord,
         request: specrun_core::ValidatedRequest,
+        celery: Option<&CeleryTask>,
     ) -> Result<RunRecord, StoreError> {
         let run_id = runs::run_id(&record)?;
         let runner_id = self.pipeline.config().runner_id.clone();
@@ -601,7 +595,9 @@ impl Worker {
                 )));
             }
         };
-        let result = self.run_held(&held, &run_id, request, &runner_id).await;
+        let result = self
+            .run_held(&held, &run_id, request, &runner_id, celery)
+            .await;
         held.release().await;
         result
     }
@@ -615,6 +611,7 @@ impl Worker {
         run_id: &RunId,
         request: specrun_core::ValidatedRequest,
         runner_id: &str,
+        celery: Option<&CeleryTask>,
     ) -> Result<RunRecord, StoreError> {
         let (mut record, mut version) = runs::load_run_versioned(self.store(), run_id)
             .await?
@@ -622,6 +619,13 @@ impl Worker {
         if record.status.is_final() {
             tracing::info!(%run_id, status = %record.status, "finished while this runner claimed it; not running it again");
             return Ok(record);
+        }
+        // Only under the lease, on a run not finished: a duplicate delivery never
+        // overwrites a task's SUCCESS (or another holder's state) with STARTED.
+        if let Some(task) = celery {
+            let started = serde_json::json!({ "run_id": run_id.as_str() });
+            self.celery_result(task, CeleryState::Started, started)
+                .await;
         }
         if record.status == RunStatus::Running {
             let removed = self.pipeline.remove_orphans(run_id).await;
