@@ -68,6 +68,26 @@ async fn wait_status(
     .await
 }
 
+/// Starts runner `id` with `args` and waits until it runs `run_id`.
+async fn start_running(
+    world: &World,
+    env: &SpecrunEnv,
+    id: &str,
+    args: &[&str],
+    run_id: &str,
+) -> anyhow::Result<SpecrunProcess> {
+    let runner = SpecrunProcess::runner(&env.with_runner_id(id), args).await?;
+    wait_status(
+        world,
+        run_id,
+        |r| r.status == RunStatus::Running,
+        &format!("{id} running the run"),
+    )
+    .await
+    .with_context(|| runner.stderr_tail(30))?;
+    Ok(runner)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_last_delivery_leaves_the_run_to_the_runner_holding_it() -> TestResult {
     require_image().await?;
@@ -75,15 +95,7 @@ async fn a_last_delivery_leaves_the_run_to_the_runner_holding_it() -> TestResult
     let dir = tempfile::tempdir()?;
     let env = slow_env(&world, dir.path(), 12)?;
     let run_id = submit_slow(&world, &env, "held").await?;
-    let a = SpecrunProcess::runner(&env.with_runner_id("runner-a"), &["--lease-secs", "6"]).await?;
-    wait_status(
-        &world,
-        &run_id,
-        |r| r.status == RunStatus::Running,
-        "runner-a running the run",
-    )
-    .await
-    .with_context(|| a.stderr_tail(30))?;
+    let _a = start_running(&world, &env, "runner-a", &["--lease-secs", "6"], &run_id).await?;
     duplicate_message(&world, &run_id).await?;
     // Runner-b's first delivery of the copy is its last.
     let b = SpecrunProcess::runner(
@@ -146,5 +158,64 @@ async fn two_processes_with_one_runner_id_never_both_work_a_run() -> TestResult 
     );
     world.wait_queue_empty().await?;
     assert_eq!(pushes(world.git(), "twins"), 1);
+    Ok(())
+}
+
+/// A run whose last delivery dies with its runner is not lost. The queue gives a message
+/// `--max-receives` deliveries; a runner that took the run over on the last one and then
+/// died took the run's last chance with it: the message went to the dead-letter queue and
+/// the run stayed `running` for ever (found by the soak with the default
+/// `--max-receives`). The last delivery of a run an earlier delivery started gives the run
+/// up (`retries_exhausted`, under its lease) instead of running it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_last_delivery_dies_with_its_runner_is_not_lost() -> TestResult {
+    require_image().await?;
+    let world = World::start(2).await?;
+    let dir = tempfile::tempdir()?;
+    let env = slow_env(&world, dir.path(), 20)?;
+    let run_id = submit_slow(&world, &env, "doomed").await?;
+    let args = [
+        "--max-receives",
+        "2",
+        "--lease-secs",
+        "6",
+        "--visibility-secs",
+        "6",
+    ];
+    let mut a = start_running(&world, &env, "runner-a", &args, &run_id).await?;
+    a.kill();
+    // The second delivery is the last.
+    let mut b = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &args).await?;
+    let seen = wait_status(
+        &world,
+        &run_id,
+        |r| r.status.is_final() || r.attempt >= 2,
+        "runner-b taking the run over or giving it up",
+    )
+    .await
+    .with_context(|| b.stderr_tail(30))?;
+    if !seen.status.is_final() {
+        // Runner-b runs the run on its last delivery; it dies too.
+        b.kill();
+    }
+    let c = SpecrunProcess::runner(&env.with_runner_id("runner-c"), &args).await?;
+    let record = wait_status(
+        &world,
+        &run_id,
+        |r| r.status.is_final(),
+        "the run to reach a final state",
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "runner-b:\n{}\nrunner-c:\n{}",
+            b.stderr_tail(30),
+            c.stderr_tail(30)
+        )
+    })?;
+    assert_eq!(record.status, RunStatus::Failed, "{record:#?}");
+    let error = record.error.context("no error recorded")?;
+    assert_eq!(error.code, "retries_exhausted", "{error:#?}");
+    assert_eq!(record.attempt, 1, "the last delivery ran the run again");
     Ok(())
 }
