@@ -79,6 +79,8 @@ pub struct Worker {
     queue: Arc<dyn Queue>,
     config: Arc<WorkerConfig>,
     running: RunLocks,
+    /// The run queue's dead-letter queue, watched for runs left unfinished.
+    dead_letters: Option<Arc<dyn Queue>>,
 }
 
 /// What to do with a message once handled.
@@ -135,7 +137,14 @@ impl Worker {
             queue,
             config: Arc::new(config),
             running: RunLocks::default(),
+            dead_letters: None,
         }
+    }
+
+    /// Watches the run queue's dead-letter queue too (see [`Worker::watch_dead_letters`]).
+    pub fn with_dead_letters(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.dead_letters = Some(queue);
+        self
     }
 
     fn store(&self) -> &dyn BlobStore {
@@ -147,6 +156,12 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut running = JoinSet::new();
+        let _watching = self.dead_letters.clone().map(|dead| {
+            let worker = self.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                worker.watch_dead_letters(dead).await
+            }))
+        });
         tokio::pin!(shutdown);
         loop {
             let free = slots.available_permits();
@@ -233,6 +248,59 @@ impl Worker {
                 self.queue.extend(&message.receipt, delay).await
             }
         }
+    }
+
+    /// A message reaches the dead-letter queue after its last delivery, also when the
+    /// runner holding that delivery died with it (SIGKILL, a lost host): then nothing
+    /// else would ever finish its run, which would stay `running` (or `queued`) for ever.
+    /// So every runner looks at the dead letters, never deleting one (they are for
+    /// operators): a run left unfinished is waited for while a live holder renews its
+    /// lease, and otherwise given up (`retries_exhausted`) under its lease. A runner that
+    /// dies while doing so leaves the message to come back, here, to another.
+    async fn watch_dead_letters(&self, dead: Arc<dyn Queue>) {
+        // A dead letter of a finished run is looked at again only this much later.
+        const SETTLED: Duration = Duration::from_secs(12 * 3600);
+        loop {
+            match dead
+                .receive(10, Duration::ZERO, self.config.visibility)
+                .await
+            {
+                Ok(messages) => {
+                    for message in messages {
+                        if self.settle_dead_letter(&message).await {
+                            let _ = dead.extend(&message.receipt, SETTLED).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the dead-letter queue")
+                }
+            }
+            tokio::time::sleep(self.config.lease_ttl / 2).await;
+        }
+    }
+
+    /// Finishes the run of a dead letter if it is not; whether its run is final now.
+    async fn settle_dead_letter(&self, message: &Received) -> bool {
+        let Ok(job) = self.sort(message).await else {
+            return true;
+        };
+        match runs::load_run(self.store(), &job.run_id).await {
+            Ok(Some(record)) if record.status.is_final() => return true,
+            Ok(Some(_)) => {}
+            // A run never recorded, or a store that cannot be read: look again later.
+            _ => return false,
+        }
+        let cause = StoreError::backend(
+            job.run_id.as_str(),
+            "its message reached the dead-letter queue with the run unfinished",
+        );
+        tracing::warn!(run_id = %job.run_id, "a dead-lettered message's run is unfinished");
+        self.settle_last(&job, message.receive_count, &cause).await;
+        matches!(
+            runs::load_run(self.store(), &job.run_id).await,
+            Ok(Some(record)) if record.status.is_final()
+        )
     }
 
     fn keep_hidden(&self, receipt: String) -> AbortOnDrop {

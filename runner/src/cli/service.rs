@@ -31,6 +31,10 @@ pub struct BackendArgs {
     /// SQS queue URL for run requests (with --bucket).
     #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
     pub queue_url: Option<String>,
+    /// The run queue's dead-letter queue URL (with --queue-url): runners give up the
+    /// runs whose messages reach it unfinished (a runner died on the last delivery).
+    #[arg(long, env = "SPECRUN_DEAD_LETTER_QUEUE_URL", requires = "queue_url")]
+    pub dead_letter_queue_url: Option<String>,
     /// Put specrun's lifecycle rules on the bucket (retention of --retention-days) at start.
     #[arg(long, env = "SPECRUN_ENSURE_RETENTION")]
     pub ensure_retention: bool,
@@ -205,6 +209,17 @@ fn worker(
     Ok(Worker::new(pipeline, queue, config))
 }
 
+/// The worker watching the dead-letter queue too, when one is named.
+async fn with_dead_letters(worker: Worker, backend: &BackendArgs) -> Worker {
+    match &backend.dead_letter_queue_url {
+        Some(url) => {
+            let config = aws_config().await;
+            worker.with_dead_letters(Arc::new(SqsQueue::new(sqs_client(&config), url.clone())))
+        }
+        None => worker,
+    }
+}
+
 /// Leftovers of runs that are over or long abandoned on this host (a runner killed
 /// before its cleanup) are removed before taking new runs; failing that is not fatal.
 async fn sweep_at_start(config: &RunnerConfig, store: Arc<dyn BlobStore>) {
@@ -255,6 +270,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
         store,
         queue,
     )?;
+    let worker = with_dead_letters(worker, &args.backend).await;
     eprintln!(
         "specrun: runner taking runs ({} at a time)",
         args.worker.concurrency.max(1)
@@ -318,6 +334,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
         server.await;
     } else {
         let worker = worker(&args.worker, &args.backend, config, store, queue)?;
+        let worker = with_dead_letters(worker, &args.backend).await;
         tokio::join!(server, worker.run(wait(stopped)));
     }
     signal.abort();
