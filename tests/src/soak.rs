@@ -54,8 +54,9 @@ const OWNER: &str = "soak";
 /// The runners' lease, in seconds: a partition lasts longer.
 const LEASE_SECS: u64 = 6;
 
-/// How long a runner's received message stays hidden without renewal, in seconds.
-const VISIBILITY_SECS: u64 = 6;
+/// How long a runner's received message stays hidden without renewal, in seconds (the
+/// runner's least).
+const VISIBILITY_SECS: u64 = 10;
 
 /// Where libfaketime lives (Debian's `libfaketime`; `scripts/setup.sh` installs it).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -260,6 +261,7 @@ struct Runner {
 /// The runner processes and how to replace one.
 struct Runners {
     world_env: SpecrunEnv,
+    dead_letters: String,
     moto_endpoint: String,
     live: Vec<Runner>,
     started: usize,
@@ -269,6 +271,7 @@ impl Runners {
     async fn start(world: &World, count: usize) -> anyhow::Result<Self> {
         let mut runners = Runners {
             world_env: world.env.clone(),
+            dead_letters: world.queues.dlq_url.clone(),
             moto_endpoint: world.moto.endpoint(),
             live: Vec::new(),
             started: 0,
@@ -287,8 +290,13 @@ impl Runners {
         let relay = OutageRelay::start(&self.moto_endpoint).await?;
         let mut env = self.world_env.clone();
         env.endpoint = relay.endpoint();
-        env.extra
-            .push(("SPECRUN_STORE_RETRY_SECS".to_owned(), "120".to_owned()));
+        env.extra.extend([
+            ("SPECRUN_STORE_RETRY_SECS".to_owned(), "120".to_owned()),
+            (
+                "SPECRUN_DEAD_LETTER_QUEUE_URL".to_owned(),
+                self.dead_letters.clone(),
+            ),
+        ]);
         if let Some(seconds) = skew {
             env.extra.extend([
                 ("LD_PRELOAD".to_owned(), LIBFAKETIME.to_owned()),
