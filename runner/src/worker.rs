@@ -336,12 +336,6 @@ impl Worker {
                 return Disposition::Defer(wait);
             }
         }
-        let last = message.receive_count >= self.config.max_receives;
-        if last {
-            if let Some(cause) = self.started_earlier(&job).await {
-                return self.settle_last(&job, message.receive_count, &cause).await;
-            }
-        }
         match self.execute(&job).await {
             Ok(record) => {
                 if let Some(task) = &job.celery {
@@ -349,25 +343,13 @@ impl Worker {
                 }
                 Disposition::Delete
             }
-            Err(e) if last => self.settle_last(&job, message.receive_count, &e).await,
+            Err(e) if message.receive_count >= self.config.max_receives => {
+                self.settle_last(&job, message.receive_count, &e).await
+            }
             Err(e) => {
                 tracing::warn!(error = %e, run_id = %job.run_id, "the run could not be completed now; the message will be retried");
                 Disposition::Retry
             }
-        }
-    }
-
-    /// On a run's last delivery, why it is not run again: an earlier delivery started it
-    /// (it is `running`). A runner that took it over now and died would take the
-    /// message's last delivery with it (to the dead-letter queue), leaving the run
-    /// `running` for ever; so it is left to a live holder or given up instead.
-    async fn started_earlier(&self, job: &Job) -> Option<StoreError> {
-        match runs::load_run(self.store(), &job.run_id).await {
-            Ok(Some(record)) if record.status == RunStatus::Running => Some(StoreError::backend(
-                job.run_id.as_str(),
-                "an earlier delivery started the run and did not finish it",
-            )),
-            _ => None,
         }
     }
 

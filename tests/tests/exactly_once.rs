@@ -165,14 +165,18 @@ async fn two_processes_with_one_runner_id_never_both_work_a_run() -> TestResult 
 /// `--max-receives` deliveries; a runner that took the run over on the last one and then
 /// died took the run's last chance with it: the message went to the dead-letter queue and
 /// the run stayed `running` for ever (found by the soak with the default
-/// `--max-receives`). The last delivery of a run an earlier delivery started gives the run
-/// up (`retries_exhausted`, under its lease) instead of running it again.
+/// `--max-receives`). Runners watching the dead-letter queue
+/// (`SPECRUN_DEAD_LETTER_QUEUE_URL`) give such a run up under its lease.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_whose_last_delivery_dies_with_its_runner_is_not_lost() -> TestResult {
     require_image().await?;
     let world = World::start(2).await?;
     let dir = tempfile::tempdir()?;
-    let env = slow_env(&world, dir.path(), 20)?;
+    let mut env = slow_env(&world, dir.path(), 20)?;
+    env.extra.push((
+        "SPECRUN_DEAD_LETTER_QUEUE_URL".to_owned(),
+        world.queues.dlq_url.clone(),
+    ));
     let run_id = submit_slow(&world, &env, "doomed").await?;
     let args = [
         "--max-receives",
@@ -180,24 +184,21 @@ async fn a_run_whose_last_delivery_dies_with_its_runner_is_not_lost() -> TestRes
         "--lease-secs",
         "6",
         "--visibility-secs",
-        "6",
+        "10",
     ];
     let mut a = start_running(&world, &env, "runner-a", &args, &run_id).await?;
     a.kill();
-    // The second delivery is the last.
+    // The second delivery is the last: runner-b takes the run over on it, and dies too.
     let mut b = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &args).await?;
-    let seen = wait_status(
+    wait_status(
         &world,
         &run_id,
-        |r| r.status.is_final() || r.attempt >= 2,
-        "runner-b taking the run over or giving it up",
+        |r| r.attempt >= 2,
+        "runner-b taking the run over",
     )
     .await
     .with_context(|| b.stderr_tail(30))?;
-    if !seen.status.is_final() {
-        // Runner-b runs the run on its last delivery; it dies too.
-        b.kill();
-    }
+    b.kill();
     let c = SpecrunProcess::runner(&env.with_runner_id("runner-c"), &args).await?;
     let record = wait_status(
         &world,
@@ -214,49 +215,9 @@ async fn a_run_whose_last_delivery_dies_with_its_runner_is_not_lost() -> TestRes
         )
     })?;
     assert_eq!(record.status, RunStatus::Failed, "{record:#?}");
-    let error = record.error.context("no error recorded")?;
-    assert_eq!(error.code, "retries_exhausted", "{error:#?}");
-    assert_eq!(record.attempt, 1, "the last delivery ran the run again");
-    Ok(())
-}
-
-/// A run whose only delivery died with its runner is given up from the dead-letter queue.
-/// With `--max-receives 1` the first delivery is the last, and a queued run is run on it;
-/// its runner's SIGKILL sends the message to the dead-letter queue, after which no
-/// delivery would ever finish the run: it stayed `running` for ever. Runners watching the
-/// dead-letter queue (`SPECRUN_DEAD_LETTER_QUEUE_URL`) give such a run up under its lease.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_run_dead_lettered_unfinished_is_given_up() -> TestResult {
-    require_image().await?;
-    let world = World::start(1).await?;
-    let dir = tempfile::tempdir()?;
-    let mut env = slow_env(&world, dir.path(), 20)?;
-    env.extra.push((
-        "SPECRUN_DEAD_LETTER_QUEUE_URL".to_owned(),
-        world.queues.dlq_url.clone(),
-    ));
-    let run_id = submit_slow(&world, &env, "orphan").await?;
-    let args = [
-        "--max-receives",
-        "1",
-        "--lease-secs",
-        "6",
-        "--visibility-secs",
-        "10",
-    ];
-    let mut a = start_running(&world, &env, "runner-a", &args, &run_id).await?;
-    a.kill();
-    let b = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &args).await?;
-    let record = wait_status(&world, &run_id, |r| r.status.is_final(), "the run given up")
-        .await
-        .with_context(|| b.stderr_tail(30))?;
-    assert_eq!(record.status, RunStatus::Failed, "{record:#?}");
+    assert_eq!(record.attempt, 2, "{record:#?}");
     let error = record.error.context("no error recorded")?;
     assert_eq!(error.code, "retries_exhausted", "{error:#?}");
     assert!(error.message.contains("dead-letter queue"), "{error:#?}");
-    assert_eq!(record.attempt, 1);
-    // The message stays in the dead-letter queue for operators.
-    let dead = world.moto.queue_depth(&world.queues.dlq_url).await?;
-    assert!(!dead.is_empty(), "{dead:?}");
     Ok(())
 }
