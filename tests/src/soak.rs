@@ -51,8 +51,9 @@ use std::time::{Duration, Instant};
 /// The forge account the soak's repositories belong to.
 const OWNER: &str = "soak";
 
-/// The runners' lease, in seconds: a partition lasts longer.
-const LEASE_SECS: u64 = 6;
+/// The runners' lease, in seconds: a shared outage is shorter than two thirds of it (the
+/// runners ride it out), a partition of one runner longer (its run is taken over).
+const LEASE_SECS: u64 = 10;
 
 /// How long a runner's received message stays hidden without renewal, in seconds (the
 /// runner's least).
@@ -416,6 +417,29 @@ fn running_containers(runner_ids: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Removes the job containers of the soak's runs that killed runners left behind (a
+/// takeover removes them, but not every run is taken over).
+fn remove_containers(submitted: &[Submitted]) {
+    for run in submitted {
+        let listed = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.specrun.run-id={}", run.run_id),
+            ])
+            .output();
+        let Ok(listed) = listed else {
+            continue;
+        };
+        for container in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", container])
+                .output();
+        }
+    }
+}
+
 /// One submitted run.
 struct Submitted {
     run_id: String,
@@ -651,6 +675,7 @@ pub async fn soak(config: &SoakConfig) -> anyhow::Result<SoakReport> {
     for run in &submitted {
         count_run(&world, &watcher, run, &mut report)?;
     }
+    remove_containers(&submitted);
     let queue = world.moto.queue_depth(&world.queues.url).await?;
     report.queue_at_end = (queue.visible, queue.in_flight);
     let dead = world.moto.queue_depth(&world.queues.dlq_url).await?;
@@ -904,14 +929,14 @@ impl Soak<'_> {
                 for runner in &self.runners.live {
                     runner.relay.refuse();
                 }
-                tokio::time::sleep(self.dice.millis(2_000, 8_000)).await;
+                tokio::time::sleep(self.dice.millis(1_000, 5_000)).await;
                 self.runners.restore_all().await?;
             }
             Fault::StoreAnswers503 => {
                 for runner in &self.runners.live {
                     runner.relay.answer_503().await?;
                 }
-                tokio::time::sleep(self.dice.millis(1_000, 5_000)).await;
+                tokio::time::sleep(self.dice.millis(1_000, 4_000)).await;
                 self.runners.restore_all().await?;
             }
             Fault::DuplicateMessage => {
