@@ -703,11 +703,15 @@ impl Worker {
                 .await;
         }
         if record.status == RunStatus::Running {
-            let removed = self.pipeline.remove_orphans(run_id).await;
-            tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
+            // The new attempt is written before the old one's container goes: a holder
+            // still working (its lease only looked expired, e.g. to a skewed clock) then
+            // finds its next write refused and records nothing, instead of recording the
+            // run failed because its container vanished.
             if record.restart(runner_id, now()).is_ok() {
                 version = runs::save_run_fenced(self.store(), &record, &version).await?;
             }
+            let removed = self.pipeline.remove_orphans(run_id).await;
+            tracing::warn!(%run_id, removed, "taking over a run whose runner stopped; starting a new attempt");
         }
         self.pipeline
             .execute_leased(record, request, Some(held.lost()), Some(version))

@@ -221,3 +221,56 @@ async fn a_run_whose_last_delivery_dies_with_its_runner_is_not_lost() -> TestRes
     assert!(error.message.contains("dead-letter queue"), "{error:#?}");
     Ok(())
 }
+
+/// A run taken over from a holder that is still working (its lease looks expired to the
+/// taker: here the holder's clock is 40 s behind, through libfaketime) ends as the taker
+/// runs it. The taker used to remove the holder's job container before fencing run.json
+/// with its new attempt, so the holder, seeing its container gone, recorded the run
+/// `failed` (`container_crashed`) in between, and the taker's attempt was refused (found
+/// by the soak's skewed clocks). The taker now writes its attempt first: the holder's next
+/// write is refused and it records nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_taken_from_a_working_holder_is_not_failed_by_it() -> TestResult {
+    require_image().await?;
+    let world = World::start(5).await?;
+    let dir = tempfile::tempdir()?;
+    let env = slow_env(&world, dir.path(), 15)?;
+    let run_id = submit_slow(&world, &env, "skewed").await?;
+    let mut behind = env.with_runner_id("runner-behind");
+    behind.extra.extend([
+        (
+            "LD_PRELOAD".to_owned(),
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1".to_owned(),
+        ),
+        ("FAKETIME".to_owned(), "-40s".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ]);
+    let args = ["--lease-secs", "10"];
+    let a = SpecrunProcess::runner(&behind, &args).await?;
+    wait_status(
+        &world,
+        &run_id,
+        |r| r.phase(specrun_core::Phase::Specify).status == specrun_core::PhaseStatus::Running,
+        "runner-behind in specify",
+    )
+    .await
+    .with_context(|| a.stderr_tail(30))?;
+    duplicate_message(&world, &run_id).await?;
+    let b = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &args).await?;
+    let record = wait_status(&world, &run_id, |r| r.status.is_final(), "the run finished")
+        .await
+        .with_context(|| b.stderr_tail(30))?;
+    let statuses: Vec<RunStatus> = record.status_timeline.iter().map(|t| t.status).collect();
+    assert_eq!(
+        record.status,
+        RunStatus::Succeeded,
+        "{statuses:?} {:#?}\nrunner-behind:\n{}\nrunner-b:\n{}",
+        record.error,
+        a.stderr_tail(30),
+        b.stderr_tail(30)
+    );
+    assert_eq!(record.attempt, 2, "runner-b did not take the run over");
+    assert_eq!(record.runner_id.as_deref(), Some("runner-b"));
+    assert_eq!(pushes(world.git(), "skewed"), 1);
+    Ok(())
+}
