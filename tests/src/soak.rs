@@ -52,8 +52,10 @@ use std::time::{Duration, Instant};
 const OWNER: &str = "soak";
 
 /// The runners' lease, in seconds: a shared outage is shorter than two thirds of it (the
-/// runners ride it out), a partition of one runner longer (its run is taken over).
-const LEASE_SECS: u64 = 10;
+/// runners ride it out), a partition of one runner longer (its run is taken over). Shorter
+/// than the visibility, as in a deployment (60 s and 120 s by default): a dead runner's
+/// message comes back once its lease has run out, not to find the run still held.
+const LEASE_SECS: u64 = 6;
 
 /// How long a runner's received message stays hidden without renewal, in seconds (the
 /// runner's least).
@@ -166,6 +168,8 @@ pub struct SoakReport {
     pub dead_letters_at_end: u64,
     /// What each disagreeing or twice-finished run showed, for the report.
     pub problems: Vec<String>,
+    /// Why each failed run failed, for the report.
+    pub failures: Vec<String>,
     pub wall: Duration,
 }
 
@@ -205,6 +209,9 @@ impl fmt::Display for SoakReport {
             "queue at the end     {} visible, {} in flight; {} dead-lettered",
             self.queue_at_end.0, self.queue_at_end.1, self.dead_letters_at_end
         )?;
+        for failure in &self.failures {
+            writeln!(f, "  failed: {failure}")?;
+        }
         for problem in &self.problems {
             writeln!(f, "  problem: {problem}")?;
         }
@@ -731,6 +738,12 @@ fn count_run(
             .as_ref()
             .map(|e| e.code.clone())
             .unwrap_or_else(|| record.status.to_string());
+        let message = record.error.as_ref().map(|e| e.message.as_str());
+        let message: String = message.unwrap_or_default().chars().take(160).collect();
+        report.failures.push(format!(
+            "{} ({}): {code}: {message}",
+            run.run_id, record.attempt
+        ));
         *report.failure_codes.entry(code).or_default() += 1;
     }
     if record.attempt > 1 {
@@ -929,14 +942,14 @@ impl Soak<'_> {
                 for runner in &self.runners.live {
                     runner.relay.refuse();
                 }
-                tokio::time::sleep(self.dice.millis(1_000, 5_000)).await;
+                tokio::time::sleep(self.dice.millis(1_000, 3_000)).await;
                 self.runners.restore_all().await?;
             }
             Fault::StoreAnswers503 => {
                 for runner in &self.runners.live {
                     runner.relay.answer_503().await?;
                 }
-                tokio::time::sleep(self.dice.millis(1_000, 4_000)).await;
+                tokio::time::sleep(self.dice.millis(1_000, 3_000)).await;
                 self.runners.restore_all().await?;
             }
             Fault::DuplicateMessage => {
