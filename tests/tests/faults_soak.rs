@@ -4,7 +4,7 @@
 //! outages; duplicated messages; killed job containers; a lease lapsing during a run's
 //! final write; and the runners' default `--max-receives`. No run may be lost, disagree
 //! with what was pushed, push or open a pull request twice, or reach a final state twice;
-//! runs fail only for the faults' own reasons, and at least a third succeed.
+//! runs fail only for the faults' own reasons, and at least half succeed.
 
 use specrun_tests::harness::require_image;
 use specrun_tests::soak::{soak, SoakConfig};
@@ -42,7 +42,7 @@ async fn runs_survive_random_faults_without_loss_or_duplicated_effects() -> anyh
     assert_eq!(report.succeeded + report.failed, 12, "{report}");
     // One round of every fault on twelve runs: a killed job container fails its run, and a
     // run whose message (or a duplicate of it) used up its three deliveries is given up;
-    // nothing else may fail a run, and at least a third succeed (observed: 5 to 7 of 12).
+    // nothing else may fail a run, and at least half succeed (observed: 7 to 10 of 12).
     let allowed = ["retries_exhausted", "container_crashed", "docker_error"];
     assert!(
         report
@@ -51,7 +51,7 @@ async fn runs_survive_random_faults_without_loss_or_duplicated_effects() -> anyh
             .all(|code| allowed.contains(&code.as_str())),
         "{report}"
     );
-    assert!(report.succeeded * 3 >= report.submitted, "{report}");
+    assert!(report.succeeded * 2 >= report.submitted, "{report}");
     assert!(
         report.faults.values().sum::<usize>() > 0,
         "no fault was injected"
