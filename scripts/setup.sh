@@ -13,9 +13,10 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
 # Build: git2 and octocrab link OpenSSL/ring through pkg-config and cc. Tests: git
 # (http-backend), GNU time (benchmark), libcurl for the Celery producer's SQS transport,
-# iptables (the runner's egress firewall rules; docker.io pulls it in too).
+# iptables (the runner's egress firewall rules; docker.io pulls it in too), libfaketime
+# (the soak runs a runner on a skewed clock).
 missing=()
-for pkg in pkg-config libssl-dev git time debootstrap libcurl4-openssl-dev iptables; do
+for pkg in pkg-config libssl-dev git time debootstrap libcurl4-openssl-dev iptables libfaketime; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -69,7 +69,7 @@ use percent_encoding::NON_ALPHANUMERIC;
 use serde_json::{json, Map, Value};
 
 use crate::git_http::GitHttpServer;
-use crate::http_thread::HttpThread;
+use crate::http_thread::{HttpThread, RequestGate};
 
 /// The login of the one user every API request acts as.
 pub const FORGE_USER: &str = "specrun-bot";
@@ -166,6 +166,7 @@ impl ForgeServer {
             git_root: git.root().to_path_buf(),
             state: Mutex::new(State::default()),
             log: Mutex::new(Log::default()),
+            gate: RequestGate::default(),
         });
         let handler_shared = Arc::clone(&shared);
         let api = HttpThread::start(listener, "forge-server", move |req| {
@@ -239,6 +240,12 @@ impl ForgeServer {
             .unwrap_or_default()
     }
 
+    /// Holds an API request (e.g. the next pull request's creation) once its body is
+    /// read, until the test lets it go.
+    pub fn gate(&self) -> &RequestGate {
+        &self.shared.gate
+    }
+
     /// Every API request answered so far, in order.
     pub fn requests(&self) -> Vec<ApiRequestRecord> {
         self.shared.log().requests.clone()
@@ -269,6 +276,7 @@ struct Shared {
     git_root: PathBuf,
     state: Mutex<State>,
     log: Mutex<Log>,
+    gate: RequestGate,
 }
 
 impl Shared {
@@ -614,6 +622,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<By
             Some(Value::String(format!("unreadable body: {err}"))),
         ),
     };
+    if !shared
+        .gate
+        .pass(parts.method.as_str(), parts.uri.path())
+        .await
+    {
+        let mut dropped = Response::new(Full::new(Bytes::from_static(b"dropped by the test\n")));
+        *dropped.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return dropped;
+    }
     let reply = answer(&shared, &parts, &body, body_value.clone());
     shared.log().requests.push(ApiRequestRecord {
         method: parts.method.to_string(),

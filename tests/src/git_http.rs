@@ -17,7 +17,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt as _;
 
-use crate::http_thread::HttpThread;
+use crate::http_thread::{HttpThread, RequestGate};
 
 /// The Basic-auth user name every authenticated request must use.
 pub const TOKEN_USER: &str = "x-access-token";
@@ -57,6 +57,7 @@ struct Shared {
     token: Option<String>,
     backend: PathBuf,
     requests: Mutex<Vec<RequestRecord>>,
+    gate: RequestGate,
 }
 
 impl Shared {
@@ -97,6 +98,7 @@ impl GitHttpServer {
             token: token.map(str::to_owned),
             backend: http_backend_path(dir.path())?,
             requests: Mutex::new(Vec::new()),
+            gate: RequestGate::default(),
         });
         let handler_shared = Arc::clone(&shared);
         let http = HttpThread::bind(
@@ -151,6 +153,8 @@ impl GitHttpServer {
             &self.shared.root,
             &["init", "--quiet", "--bare", "-b", "main", repo_arg],
         )?;
+        // Every push leaves a reflog entry, for `ref_updates`.
+        git(&repo, &["config", "core.logAllRefUpdates", "always"])?;
         Ok(self.repo_url(name))
     }
 
@@ -250,6 +254,38 @@ impl GitHttpServer {
     /// `Authorization` header was present, and the response status.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.requests().clone()
+    }
+
+    /// Holds a request (e.g. the next push) once its body is read, until the test lets it go.
+    pub fn gate(&self) -> &RequestGate {
+        &self.shared.gate
+    }
+
+    /// How many times a push moved branch `branch` of `<name>.git` (its reflog: every
+    /// repository logs all ref updates); 0 when it was never pushed.
+    pub fn ref_updates(&self, name: &str, branch: &str) -> anyhow::Result<usize> {
+        let log = self
+            .existing_repo_dir(name)?
+            .join("logs/refs/heads")
+            .join(branch);
+        match std::fs::read_to_string(&log) {
+            Ok(text) => Ok(text.lines().count()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("reading {}", log.display())),
+        }
+    }
+
+    /// The commit branch `branch` of `<name>.git` points at, and that commit's message;
+    /// `None` when there is no such branch.
+    pub fn tip(&self, name: &str, branch: &str) -> anyhow::Result<Option<(String, String)>> {
+        let repo = self.existing_repo_dir(name)?;
+        let branch_ref = format!("refs/heads/{branch}");
+        if !git_succeeds(&repo, &["rev-parse", "--verify", "--quiet", &branch_ref])? {
+            return Ok(None);
+        }
+        let commit = git(&repo, &["rev-parse", &branch_ref])?;
+        let message = git(&repo, &["log", "-1", "--format=%B", &commit])?;
+        Ok(Some((commit, message)))
     }
 
     /// The path of `<name>.git` under the root, after checking `name` is a plain relative name.
@@ -443,6 +479,16 @@ async fn run_backend(
         .await
         .map_err(|err| anyhow::anyhow!("reading the request body: {err}"))?
         .to_bytes();
+    if !shared
+        .gate
+        .pass(parts.method.as_str(), parts.uri.path())
+        .await
+    {
+        return Ok(text_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dropped by the test\n".into(),
+        ));
+    }
     let mut cmd = backend_command(shared, &parts, body.len(), access);
     let mut child = cmd.spawn().context("spawning git http-backend")?;
     let mut stdin = child.stdin.take().context("http-backend has no stdin")?;

@@ -165,3 +165,102 @@ async fn serve_connection(stream: tokio::net::TcpStream, name: String, handler: 
         eprintln!("{name}: connection error: {err}");
     }
 }
+
+/// Holds one request a test server received until the test lets it go: how a test acts
+/// at the exact moment a client is in the middle of a call (a push, a pull request), for
+/// example by killing the client. Servers call [`RequestGate::pass`] once they have read a
+/// request's body and before they act on it.
+#[derive(Default)]
+pub struct RequestGate {
+    armed: std::sync::Mutex<Option<Armed>>,
+}
+
+struct Armed {
+    method: String,
+    path_suffix: String,
+    arrived: oneshot::Sender<String>,
+    release: oneshot::Receiver<bool>,
+}
+
+/// Where a held request stands.
+pub enum Arrival {
+    /// Not yet.
+    Waiting,
+    /// It arrived, for this path, and waits for the test's word.
+    Arrived(String),
+    /// It never will: the gate was disarmed or armed again.
+    Never,
+}
+
+/// The test's end of an armed gate: learns when the request arrived, then lets it go.
+pub struct HeldRequest {
+    arrived: oneshot::Receiver<String>,
+    release: Option<oneshot::Sender<bool>>,
+}
+
+impl RequestGate {
+    fn armed(&self) -> std::sync::MutexGuard<'_, Option<Armed>> {
+        self.armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Holds the next `method` request whose path ends with `path_suffix` (replacing any
+    /// earlier arming that caught nothing).
+    pub fn hold_next(&self, method: &str, path_suffix: &str) -> HeldRequest {
+        let (arrived_tx, arrived) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
+        *self.armed() = Some(Armed {
+            method: method.to_owned(),
+            path_suffix: path_suffix.to_owned(),
+            arrived: arrived_tx,
+            release: release_rx,
+        });
+        HeldRequest {
+            arrived,
+            release: Some(release),
+        }
+    }
+
+    /// Catches nothing more.
+    pub fn disarm(&self) {
+        self.armed().take();
+    }
+
+    /// Called by the server for every request: returns at once unless the gate is armed
+    /// for this one; then waits for the test's word. `true`: act on the request as usual;
+    /// `false`: drop it unanswered by the backend (the caller answers 503).
+    pub async fn pass(&self, method: &str, path: &str) -> bool {
+        let armed = {
+            let mut guard = self.armed();
+            match guard.as_ref() {
+                Some(a) if a.method == method && path.ends_with(&a.path_suffix) => guard.take(),
+                _ => None,
+            }
+        };
+        let Some(armed) = armed else {
+            return true;
+        };
+        let _ = armed.arrived.send(path.to_owned());
+        // A test that dropped its end lets the request through.
+        armed.release.await.unwrap_or(true)
+    }
+}
+
+impl HeldRequest {
+    /// Whether the held request has arrived (without waiting).
+    pub fn arrived(&mut self) -> Arrival {
+        match self.arrived.try_recv() {
+            Ok(path) => Arrival::Arrived(path),
+            Err(oneshot::error::TryRecvError::Empty) => Arrival::Waiting,
+            Err(oneshot::error::TryRecvError::Closed) => Arrival::Never,
+        }
+    }
+
+    /// Lets the held request go on (`apply`) or drops it.
+    pub fn release(mut self, apply: bool) {
+        if let Some(release) = self.release.take() {
+            let _ = release.send(apply);
+        }
+    }
+}

@@ -4,7 +4,10 @@
 //! overloaded (every request gets `503 Service Unavailable`), [`OutageRelay::lose_answers`]
 //! as if the network dropped every answer (requests reach the service and take effect,
 //! the client sees its connection cut), and [`OutageRelay::restore`] as if it came back,
-//! with its data, on the same address. Stopping moto itself would
+//! with its data, on the same address. [`OutageRelay::trip_on_final_write`] cuts the
+//! service off by itself, for a while, the moment a client writes a run.json with a final
+//! status (the run's last write), so a test can make a lease lapse exactly then. Stopping
+//! moto itself would
 //! lose its in-memory buckets and queues, which no real S3 or SQS outage does.
 
 use std::net::SocketAddr;
@@ -32,9 +35,57 @@ pub enum Mode {
 pub struct OutageRelay {
     address: SocketAddr,
     upstream: SocketAddr,
-    mode: watch::Sender<Mode>,
+    mode: Arc<watch::Sender<Mode>>,
     acceptor: Mutex<Option<JoinHandle<()>>>,
     connections: Arc<AtomicU64>,
+    trip: Arc<Tripwire>,
+}
+
+/// What a run's final write looks like on the wire: run.json (pretty-printed by
+/// `store::runs::to_json`) has its top-level `status` right before `status_reason`, which
+/// no phase JSON has.
+const FINAL_WRITES: [&[u8]; 5] = [
+    b"\n  \"status\": \"succeeded\",\n  \"status_reason\"",
+    b"\n  \"status\": \"failed\",\n  \"status_reason\"",
+    b"\n  \"status\": \"cancelled\",\n  \"status_reason\"",
+    b"\n  \"status\": \"no_changes\",\n  \"status_reason\"",
+    b"\n  \"status\": \"needs_clarification\",\n  \"status_reason\"",
+];
+
+/// An armed trip: whether the tripping request still reaches the service (its answer is
+/// lost) or not, how long the service is then cut off, and whom to tell.
+struct Trip {
+    forward: bool,
+    outage: std::time::Duration,
+    tell: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct Tripwire {
+    armed: Mutex<Option<Trip>>,
+}
+
+impl Tripwire {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Trip>> {
+        self.armed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `window` holds a final run.json write and the trip was armed: then it is
+    /// spent, and the answer says whether to forward the request and for how long the
+    /// service is cut off.
+    fn fires(&self, window: &[u8]) -> Option<(bool, std::time::Duration)> {
+        let mut armed = self.lock();
+        armed.as_ref()?;
+        let hit = FINAL_WRITES
+            .iter()
+            .any(|needle| window.windows(needle.len()).any(|w| w == *needle));
+        if !hit {
+            return None;
+        }
+        let trip = armed.take()?;
+        let _ = trip.tell.send(());
+        Some((trip.forward, trip.outage))
+    }
 }
 
 impl OutageRelay {
@@ -46,9 +97,10 @@ impl OutageRelay {
         let relay = OutageRelay {
             address: listener.local_addr()?,
             upstream,
-            mode,
+            mode: Arc::new(mode),
             acceptor: Mutex::new(None),
             connections: Arc::new(AtomicU64::new(0)),
+            trip: Arc::new(Tripwire::default()),
         };
         relay.accept_on(listener);
         Ok(relay)
@@ -84,6 +136,29 @@ impl OutageRelay {
         self.listen_again().await
     }
 
+    /// The next write of a run.json with a final status cuts the service off for
+    /// `outage` (open connections are cut, new ones closed unanswered), then it is back.
+    /// With `forward` the write still reaches the service and takes effect, and only its
+    /// answer is lost; without, it never arrives. The receiver completes when it tripped.
+    pub fn trip_on_final_write(
+        &self,
+        forward: bool,
+        outage: std::time::Duration,
+    ) -> tokio::sync::oneshot::Receiver<()> {
+        let (tell, tripped) = tokio::sync::oneshot::channel();
+        *self.trip.lock() = Some(Trip {
+            forward,
+            outage,
+            tell,
+        });
+        tripped
+    }
+
+    /// Takes back an armed trip that has not fired.
+    pub fn disarm_trip(&self) {
+        self.trip.lock().take();
+    }
+
     /// The service is back.
     pub async fn restore(&self) -> anyhow::Result<()> {
         self.mode.send_replace(Mode::Relay);
@@ -108,10 +183,11 @@ impl OutageRelay {
         let mode = self.mode.clone();
         let upstream = self.upstream;
         let connections = self.connections.clone();
+        let trip = self.trip.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(client, upstream, mode.subscribe()));
+                tokio::spawn(serve(client, upstream, mode.clone(), trip.clone()));
             }
         });
         *self.lock() = Some(task);
@@ -125,7 +201,13 @@ impl Drop for OutageRelay {
 }
 
 /// One client connection, until it ends or the mode changes.
-async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn serve(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    modes: Arc<watch::Sender<Mode>>,
+    trip: Arc<Tripwire>,
+) {
+    let mut mode = modes.subscribe();
     let current = *mode.borrow_and_update();
     match current {
         Mode::Refuse => {}
@@ -140,13 +222,45 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Rec
             let _ = client.write_all(answer.as_bytes()).await;
         }
         Mode::Relay => {
-            let Ok(mut server) = TcpStream::connect(upstream).await else {
+            let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            let tripped = tokio::select! {
+                tripped = requests(&mut from_client, &mut to_server, &trip) => tripped,
+                _ = tokio::io::copy(&mut from_server, &mut to_client) => return,
                 // Any change of mode cuts the connection, as a restart would.
-                _ = mode.changed() => {}
+                _ = mode.changed() => return,
+            };
+            let Some((forward, outage)) = tripped else {
+                // The client is done sending: pass the rest of the answers.
+                tokio::select! {
+                    _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                    _ = mode.changed() => {}
+                }
+                return;
+            };
+            // The service is cut off for everyone from here, for `outage`; this
+            // connection's answer is lost.
+            modes.send_replace(Mode::Refuse);
+            let back = modes.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(outage).await;
+                back.send_if_modified(|mode| {
+                    let cut = *mode == Mode::Refuse;
+                    if cut {
+                        *mode = Mode::Relay;
+                    }
+                    cut
+                });
+            });
+            if forward {
+                let mut answer = [0u8; 1];
+                tokio::select! {
+                    _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                    _ = from_server.read(&mut answer) => {}
+                }
             }
         }
         Mode::LoseAnswers => {
@@ -163,5 +277,37 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Rec
                 _ = mode.changed() => {}
             }
         }
+    }
+}
+
+/// Passes a client's bytes to the service, watching for a final run.json write while a
+/// trip is armed; returns the trip's (forward, outage) (the bytes that tripped are
+/// forwarded only with `forward`), or `None` when the client is done.
+async fn requests(
+    from_client: &mut tokio::net::tcp::OwnedReadHalf,
+    to_server: &mut tokio::net::tcp::OwnedWriteHalf,
+    trip: &Tripwire,
+) -> Option<(bool, std::time::Duration)> {
+    let longest = FINAL_WRITES.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut buffer = vec![0u8; 16 * 1024];
+    // The end of the previous read, so a needle split between two reads is still seen.
+    let mut window: Vec<u8> = Vec::new();
+    loop {
+        let read = from_client.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            let _ = to_server.shutdown().await;
+            return None;
+        }
+        let chunk = &buffer[..read];
+        window.extend_from_slice(chunk);
+        if let Some((forward, outage)) = trip.fires(&window) {
+            if forward {
+                to_server.write_all(chunk).await.ok()?;
+            }
+            return Some((forward, outage));
+        }
+        to_server.write_all(chunk).await.ok()?;
+        let keep = window.len().saturating_sub(longest);
+        window.drain(..keep);
     }
 }

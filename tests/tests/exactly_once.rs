@@ -68,6 +68,26 @@ async fn wait_status(
     .await
 }
 
+/// Starts runner `id` with `args` and waits until it runs `run_id`.
+async fn start_running(
+    world: &World,
+    env: &SpecrunEnv,
+    id: &str,
+    args: &[&str],
+    run_id: &str,
+) -> anyhow::Result<SpecrunProcess> {
+    let runner = SpecrunProcess::runner(&env.with_runner_id(id), args).await?;
+    wait_status(
+        world,
+        run_id,
+        |r| r.status == RunStatus::Running,
+        &format!("{id} running the run"),
+    )
+    .await
+    .with_context(|| runner.stderr_tail(30))?;
+    Ok(runner)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_last_delivery_leaves_the_run_to_the_runner_holding_it() -> TestResult {
     require_image().await?;
@@ -75,15 +95,7 @@ async fn a_last_delivery_leaves_the_run_to_the_runner_holding_it() -> TestResult
     let dir = tempfile::tempdir()?;
     let env = slow_env(&world, dir.path(), 12)?;
     let run_id = submit_slow(&world, &env, "held").await?;
-    let a = SpecrunProcess::runner(&env.with_runner_id("runner-a"), &["--lease-secs", "6"]).await?;
-    wait_status(
-        &world,
-        &run_id,
-        |r| r.status == RunStatus::Running,
-        "runner-a running the run",
-    )
-    .await
-    .with_context(|| a.stderr_tail(30))?;
+    let _a = start_running(&world, &env, "runner-a", &["--lease-secs", "6"], &run_id).await?;
     duplicate_message(&world, &run_id).await?;
     // Runner-b's first delivery of the copy is its last.
     let b = SpecrunProcess::runner(
@@ -146,5 +158,119 @@ async fn two_processes_with_one_runner_id_never_both_work_a_run() -> TestResult 
     );
     world.wait_queue_empty().await?;
     assert_eq!(pushes(world.git(), "twins"), 1);
+    Ok(())
+}
+
+/// A run whose last delivery dies with its runner is not lost. The queue gives a message
+/// `--max-receives` deliveries; a runner that took the run over on the last one and then
+/// died took the run's last chance with it: the message went to the dead-letter queue and
+/// the run stayed `running` for ever (found by the soak with the default
+/// `--max-receives`). Runners watching the dead-letter queue
+/// (`SPECRUN_DEAD_LETTER_QUEUE_URL`) give such a run up under its lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_last_delivery_dies_with_its_runner_is_not_lost() -> TestResult {
+    require_image().await?;
+    let world = World::start(2).await?;
+    let dir = tempfile::tempdir()?;
+    let mut env = slow_env(&world, dir.path(), 20)?;
+    env.extra.push((
+        "SPECRUN_DEAD_LETTER_QUEUE_URL".to_owned(),
+        world.queues.dlq_url.clone(),
+    ));
+    let run_id = submit_slow(&world, &env, "doomed").await?;
+    let args = [
+        "--max-receives",
+        "2",
+        "--lease-secs",
+        "6",
+        "--visibility-secs",
+        "10",
+    ];
+    let mut a = start_running(&world, &env, "runner-a", &args, &run_id).await?;
+    a.kill();
+    // The second delivery is the last: runner-b takes the run over on it, and dies too.
+    let mut b = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &args).await?;
+    wait_status(
+        &world,
+        &run_id,
+        |r| r.attempt >= 2,
+        "runner-b taking the run over",
+    )
+    .await
+    .with_context(|| b.stderr_tail(30))?;
+    b.kill();
+    let c = SpecrunProcess::runner(&env.with_runner_id("runner-c"), &args).await?;
+    let record = wait_status(
+        &world,
+        &run_id,
+        |r| r.status.is_final(),
+        "the run to reach a final state",
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "runner-b:\n{}\nrunner-c:\n{}",
+            b.stderr_tail(30),
+            c.stderr_tail(30)
+        )
+    })?;
+    assert_eq!(record.status, RunStatus::Failed, "{record:#?}");
+    assert_eq!(record.attempt, 2, "{record:#?}");
+    let error = record.error.context("no error recorded")?;
+    assert_eq!(error.code, "retries_exhausted", "{error:#?}");
+    assert!(error.message.contains("dead-letter queue"), "{error:#?}");
+    Ok(())
+}
+
+/// A run taken over from a holder that is still working (its lease looks expired to the
+/// taker: here the holder's clock is 40 s behind, through libfaketime) ends as the taker
+/// runs it. The taker used to remove the holder's job container before fencing run.json
+/// with its new attempt, so the holder, seeing its container gone, recorded the run
+/// `failed` (`container_crashed`) in between, and the taker's attempt was refused (found
+/// by the soak's skewed clocks). The taker now writes its attempt first: the holder's next
+/// write is refused and it records nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_taken_from_a_working_holder_is_not_failed_by_it() -> TestResult {
+    require_image().await?;
+    let world = World::start(5).await?;
+    let dir = tempfile::tempdir()?;
+    let env = slow_env(&world, dir.path(), 15)?;
+    let run_id = submit_slow(&world, &env, "skewed").await?;
+    let mut behind = env.with_runner_id("runner-behind");
+    behind.extra.extend([
+        (
+            "LD_PRELOAD".to_owned(),
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1".to_owned(),
+        ),
+        ("FAKETIME".to_owned(), "-40s".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ]);
+    let args = ["--lease-secs", "10"];
+    let a = SpecrunProcess::runner(&behind, &args).await?;
+    wait_status(
+        &world,
+        &run_id,
+        |r| r.phase(specrun_core::Phase::Specify).status == specrun_core::PhaseStatus::Running,
+        "runner-behind in specify",
+    )
+    .await
+    .with_context(|| a.stderr_tail(30))?;
+    duplicate_message(&world, &run_id).await?;
+    let b = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &args).await?;
+    let record = wait_status(&world, &run_id, |r| r.status.is_final(), "the run finished")
+        .await
+        .with_context(|| b.stderr_tail(30))?;
+    let statuses: Vec<RunStatus> = record.status_timeline.iter().map(|t| t.status).collect();
+    assert_eq!(
+        record.status,
+        RunStatus::Succeeded,
+        "{statuses:?} {:#?}\nrunner-behind:\n{}\nrunner-b:\n{}",
+        record.error,
+        a.stderr_tail(30),
+        b.stderr_tail(30)
+    );
+    assert_eq!(record.attempt, 2, "runner-b did not take the run over");
+    assert_eq!(record.runner_id.as_deref(), Some("runner-b"));
+    assert_eq!(pushes(world.git(), "skewed"), 1);
     Ok(())
 }

@@ -6,8 +6,8 @@ use anyhow::{bail, ensure, Context as _};
 use specrun_core::RunStatus;
 use specrun_tests::celery::{celery_producer, require_celery, succeeded};
 use specrun_tests::emulator::SpecrunProcess;
-use specrun_tests::harness::require_image;
-use specrun_tests::world::{eventually, run_request, World, RUN_TIMEOUT};
+use specrun_tests::harness::{require_image, write_slow_agents_file};
+use specrun_tests::world::{eventually, run_request, World, BUCKET, RUN_TIMEOUT};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -87,5 +87,75 @@ async fn a_celery_eta_several_waits_ahead_runs_after_it_and_never_reaches_the_de
         "a message in the dead-letter queue"
     );
     world.wait_queue_empty().await?;
+    Ok(())
+}
+
+/// A second delivery of a Celery task whose run another runner holds writes no task state:
+/// the STARTED result is written only under the run's lease, on a run not finished, so a
+/// duplicate never overwrites SUCCESS (or the holder's state) with STARTED.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_celery_delivery_writes_no_task_state_without_the_lease() -> TestResult {
+    require_celery().await?;
+    require_image().await?;
+    let mut world = World::start(5).await?;
+    let dir = tempfile::tempdir()?;
+    world.env.extra.push((
+        "SPECRUN_AGENTS_FILE".to_owned(),
+        write_slow_agents_file(dir.path(), "slow", 15)?,
+    ));
+    let url = world.git().create_repo("twice", "# Twice\n")?;
+    let mut kwargs = run_request(&url, "Send a weekly digest of open issues");
+    kwargs["agent"] = "slow".into();
+    let (_, sent) = celery_producer(&world, &["send", "--kwargs", &kwargs.to_string()]).await?;
+    let task_id = sent.trim().to_owned();
+    // The same task twice on the queue, as a crash between a deferral's send and delete
+    // leaves it: read the message (it stays visible) and send its body again.
+    let received = world
+        .moto
+        .sqs()
+        .receive_message()
+        .queue_url(&world.queues.url)
+        .visibility_timeout(0)
+        .wait_time_seconds(5)
+        .send()
+        .await?;
+    let body = received
+        .messages()
+        .first()
+        .and_then(|m| m.body())
+        .context("the task's message")?
+        .to_owned();
+    world
+        .moto
+        .sqs()
+        .send_message()
+        .queue_url(&world.queues.url)
+        .message_body(body)
+        .send()
+        .await?;
+
+    let args = ["--max-receives", "5", "--lease-secs", "30"];
+    let a = SpecrunProcess::runner(&world.env.with_runner_id("runner-a"), &args).await?;
+    let key = specrun_core::celery::result_key(&task_id, "celery/");
+    let started = eventually("runner-a's STARTED result", RUN_TIMEOUT, || async {
+        Ok(world.moto.get_object(BUCKET, &key).await.ok())
+    })
+    .await?;
+    let b = SpecrunProcess::runner(&world.env.with_runner_id("runner-b"), &args).await?;
+    eventually("runner-b to find the run held", RUN_TIMEOUT, || async {
+        Ok(b.stderr_tail(200)
+            .contains("the message will be retried")
+            .then_some(()))
+    })
+    .await?;
+    let now = world.moto.get_object(BUCKET, &key).await?;
+    ensure!(
+        now == started,
+        "runner-b rewrote the task's result without the run's lease:\nbefore {}\nafter {}\nrunner-b:\n{}",
+        String::from_utf8_lossy(&started),
+        String::from_utf8_lossy(&now),
+        b.stderr_tail(40)
+    );
+    drop(a);
     Ok(())
 }
