@@ -101,7 +101,7 @@ async fn a_duplicate_celery_delivery_writes_no_task_state_without_the_lease() ->
     let dir = tempfile::tempdir()?;
     world.env.extra.push((
         "SPECRUN_AGENTS_FILE".to_owned(),
-        write_slow_agents_file(dir.path(), "slow", 15)?,
+        write_slow_agents_file(dir.path(), "slow", 30)?,
     ));
     let url = world.git().create_repo("twice", "# Twice\n")?;
     let mut kwargs = run_request(&url, "Send a weekly digest of open issues");
@@ -137,10 +137,17 @@ async fn a_duplicate_celery_delivery_writes_no_task_state_without_the_lease() ->
     let args = ["--max-receives", "5", "--lease-secs", "30"];
     let a = SpecrunProcess::runner(&world.env.with_runner_id("runner-a"), &args).await?;
     let key = specrun_core::celery::result_key(&task_id, "celery/");
-    let started = eventually("runner-a's STARTED result", RUN_TIMEOUT, || async {
+    eventually("runner-a's STARTED result", RUN_TIMEOUT, || async {
         Ok(world.moto.get_object(BUCKET, &key).await.ok())
     })
     .await?;
+    // What a task's result holds once its run finished (a STARTED document has no date to
+    // tell two writes apart): no delivery without the lease may write over it.
+    let started = br#"{"status":"SUCCESS","result":{"note":"written by the test"},"traceback":null,"children":[],"date_done":"2026-01-01T00:00:00Z","task_id":"t"}"#.to_vec();
+    world
+        .moto
+        .put_object(BUCKET, &key, started.clone(), "application/json")
+        .await?;
     let b = SpecrunProcess::runner(&world.env.with_runner_id("runner-b"), &args).await?;
     eventually("runner-b to find the run held", RUN_TIMEOUT, || async {
         Ok(b.stderr_tail(200)
