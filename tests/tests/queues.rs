@@ -151,7 +151,7 @@ async fn a_duplicate_celery_delivery_writes_no_task_state_without_the_lease() ->
     let b = SpecrunProcess::runner(&world.env.with_runner_id("runner-b"), &args).await?;
     eventually("runner-b to find the run held", RUN_TIMEOUT, || async {
         Ok(b.stderr_tail(200)
-            .contains("the message will be retried")
+            .contains("another runner holds the run; waiting for it")
             .then_some(()))
     })
     .await?;

@@ -9,7 +9,7 @@ use specrun_core::{ErrorCode, RunStatus};
 use specrun_store::runs::{self, now};
 
 /// Who, on a run's last delivery, is still working on it.
-enum Holder {
+pub(super) enum Holder {
     /// Its holder finished it, with this status.
     Finished(RunStatus),
     /// Nobody: no live lease, or this stale one (to take over, compare-and-swap).
@@ -43,7 +43,7 @@ impl Worker {
     /// lease, wait (the message stays hidden) until that runner finishes it. Only a run
     /// with no live holder, or one whose lease has not been renewed for two lease
     /// lifetimes (its holder died, whatever time its lease names), is given up.
-    async fn wait_for_holder(&self, job: &QueuedRun) -> Holder {
+    pub(super) async fn wait_for_holder(&self, job: &QueuedRun) -> Holder {
         let ttl = self.config.lease_ttl;
         let mut seen: Option<(String, std::time::Instant)> = None;
         loop {

@@ -18,6 +18,7 @@ pub mod sweep;
 
 use crate::engine::Pipeline;
 use execute::Attempt;
+use last_delivery::Holder;
 use messages::QueuedRun;
 use run_locks::RunLocks;
 use specrun_core::celery::{self, CeleryState};
@@ -277,7 +278,20 @@ impl Worker {
                 return Disposition::Delete;
             }
             Ok(Attempt::Busy { runner_id }) => {
-                format!("run {} is being worked on by {runner_id}", queued.run_id)
+                // Another runner works the run: wait for it with this message hidden,
+                // instead of letting the message come back again and again, each time
+                // using up one of its receives while the holder is alive.
+                tracing::info!(run_id = %queued.run_id, %runner_id, "another runner holds the run; waiting for it with this message hidden");
+                match self.wait_for_holder(&queued).await {
+                    Holder::Finished(status) => {
+                        tracing::info!(run_id = %queued.run_id, %status, %runner_id, "the runner holding the run finished it; this delivery is done");
+                        return Disposition::Delete;
+                    }
+                    Holder::None(_) => format!(
+                        "run {} was held by {runner_id}, which stopped renewing its lease",
+                        queued.run_id
+                    ),
+                }
             }
             Ok(Attempt::Abandoned) => {
                 format!("run {}: the lease went to another runner", queued.run_id)
