@@ -42,7 +42,9 @@ async fn runs_survive_random_faults_without_loss_or_duplicated_effects() -> anyh
     assert_eq!(report.succeeded + report.failed, 12, "{report}");
     // One round of every fault on twelve runs: a killed job container fails its run, and a
     // run whose message (or a duplicate of it) used up its three deliveries is given up;
-    // nothing else may fail a run, and at least half succeed (observed: 7 to 10 of 12).
+    // nothing else may fail a run, and at least half succeed (observed: 7 to 10 of 12
+    // before a delivery finding the run held waited for its holder; 9, 9 (seed 7) and
+    // 8 (seed 23) of 12 after).
     let allowed = ["retries_exhausted", "container_crashed", "docker_error"];
     assert!(
         report
