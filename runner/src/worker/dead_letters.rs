@@ -50,7 +50,8 @@ impl Worker {
         }
         tracing::warn!(run_id = %queued.run_id, "a dead-lettered message's run is unfinished");
         let cause = "its message reached the dead-letter queue with the run unfinished";
-        self.settle_last(&queued, message.receive_count, cause)
+        let holder = self.wait_for_holder(&queued).await;
+        self.settle_last(&queued, message.receive_count, cause, holder)
             .await;
         matches!(
             runs::load_run(self.store(), &queued.run_id).await,

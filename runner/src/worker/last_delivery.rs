@@ -17,16 +17,18 @@ pub(super) enum Holder {
 }
 
 impl Worker {
-    /// The last delivery of a run that cannot be run now: done once a live holder
-    /// finishes the run; with no live holder the run is given up and the message goes on
-    /// to the dead-letter queue.
+    /// The last delivery of a run that cannot be run now, given what
+    /// [`Worker::wait_for_holder`] found: done once a live holder finished the run; with
+    /// no live holder the run is given up and the message goes on to the dead-letter
+    /// queue.
     pub(super) async fn settle_last(
         &self,
         queued: &QueuedRun,
         deliveries: u32,
         cause: &str,
+        holder: Holder,
     ) -> Disposition {
-        match self.wait_for_holder(queued).await {
+        match holder {
             Holder::Finished(status) => {
                 tracing::info!(run_id = %queued.run_id, %status, "the runner holding the run finished it; this last delivery is done");
                 Disposition::Delete

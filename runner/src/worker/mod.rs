@@ -270,7 +270,7 @@ impl Worker {
                 return Disposition::Defer(wait);
             }
         }
-        let unfinished = match self.execute(&queued).await {
+        let (unfinished, holder) = match self.execute(&queued).await {
             Ok(Attempt::Finished(record)) => {
                 if let Some(task) = &queued.celery {
                     self.celery_outcome(task, &record).await;
@@ -282,27 +282,33 @@ impl Worker {
                 // instead of letting the message come back again and again, each time
                 // using up one of its receives while the holder is alive.
                 tracing::info!(run_id = %queued.run_id, %runner_id, "another runner holds the run; waiting for it with this message hidden");
-                match self.wait_for_holder(&queued).await {
-                    Holder::Finished(status) => {
-                        tracing::info!(run_id = %queued.run_id, %status, %runner_id, "the runner holding the run finished it; this delivery is done");
-                        return Disposition::Delete;
-                    }
-                    Holder::None(_) => format!(
-                        "run {} was held by {runner_id}, which stopped renewing its lease",
-                        queued.run_id
-                    ),
+                let holder = self.wait_for_holder(&queued).await;
+                if let Holder::Finished(status) = holder {
+                    tracing::info!(run_id = %queued.run_id, %status, %runner_id, "the runner holding the run finished it; this delivery is done");
+                    return Disposition::Delete;
                 }
+                let why = format!(
+                    "run {} was held by {runner_id}, which stopped renewing its lease",
+                    queued.run_id
+                );
+                (why, Some(holder))
             }
-            Ok(Attempt::Abandoned) => {
-                format!("run {}: the lease went to another runner", queued.run_id)
-            }
-            Err(e) => e.to_string(),
+            Ok(Attempt::Abandoned) => (
+                format!("run {}: the lease went to another runner", queued.run_id),
+                None,
+            ),
+            Err(e) => (e.to_string(), None),
         };
         if message.receive_count < self.config.max_receives {
             tracing::warn!(why = %unfinished, run_id = %queued.run_id, "the run could not be completed now; the message will be retried");
             return Disposition::Retry;
         }
-        self.settle_last(&queued, message.receive_count, &unfinished)
+        // Waited for already when the run was found held: not a second time.
+        let holder = match holder {
+            Some(holder) => holder,
+            None => self.wait_for_holder(&queued).await,
+        };
+        self.settle_last(&queued, message.receive_count, &unfinished, holder)
             .await
     }
 }

@@ -167,29 +167,33 @@ impl Sandbox for DockerSandbox {
             },
             None => Containers::OfRun(run_id),
         };
-        let mut removed = 0;
-        for container in docker.containers(which).await.unwrap_or_default() {
-            match docker.remove(&container).await {
-                Ok(()) => removed += 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, %container, "could not remove a job container")
-                }
-            }
-        }
-        removed
+        remove_containers(&docker, which).await
     }
 
     async fn remove_leftovers(&self, run_id: &str) -> usize {
-        let removed = self.kill_jobs(run_id, None).await;
-        if let Ok(docker) = self.connect().await {
-            egress::remove_orphaned(&docker, run_id).await;
-        }
+        let Ok(docker) = self.connect().await else {
+            return 0;
+        };
+        let removed = remove_containers(&docker, Containers::OfRun(run_id)).await;
+        egress::remove_orphaned(&docker, run_id).await;
         removed
     }
 
     async fn runs_with_jobs(&self) -> Result<Vec<String>, SandboxError> {
         Ok(self.connect().await?.runs_with_containers().await?)
     }
+}
+
+/// Removes the job containers `which` names; returns how many went.
+async fn remove_containers(docker: &DockerClient, which: Containers<'_>) -> usize {
+    let mut removed = 0;
+    for container in docker.containers(which).await.unwrap_or_default() {
+        match docker.remove(&container).await {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(error = %e, %container, "could not remove a job container"),
+        }
+    }
+    removed
 }
 
 /// Writes the agent's own configuration files into its HOME.

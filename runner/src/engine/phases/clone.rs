@@ -25,7 +25,7 @@ pub(crate) async fn run(run: &mut Run, job: &dyn Job) -> StepResult<Cloned> {
         ..git::Bounds::within(run.config.git_timeout)
     };
     let ws = workspace.clone();
-    let cloning = tokio::task::spawn_blocking(move || {
+    let cloning = move || {
         let cloned = git::clone(
             &url,
             base.as_deref(),
@@ -35,7 +35,7 @@ pub(crate) async fn run(run: &mut Run, job: &dyn Job) -> StepResult<Cloned> {
             bounds,
         )?;
         Ok::<_, git::GitError>((cloned, list_specs(&ws)))
-    });
+    };
     let (cloned, specs_before) = match bounded_git(PHASE, run.config.git_timeout, cloning).await? {
         Ok(done) => done,
         Err(e) => {

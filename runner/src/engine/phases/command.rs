@@ -2,7 +2,7 @@
 //! become the phase's artifacts; an agent's event stream summarised; an exit turned into
 //! a failure with the log's last lines.
 
-use super::{json_bytes, store_failure, Failure, Prepared};
+use super::{blocking, json_bytes, store_failure, Failure, Prepared};
 use crate::engine::artifacts::{CommandLogs, WrittenLog};
 use crate::engine::failure;
 use crate::engine::run::Run;
@@ -238,15 +238,15 @@ fn summary_of<S: EventSummary>(
     Ok((json, headline))
 }
 
-/// Waits for blocking git work, failing the phase past the git time limit.
+/// Runs blocking git work off the async threads (see [`blocking`]), failing the phase
+/// past the git time limit.
 pub(super) async fn bounded_git<T: Send + 'static>(
     phase: Phase,
     limit: Duration,
-    work: tokio::task::JoinHandle<T>,
+    work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(limit, work).await {
-        Ok(Ok(done)) => Ok(done),
-        Ok(Err(e)) => Err(failure::error(phase, ErrorCode::InternalError, e.to_string(), "Retry the run.").into()),
+    match tokio::time::timeout(limit, blocking(phase, work)).await {
+        Ok(done) => Ok(done?),
         Err(_) => Err(failure::error(
             phase,
             ErrorCode::GitTimeout,

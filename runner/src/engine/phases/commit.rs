@@ -44,7 +44,7 @@ pub(crate) async fn run(
         );
         let repository = run.record.repository.clone();
         let branch = specified.branch.clone();
-        tokio::task::spawn_blocking(move || {
+        move || {
             workspace
                 .take_back()
                 .map_err(|e| failure::changes(PHASE, &e.into(), &repository))?;
@@ -64,7 +64,7 @@ pub(crate) async fn run(
             let summary =
                 git::diff_summary(&repo, &sha).map_err(|e| failure::git(PHASE, &e, &repository))?;
             Ok::<_, RunError>((changes, Some((sha, summary))))
-        })
+        }
     };
     let (changes, committed) = bounded_git(PHASE, run.config.git_timeout, work).await??;
     let sha = committed.as_ref().map(|c| c.0.as_str());

@@ -40,7 +40,7 @@ pub(crate) async fn run(
             branch.clone(),
             token.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        move || {
             let repo = git::open(&ws.git, &ws.repo)?;
             git::remote_branch(
                 &repo,
@@ -49,7 +49,7 @@ pub(crate) async fn run(
                 token.as_deref(),
                 git::Bounds::within(limit),
             )
-        })
+        }
     };
     let remote = bounded_git(PHASE, limit, looked)
         .await?
@@ -82,10 +82,10 @@ pub(crate) async fn run(
     };
     let pushing = {
         let branch = branch.clone();
-        tokio::task::spawn_blocking(move || {
+        move || {
             let repo = git::open(&workspace.git, &workspace.repo)?;
             git::push(&repo, &url, &branch, expected, token.as_deref())
-        })
+        }
     };
     bounded_git(PHASE, limit, pushing)
         .await?
