@@ -188,6 +188,7 @@ def main():
     ap.add_argument("--bench-start-us", type=int, default=None)
     ap.add_argument("--bench-now-us", type=int, default=None)
     ap.add_argument("--concurrency", type=int, default=0)
+    ap.add_argument("--noisy-mib", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -226,6 +227,11 @@ def main():
     ratio = wall["median"] / floor if wall and floor else None
     shares = phase_shares(phase_stats, wall)
     concurrent = concurrent_batch(args.tmp, args.concurrency)
+    noisy = None
+    if args.noisy_mib:
+        noisy = load_run(os.path.join(args.tmp, "noisy", "run-1"))
+        noisy["name"] = "noisy run"
+        noisy["agent_output_mib"] = args.noisy_mib
     if concurrent and wall:
         concurrent["ratio_to_one_run"] = concurrent["batch_wall_ms"] / wall["median"]
 
@@ -288,6 +294,16 @@ def main():
             if not succeeded(r):
                 failed.append(r)
 
+    if noisy:
+        rss = noisy["peak_rss_kib"]
+        print(
+            f"an agent printing {args.noisy_mib} MiB: {noisy['status'] or '-'}, runner peak RSS "
+            + (f"{rss / 1024.0:.1f} MiB" if rss is not None else "-"),
+            file=out,
+        )
+        if not succeeded(noisy):
+            failed.append(noisy)
+
     if setup:
         print(file=out)
         print("set-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in setup.items()), file=out)
@@ -340,6 +356,7 @@ def main():
         "ratio_to_floor": ratio,
         "share_of_wall": shares,
         "concurrent": concurrent,
+        "noisy": noisy,
         "setup_s": setup,
         "bench_elapsed_s_before_report": (
             (args.bench_now_us - args.bench_start_us) / 1e6
