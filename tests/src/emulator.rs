@@ -397,6 +397,7 @@ fn credentials() -> Credentials {
 pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
+        .http_client(specrun_store::https_client())
         .endpoint_url(endpoint)
         .region(Region::new(REGION))
         .credentials_provider(credentials())
@@ -409,6 +410,7 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
 pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     let config = aws_sdk_sqs::Config::builder()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .http_client(specrun_store::https_client())
         .endpoint_url(endpoint)
         .region(aws_sdk_sqs::config::Region::new(REGION))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
