@@ -165,7 +165,10 @@ async fn handle(request: Request<Incoming>, shared: &Arc<Shared>) -> Response<Bo
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let headers = forwardable(answer.headers());
+    let mut headers = forwardable(answer.headers());
+    // Chunked to the agent: the final chunk goes out only after the answer was metered,
+    // so the next call's budget check sees this one.
+    headers.remove(http::header::CONTENT_LENGTH);
     let metered = Metered::new(answer.bytes_stream().boxed(), event_stream, shared.clone());
     let mut response = Response::new(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
         metered,
