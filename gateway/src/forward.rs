@@ -124,6 +124,7 @@ async fn handle(request: Request<Incoming>, shared: &Arc<Shared>) -> Response<Bo
             )
         }
     };
+    let asked_model = requested_model(&body, path);
     let mut url = format!("{}{path}", shared.config.upstream);
     let query = parts.uri.query().map(query_without_key).unwrap_or_default();
     if !query.is_empty() {
@@ -169,13 +170,34 @@ async fn handle(request: Request<Incoming>, shared: &Arc<Shared>) -> Response<Bo
     // Chunked to the agent: the final chunk goes out only after the answer was metered,
     // so the next call's budget check sees this one.
     headers.remove(http::header::CONTENT_LENGTH);
-    let metered = Metered::new(answer.bytes_stream().boxed(), event_stream, shared.clone());
+    let metered = Metered::new(
+        answer.bytes_stream().boxed(),
+        event_stream,
+        asked_model,
+        shared.clone(),
+    );
     let mut response = Response::new(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
         metered,
     )));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// The model a request asks for (`gen_ai.request.model`): the body's `model`, or
+/// Gemini's `models/NAME:verb` path; counted for an answer that does not name its model.
+fn requested_model(body: &[u8], path: &str) -> Option<String> {
+    let from_body = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
+    let from_path = || {
+        let (_, rest) = path.split_once("/models/")?;
+        rest.split(':').next().map(str::to_owned)
+    };
+    from_body
+        .or_else(from_path)
+        .filter(|m| !m.is_empty())
+        .map(|m| m.chars().take(128).collect())
 }
 
 /// `headers` without hop-by-hop fields and without any credential.

@@ -50,11 +50,18 @@ impl Reader {
 pub(crate) struct Metered {
     upstream: Upstream,
     reader: Option<Reader>,
+    /// The model the request asked for, for an answer that names none.
+    asked_model: Option<String>,
     shared: Arc<Shared>,
 }
 
 impl Metered {
-    pub(crate) fn new(upstream: Upstream, event_stream: bool, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        upstream: Upstream,
+        event_stream: bool,
+        asked_model: Option<String>,
+        shared: Arc<Shared>,
+    ) -> Self {
         let reader = if event_stream {
             Reader::Events(SseUsage::default())
         } else {
@@ -66,13 +73,18 @@ impl Metered {
         Metered {
             upstream,
             reader: Some(reader),
+            asked_model,
             shared,
         }
     }
 
     fn record(&mut self) {
         if let Some(reader) = self.reader.take() {
-            self.shared.record(&reader.finish());
+            let mut answer = reader.finish();
+            if answer.model.is_none() {
+                answer.model = self.asked_model.take();
+            }
+            self.shared.record(&answer);
         }
     }
 }

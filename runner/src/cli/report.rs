@@ -31,6 +31,9 @@ fn print_phase_table(out: &mut dyn std::io::Write, record: &RunRecord) {
             format_ms(phase.duration_ms),
             phase.message.as_deref().unwrap_or("")
         );
+        if let Some(usage) = &phase.usage {
+            let _ = writeln!(out, "  {:<56}  {}", "", usage.headline());
+        }
     }
 }
 
@@ -54,6 +57,14 @@ pub(super) fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
         record.agent.image
     );
     print_phase_table(out, record);
+    if let Some(usage) = &record.usage {
+        let _ = writeln!(
+            out,
+            "  model usage {}  models {}",
+            usage.headline(),
+            usage.models.join(", ")
+        );
+    }
     if let Some(sha) = &record.commit_sha {
         let _ = writeln!(out, "  commit {sha}");
     }

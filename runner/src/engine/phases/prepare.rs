@@ -124,12 +124,26 @@ fn start_gateway(run: &Run, agent: &ResolvedAgent) -> Result<Option<Arc<ModelGat
     let Some((profile, key)) = &agent.gateway else {
         return Ok(None);
     };
+    // The request may lower the operator's budget, never raise it; the profile's caps
+    // whatever the two allow.
+    let operator = &run.config.model_budget;
+    let budget = match &run.request.budget {
+        Some(asked) => operator.lowered_by(asked).map_err(|e| {
+            failure::error(
+                PHASE,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+                "Ask for a budget at or below the operator's (SPECRUN_MODEL_BUDGET), or none.",
+            )
+        })?,
+        None => *operator,
+    };
     let config = GatewayConfig {
         api: profile.api,
         upstream: profile.upstream.clone(),
         api_key: key.clone(),
         prices: run.config.model_prices.clone(),
-        budget: run.config.model_budget.tighter(&profile.budget),
+        budget: budget.tighter(&profile.budget),
     };
     let gateway = ModelGateway::new(config).map_err(|e| {
         failure::error(
