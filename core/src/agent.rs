@@ -102,7 +102,7 @@ impl GatewayProfile {
     }
 
     /// Codex through a custom provider at the gateway (Responses API), its token in
-    /// `CODEX_API_KEY`; the runner's `OPENAI_API_KEY` is the real key.
+    /// `CODEX_API_KEY`; the runner's own `CODEX_API_KEY` is the real key.
     pub fn codex() -> Self {
         let config = format!(
             "# Written by specrun: the run's model gateway is the only provider.\n\
@@ -116,7 +116,7 @@ impl GatewayProfile {
         let mut gateway = Self::new(
             ModelApi::OpenAi,
             "https://api.openai.com",
-            "OPENAI_API_KEY",
+            "CODEX_API_KEY",
             "CODEX_API_KEY",
         );
         gateway

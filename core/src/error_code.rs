@@ -218,8 +218,14 @@ mod tests {
     #[test]
     fn an_unknown_code_survives_a_round_trip() {
         let code: ErrorCode = serde_json::from_str("\"quota_exhausted_elsewhere\"").unwrap();
-        assert_eq!(code, ErrorCode::Other("quota_exhausted_elsewhere".to_owned()));
-        assert_eq!(serde_json::to_string(&code).unwrap(), "\"quota_exhausted_elsewhere\"");
+        assert_eq!(
+            code,
+            ErrorCode::Other("quota_exhausted_elsewhere".to_owned())
+        );
+        assert_eq!(
+            serde_json::to_string(&code).unwrap(),
+            "\"quota_exhausted_elsewhere\""
+        );
     }
 
     #[test]

@@ -182,9 +182,15 @@ fn validate_budget(
     budget: &Option<crate::model_usage::Budget>,
 ) -> Result<Option<crate::model_usage::Budget>, RequestError> {
     if let Some(budget) = budget {
-        for usd in [budget.run.max_usd, budget.phase.max_usd].into_iter().flatten() {
+        for usd in [budget.run.max_usd, budget.phase.max_usd]
+            .into_iter()
+            .flatten()
+        {
             if !usd.is_finite() || usd < 0.0 {
-                return Err(field_error("budget", format!("max_usd {usd} is not an amount of USD")));
+                return Err(field_error(
+                    "budget",
+                    format!("max_usd {usd} is not an amount of USD"),
+                ));
             }
         }
     }

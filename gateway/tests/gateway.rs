@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -118,7 +118,9 @@ fn config(upstream: SocketAddr, budget: Budget) -> GatewayConfig {
 async fn started(upstream: SocketAddr, budget: Budget) -> anyhow::Result<(ModelGateway, String)> {
     let gateway = ModelGateway::new(config(upstream, budget))?;
     gateway.listen("127.0.0.1".parse()?).await?;
-    let url = gateway.url().ok_or_else(|| anyhow::anyhow!("not listening"))?;
+    let url = gateway
+        .url()
+        .ok_or_else(|| anyhow::anyhow!("not listening"))?;
     Ok((gateway, url))
 }
 
@@ -141,7 +143,11 @@ async fn the_key_is_swapped_the_answer_passes_unchanged_and_usage_is_metered() -
     gateway.begin_phase(Phase::Specify);
     let (status, body) = call(&url, "/v1/responses", gateway.token()).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, responses_sse(100, 42), "the stream arrives byte for byte");
+    assert_eq!(
+        body,
+        responses_sse(100, 42),
+        "the stream arrives byte for byte"
+    );
     gateway.begin_phase(Phase::Plan);
     call(&url, "/v1/responses", gateway.token()).await?;
     call(&url, "/v1/responses", gateway.token()).await?;
@@ -173,7 +179,10 @@ async fn the_key_is_swapped_the_answer_passes_unchanged_and_usage_is_metered() -
     assert!((specify.cost_usd - (0.09 + 0.001 + 0.084)).abs() < 1e-9);
     assert_eq!(gateway.phase_usage(Phase::Plan).requests, 2);
     let run = gateway.run_usage();
-    assert_eq!((run.requests, run.tokens.input, run.tokens.output), (3, 300, 126));
+    assert_eq!(
+        (run.requests, run.tokens.input, run.tokens.output),
+        (3, 300, 126)
+    );
     Ok(())
 }
 
@@ -197,7 +206,10 @@ async fn a_token_works_only_for_its_own_run_and_only_while_it_runs() -> anyhow::
     first.close();
     let after = call(&first_url, "/v1/responses", &token).await;
     assert!(
-        after.is_err() || after.as_ref().is_ok_and(|(s, _)| *s == StatusCode::UNAUTHORIZED),
+        after.is_err()
+            || after
+                .as_ref()
+                .is_ok_and(|(s, _)| *s == StatusCode::UNAUTHORIZED),
         "a closed run's token was served: {after:?}"
     );
     let (status, _) = call(&second_url, "/v1/responses", &token).await?;
@@ -214,7 +226,11 @@ async fn a_token_works_only_for_its_own_run_and_only_while_it_runs() -> anyhow::
 async fn calls_other_than_model_calls_are_not_forwarded() -> anyhow::Result<()> {
     let (addr, seen) = upstream().await?;
     let (gateway, url) = started(addr, Budget::default()).await?;
-    for path in ["/v1/files", "/v1/organization/api_keys", "/v1/responses/../files"] {
+    for path in [
+        "/v1/files",
+        "/v1/organization/api_keys",
+        "/v1/responses/../files",
+    ] {
         let (status, _) = call(&url, path, gateway.token()).await?;
         assert_ne!(status, StatusCode::OK, "{path}");
     }
@@ -223,8 +239,8 @@ async fn calls_other_than_model_calls_are_not_forwarded() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
-async fn a_spent_budget_refuses_further_calls_with_an_error_the_client_shows(
-) -> anyhow::Result<()> {
+async fn a_spent_budget_refuses_further_calls_with_an_error_the_client_shows() -> anyhow::Result<()>
+{
     let (addr, seen) = upstream().await?;
     let budget = Budget {
         run: Limits {
@@ -235,8 +251,14 @@ async fn a_spent_budget_refuses_further_calls_with_an_error_the_client_shows(
     };
     let (gateway, url) = started(addr, budget).await?;
     gateway.begin_phase(Phase::Specify);
-    assert_eq!(call(&url, "/v1/responses", gateway.token()).await?.0, StatusCode::OK);
-    assert_eq!(call(&url, "/v1/responses", gateway.token()).await?.0, StatusCode::OK);
+    assert_eq!(
+        call(&url, "/v1/responses", gateway.token()).await?.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&url, "/v1/responses", gateway.token()).await?.0,
+        StatusCode::OK
+    );
     let (status, body) = call(&url, "/v1/responses", gateway.token()).await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let error: serde_json::Value = serde_json::from_str(&body)?;
@@ -260,7 +282,10 @@ async fn a_spent_budget_refuses_further_calls_with_an_error_the_client_shows(
     };
     let (gateway, url) = started(addr, budget).await?;
     gateway.begin_phase(Phase::Plan);
-    assert_eq!(call(&url, "/v1/responses", gateway.token()).await?.0, StatusCode::OK);
+    assert_eq!(
+        call(&url, "/v1/responses", gateway.token()).await?.0,
+        StatusCode::OK
+    );
     let (status, body) = call(&url, "/v1/responses", gateway.token()).await?;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("phase budget max_requests"), "{body}");

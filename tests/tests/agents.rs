@@ -189,7 +189,7 @@ async fn the_real_codex_cli_reaches_its_model_only_through_the_egress_proxy() ->
     let model_host = authority(&model.base_url());
     let config = model.codex_config_toml().replace("'''", "");
     let agents = format!(
-        "[agents.codex-egress]\nextends = \"codex\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nsecret_env = [\"{MODEL_KEY_ENV}\"]\n\n[agents.codex-egress.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n"
+        "[agents.codex-egress]\nextends = \"codex\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nsecret_env = [\"{MODEL_KEY_ENV}\"]\n\n[agents.codex-egress.gateway]\nenabled = false\n\n[agents.codex-egress.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n"
     );
     h.config.agents_file = Some(write_agents_file(h.work.path(), &agents)?);
     h.config

@@ -49,7 +49,12 @@ fn probed(profile: &AgentProfile, phase: Phase) -> anyhow::Result<String> {
         .phase_commands
         .get(&phase)
         .ok_or_else(|| anyhow::anyhow!("no {phase} command"))?;
-    let mut wrapped = vec!["sh".to_owned(), "-c".to_owned(), PROBE.to_owned(), "sh".to_owned()];
+    let mut wrapped = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        PROBE.to_owned(),
+        "sh".to_owned(),
+    ];
     wrapped.extend(argv.iter().cloned());
     // A JSON array of strings is a TOML array of basic strings.
     Ok(Value::from(wrapped).to_string())
@@ -74,7 +79,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// An agents file whose default, `NAME`, extends the built-in `base` with the gateway's
 /// upstream and the runner's key variable, each agent phase probed; `extra` is more TOML.
-fn gateway_agents_file(base: &str, name: &str, upstream: &str, extra: &str) -> anyhow::Result<String> {
+fn gateway_agents_file(
+    base: &str,
+    name: &str,
+    upstream: &str,
+    extra: &str,
+) -> anyhow::Result<String> {
     let builtin = AgentProfile::builtin(base)?;
     let mut text = format!(
         "default = \"{name}\"\n\n[agents.{name}]\nextends = \"{base}\"\n\n\
@@ -166,7 +176,10 @@ async fn assert_key_nowhere(
     for phase in phases {
         let log = h.artifact(record, Some(*phase), "agent.stderr.log").await?;
         let dumps = probe_dumps(&log);
-        anyhow::ensure!(!dumps.is_empty(), "{phase}: the probe printed nothing:\n{log}");
+        anyhow::ensure!(
+            !dumps.is_empty(),
+            "{phase}: the probe printed nothing:\n{log}"
+        );
         let token_set = format!("{token_variable}=specrun-gw-");
         anyhow::ensure!(
             dumps.iter().any(|d| contains(d, token_set.as_bytes())),
@@ -179,7 +192,10 @@ async fn assert_key_nowhere(
             );
         }
     }
-    anyhow::ensure!(!inspections.is_empty(), "the live container was never inspected");
+    anyhow::ensure!(
+        !inspections.is_empty(),
+        "the live container was never inspected"
+    );
     for inspection in inspections {
         anyhow::ensure!(
             !inspection.contains(REAL_KEY) && !inspection.contains(CANARY_TOKEN),
@@ -216,7 +232,10 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
     let branch = record.branch_name.clone().unwrap_or_default();
     for file in ["spec.md", "plan.md", "tasks.md"] {
         let path = format!("specs/{branch}/{file}");
-        assert!(h.git().read_file("octo/album", &branch, &path)?.is_some(), "{path}");
+        assert!(
+            h.git().read_file("octo/album", &branch, &path)?.is_some(),
+            "{path}"
+        );
     }
     assert!(model.saw_key(), "the gateway sent the real key upstream");
     assert_eq!(model.unauthorized_requests(), 0);
@@ -237,16 +256,25 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
         assert_eq!(usage.tokens.output, 84, "{phase}");
         assert_eq!(usage.models, [MODEL], "{phase}");
         let expected = input as f64 * 2.0 / 1e6 + 84.0 * 8.0 / 1e6;
-        assert!((usage.cost_usd - expected).abs() < 1e-9, "{phase}: {}", usage.cost_usd);
+        assert!(
+            (usage.cost_usd - expected).abs() < 1e-9,
+            "{phase}: {}",
+            usage.cost_usd
+        );
         cost += expected;
     }
-    let run = record.usage.clone().ok_or_else(|| anyhow::anyhow!("no run usage"))?;
+    let run = record
+        .usage
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no run usage"))?;
     assert_eq!(run.requests, 6);
     assert_eq!(run.tokens.input, reported_input(&requests));
     assert_eq!(run.tokens.output, 6 * 42);
     assert!((run.cost_usd - cost).abs() < 1e-9);
     let json: Value = serde_json::from_str(&std::fs::read_to_string(
-        h.state.path().join(format!("runs/{}/run.json", record.run_id)),
+        h.state
+            .path()
+            .join(format!("runs/{}/run.json", record.run_id)),
     )?)?;
     assert_eq!(
         json["usage"]["gen_ai.usage.input_tokens"],
@@ -254,10 +282,16 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
     );
     let pr = &h.forge.pulls("octo", "album")[0];
     let body = pr.body.clone().unwrap_or_default();
-    assert!(body.contains("model request"), "the PR body shows usage: {body}");
+    assert!(
+        body.contains("model request"),
+        "the PR body shows usage: {body}"
+    );
 
     // No model host on the allow-list: the proxy saw no request at all.
-    let egress = h.artifact(&record, None, "egress.log").await.unwrap_or_default();
+    let egress = h
+        .artifact(&record, None, "egress.log")
+        .await
+        .unwrap_or_default();
     assert!(!egress.contains("allowed"), "{egress}");
 
     assert_key_nowhere(&h, &record, &inspections, "CODEX_API_KEY", &AGENT_PHASES).await?;
@@ -287,7 +321,10 @@ async fn the_real_claude_code_cli_runs_through_the_gateway_to_a_pull_request() -
         .filter(|r| r["path"] == "/v1/messages")
         .cloned()
         .collect();
-    let run = record.usage.clone().ok_or_else(|| anyhow::anyhow!("no run usage"))?;
+    let run = record
+        .usage
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no run usage"))?;
     assert_eq!(run.requests as usize, requests.len());
     assert_eq!(run.tokens.input, reported_input(&messages));
     assert_eq!(run.tokens.output, 42 * messages.len() as u64);
@@ -299,10 +336,20 @@ async fn the_real_claude_code_cli_runs_through_the_gateway_to_a_pull_request() -
     assert_eq!(per_phase, run.tokens.input, "the phases add up to the run");
     for phase in AGENT_PHASES {
         let usage = record.phase(phase).usage.clone().unwrap_or_default();
-        assert!(usage.requests > 0 && usage.tokens.output > 0, "{phase}: {usage:?}");
+        assert!(
+            usage.requests > 0 && usage.tokens.output > 0,
+            "{phase}: {usage:?}"
+        );
     }
 
-    assert_key_nowhere(&h, &record, &inspections, "ANTHROPIC_API_KEY", &AGENT_PHASES).await?;
+    assert_key_nowhere(
+        &h,
+        &record,
+        &inspections,
+        "ANTHROPIC_API_KEY",
+        &AGENT_PHASES,
+    )
+    .await?;
     h.assert_clean(&record).await
 }
 
@@ -316,18 +363,31 @@ async fn assert_budget_ends_the_run(budget: Budget, name: &str) -> TestResult {
     let record = h.run(pr_request(&h)).await?;
     let error = failed_with(&record, "budget_exceeded", Phase::Specify)?;
     assert!(
-        error.message.contains(&format!("run budget {name} is spent")),
+        error
+            .message
+            .contains(&format!("run budget {name} is spent")),
         "{}",
         error.message
     );
-    assert_eq!(model.requests().len(), 1, "the second call never reached the model");
+    assert_eq!(
+        model.requests().len(),
+        1,
+        "the second call never reached the model"
+    );
     let log = h
         .artifact(&record, Some(Phase::Specify), "agent.stdout.log")
         .await?;
     assert!(log.contains("budget"), "codex showed the refusal: {log}");
-    let usage = record.phase(Phase::Specify).usage.clone().unwrap_or_default();
+    let usage = record
+        .phase(Phase::Specify)
+        .usage
+        .clone()
+        .unwrap_or_default();
     assert_eq!(usage.requests, 1, "the partial usage is kept");
-    assert!(h.forge.pulls("octo", "album").is_empty(), "nothing was published");
+    assert!(
+        h.forge.pulls("octo", "album").is_empty(),
+        "nothing was published"
+    );
     assert_eq!(record.pull_request_url, None);
     h.assert_clean(&record).await
 }
@@ -366,9 +426,18 @@ async fn a_silent_agent_ends_phase_stalled_and_its_container_goes() -> TestResul
     request.agent = Some("sleeper".to_owned());
     let record = h.run(request).await?;
     let error = failed_with(&record, "phase_stalled", Phase::Plan)?;
-    assert!(error.message.contains("printed nothing"), "{}", error.message);
-    let log = h.artifact(&record, Some(Phase::Plan), "agent.stdout.log").await?;
+    assert!(
+        error.message.contains("printed nothing"),
+        "{}",
+        error.message
+    );
+    let log = h
+        .artifact(&record, Some(Phase::Plan), "agent.stdout.log")
+        .await?;
     assert!(log.contains("thinking"), "the phase's log is kept: {log}");
-    assert_eq!(record.phase(Phase::Specify).status, specrun_core::PhaseStatus::Succeeded);
+    assert_eq!(
+        record.phase(Phase::Specify).status,
+        specrun_core::PhaseStatus::Succeeded
+    );
     h.assert_clean(&record).await
 }
