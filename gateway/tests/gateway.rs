@@ -37,8 +37,23 @@ fn responses_sse(input: u64, output: u64) -> String {
 }
 
 /// An upstream on loopback that answers every request with [`responses_sse`] when it
-/// carries the real key, 401 otherwise, and records what it saw.
+/// carries the real key as OpenAI's bearer token, 401 otherwise, and records what it saw.
 async fn upstream() -> anyhow::Result<(SocketAddr, Seen)> {
+    upstream_of(
+        "authorization",
+        "Bearer sk-real-upstream-key-0af3",
+        responses_sse(100, 42),
+    )
+    .await
+}
+
+/// An upstream that answers `answer` (an event stream) to requests whose `key_header`
+/// is `key_value`, 401 to others, and records what it saw.
+async fn upstream_of(
+    key_header: &'static str,
+    key_value: &'static str,
+    answer: String,
+) -> anyhow::Result<(SocketAddr, Seen)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let seen: Seen = Arc::default();
@@ -46,9 +61,11 @@ async fn upstream() -> anyhow::Result<(SocketAddr, Seen)> {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let record = record.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let record = record.clone();
+                    let answer = answer.clone();
                     async move {
                         let headers = request
                             .headers()
@@ -62,16 +79,14 @@ async fn upstream() -> anyhow::Result<(SocketAddr, Seen)> {
                             .path_and_query()
                             .map(|p| p.to_string())
                             .unwrap_or_default();
-                        let authorised = request.headers().get("authorization")
-                            == Some(&http::HeaderValue::from_static(
-                                "Bearer sk-real-upstream-key-0af3",
-                            ));
+                        let authorised = request.headers().get(key_header)
+                            == Some(&http::HeaderValue::from_static(key_value));
                         record
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .push((target, headers));
                         let mut response = if authorised {
-                            Response::new(Full::new(Bytes::from(responses_sse(100, 42))))
+                            Response::new(Full::new(Bytes::from(answer)))
                         } else {
                             Response::new(Full::new(Bytes::from("{}")))
                         };
@@ -95,8 +110,12 @@ async fn upstream() -> anyhow::Result<(SocketAddr, Seen)> {
 }
 
 fn config(upstream: SocketAddr, budget: Budget) -> GatewayConfig {
+    config_for(ModelApi::OpenAi, upstream, budget)
+}
+
+fn config_for(api: ModelApi, upstream: SocketAddr, budget: Budget) -> GatewayConfig {
     GatewayConfig {
-        api: ModelApi::OpenAi,
+        api,
         upstream: format!("http://{upstream}"),
         api_key: REAL_KEY.to_owned(),
         prices: PriceTable(
@@ -289,5 +308,66 @@ async fn a_spent_budget_refuses_further_calls_with_an_error_the_client_shows() -
     let (status, body) = call(&url, "/v1/responses", gateway.token()).await?;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("phase budget max_requests"), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn anthropic_and_gemini_calls_get_their_own_key_header_and_are_metered() -> anyhow::Result<()>
+{
+    let sse = |events: &[serde_json::Value]| -> String {
+        events.iter().map(|e| format!("data: {e}\n\n")).collect()
+    };
+    // Anthropic Messages: the token arrives as x-api-key, the key leaves as x-api-key.
+    let answer = sse(&[
+        serde_json::json!({"type": "message_start", "message": {"model": "claude-test",
+            "usage": {"input_tokens": 70, "output_tokens": 1}}}),
+        serde_json::json!({"type": "message_delta", "usage": {"output_tokens": 42}}),
+    ]);
+    let (addr, seen) = upstream_of("x-api-key", REAL_KEY, answer.clone()).await?;
+    let gateway = ModelGateway::new(config_for(ModelApi::Anthropic, addr, Budget::default()))?;
+    gateway.listen("127.0.0.1".parse()?).await?;
+    let url = gateway.url().unwrap_or_default();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/messages"))
+        .header("x-api-key", gateway.token())
+        .body(r#"{"model":"claude-test","stream":true}"#)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await?, answer);
+    let usage = gateway.run_usage();
+    assert_eq!((usage.tokens.input, usage.tokens.output), (70, 42));
+    assert_eq!(usage.models, ["claude-test"]);
+    assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 1);
+
+    // Gemini: the token arrives in the `key` query parameter, which does not go
+    // upstream; the key leaves as x-goog-api-key; the model is named by the path.
+    let answer = sse(&[
+        serde_json::json!({"usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 5}}),
+        serde_json::json!({"usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 12}}),
+    ]);
+    let (addr, seen) = upstream_of("x-goog-api-key", REAL_KEY, answer.clone()).await?;
+    let gateway = ModelGateway::new(config_for(ModelApi::Gemini, addr, Budget::default()))?;
+    gateway.listen("127.0.0.1".parse()?).await?;
+    let url = gateway.url().unwrap_or_default();
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{url}/v1beta/models/gemini-test:streamGenerateContent?alt=sse&key={}",
+            gateway.token()
+        ))
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await?, answer);
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        seen.first().map(|(target, _)| target.as_str()),
+        Some("/v1beta/models/gemini-test:streamGenerateContent?alt=sse"),
+        "the token stays out of the upstream URL"
+    );
+    let usage = gateway.run_usage();
+    assert_eq!((usage.tokens.input, usage.tokens.output), (30, 12));
+    assert_eq!(usage.models, ["gemini-test"]);
     Ok(())
 }

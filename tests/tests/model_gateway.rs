@@ -18,8 +18,10 @@ use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
 use specrun_tests::anthropic_server::AnthropicServer;
+use specrun_tests::emulator::SpecrunProcess;
 use specrun_tests::harness::{failed_with, watch_inspections, Harness, CANARY_TOKEN};
 use specrun_tests::model_server::{ModelServer, MODEL, MODEL_KEY_ENV};
+use specrun_tests::world::{post_runs, run_request, World};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,15 +35,17 @@ const SPEC_TEXT: &str = "Add a photo album organiser that groups photos by date"
 const AGENT_PHASES: [Phase; 3] = [Phase::Specify, Phase::Plan, Phase::Tasks];
 
 /// Runs the agent's command (`"$@"`) in the background and, while it runs, prints the
-/// environment and command line of every process in the container, hex-encoded (so the
-/// runner's redaction, which would mask the key, cannot hide a leak), between markers on
-/// stderr. The exit code is the agent's.
+/// environment and command line of every process in the container, then every file the
+/// agent's HOME and /tmp hold, hex-encoded (so the runner's redaction, which would mask
+/// the key, cannot hide a leak), between markers on stderr. The exit code is the agent's.
 const PROBE: &str = r#""$@" & agent=$!
 while kill -0 $agent 2>/dev/null; do
   sleep 0.3
   { printf 'PROBE-BEGIN '; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do od -An -tx1 -v "$f" 2>/dev/null; done | tr -d ' \n'; printf ' PROBE-END\n'; } >&2
 done
-wait $agent"#;
+wait $agent; rc=$?
+{ printf 'PROBE-BEGIN '; find /workspace/home /tmp -type f -size -2M -exec od -An -tx1 -v {} + 2>/dev/null | tr -d ' \n'; printf ' PROBE-END\n'; } >&2
+exit $rc"#;
 
 /// `phase`'s built-in command of `profile`, wrapped in [`PROBE`], as a TOML array.
 fn probed(profile: &AgentProfile, phase: Phase) -> anyhow::Result<String> {
@@ -295,6 +299,15 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
     assert!(!egress.contains("allowed"), "{egress}");
 
     assert_key_nowhere(&h, &record, &inspections, "CODEX_API_KEY", &AGENT_PHASES).await?;
+    let log = h
+        .artifact(&record, Some(Phase::Tasks), "agent.stderr.log")
+        .await?;
+    assert!(
+        probe_dumps(&log)
+            .iter()
+            .any(|d| contains(d, b"env_key = \"CODEX_API_KEY\"")),
+        "the probe read the agent's files"
+    );
     h.assert_clean(&record).await
 }
 
@@ -440,4 +453,35 @@ async fn a_silent_agent_ends_phase_stalled_and_its_container_goes() -> TestResul
         specrun_core::PhaseStatus::Succeeded
     );
     h.assert_clean(&record).await
+}
+
+/// Over HTTP to the real `specrun serve`: a request may lower the operator's budget
+/// (202), never raise it (400 naming the field and the figures, nothing stored).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_asking_for_more_budget_than_the_operator_allows_is_a_400() -> TestResult {
+    let world = World::start(3).await?;
+    let budget = r#"{"run": {"max_usd": 2, "max_tokens": 100000}}"#;
+    let serve =
+        SpecrunProcess::serve(&world.env, &["--no-runner", "--model-budget", budget]).await?;
+    let base = serve.base_url()?;
+    let url = world.git().repo_url("web");
+
+    let mut raised = run_request(&url, "Add a login page");
+    raised["budget"] = serde_json::json!({"run": {"max_usd": 20}});
+    let response = post_runs(&base, &raised).await?;
+    let answer = response.json()?;
+    assert_eq!(response.status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "budget", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("run.max_usd = 20 is above the operator's maximum of 2"),
+        "{message}"
+    );
+    world.assert_nothing_stored("a raised budget").await?;
+
+    let mut lowered = run_request(&url, "Add a login page");
+    lowered["budget"] = serde_json::json!({"run": {"max_usd": 0.5}, "phase": {"max_requests": 10}});
+    let response = post_runs(&base, &lowered).await?;
+    assert_eq!(response.status, 202, "{}", response.json()?);
+    Ok(())
 }
