@@ -120,10 +120,10 @@ fn job_request(run: &Run, agent: &ResolvedAgent, image: String) -> Result<JobReq
 
 /// The run's model gateway, for an agent that calls its model through one: the real key,
 /// the upstream, the prices and the tightest of the runner's and the profile's budgets.
+/// A request that asks for more budget than the operator allows fails here whatever the
+/// agent (the submit API refuses it with 400 before; a queue message may not have been
+/// through it).
 fn start_gateway(run: &Run, agent: &ResolvedAgent) -> Result<Option<Arc<ModelGateway>>, Failure> {
-    let Some((profile, key)) = &agent.gateway else {
-        return Ok(None);
-    };
     // The request may lower the operator's budget, never raise it; the profile's caps
     // whatever the two allow.
     let operator = &run.config.model_budget;
@@ -137,6 +137,9 @@ fn start_gateway(run: &Run, agent: &ResolvedAgent) -> Result<Option<Arc<ModelGat
             )
         })?,
         None => *operator,
+    };
+    let Some((profile, key)) = &agent.gateway else {
+        return Ok(None);
     };
     let config = GatewayConfig {
         api: profile.api,
