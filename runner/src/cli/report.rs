@@ -147,3 +147,40 @@ impl Progress for ConsoleProgress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specrun_core::model_usage::{Tokens, Usage};
+    use specrun_core::Phase;
+
+    #[test]
+    fn status_shows_model_usage_per_phase_and_run() {
+        let mut record = RunRecord::queued(
+            "run-aaaa-1",
+            "octo/hello",
+            specrun_core::request::Publish::Pr,
+            Default::default(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        let usage = Usage {
+            requests: 2,
+            tokens: Tokens {
+                input: 1200,
+                cached_input: 200,
+                output: 84,
+                reasoning: 0,
+            },
+            cost_usd: 0.0123,
+            models: vec!["gpt-5".to_owned()],
+            unpriced_models: Vec::new(),
+        };
+        record.set_usage(Phase::Specify, Some(usage.clone()), usage);
+        let mut out = Vec::new();
+        print_status(&mut out, &record);
+        let text = String::from_utf8_lossy(&out);
+        let expected = "2 model request(s), 1200 input (200 cached) / 84 output tokens, $0.0123";
+        assert_eq!(text.matches(expected).count(), 2, "{text}");
+        assert!(text.contains("models gpt-5"), "{text}");
+    }
+}
