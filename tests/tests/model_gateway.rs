@@ -468,7 +468,7 @@ async fn a_request_asking_for_more_budget_than_the_operator_allows_is_a_400() ->
 
     let mut raised = run_request(&url, "Add a login page");
     raised["budget"] = serde_json::json!({"run": {"max_usd": 20}});
-    let response = post_runs(&base, &raised).await?;
+    let response = post_runs(base, &raised).await?;
     let answer = response.json()?;
     assert_eq!(response.status, 400, "{answer}");
     assert_eq!(answer["error"]["field"], "budget", "{answer}");
@@ -481,7 +481,7 @@ async fn a_request_asking_for_more_budget_than_the_operator_allows_is_a_400() ->
 
     let mut lowered = run_request(&url, "Add a login page");
     lowered["budget"] = serde_json::json!({"run": {"max_usd": 0.5}, "phase": {"max_requests": 10}});
-    let response = post_runs(&base, &lowered).await?;
+    let response = post_runs(base, &lowered).await?;
     assert_eq!(response.status, 202, "{}", response.json()?);
     Ok(())
 }
