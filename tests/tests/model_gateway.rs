@@ -47,8 +47,9 @@ wait $agent; rc=$?
 { printf 'PROBE-BEGIN '; find /workspace/home /tmp -type f -size -2M -exec od -An -tx1 -v {} + 2>/dev/null | tr -d ' \n'; printf ' PROBE-END\n'; } >&2
 exit $rc"#;
 
-/// `phase`'s built-in command of `profile`, wrapped in [`PROBE`], as a TOML array.
-fn probed(profile: &AgentProfile, phase: Phase) -> anyhow::Result<String> {
+/// `phase`'s built-in command of `profile`, with `options` after its first two words
+/// (`codex exec`), wrapped in [`PROBE`], as a TOML array.
+fn probed(profile: &AgentProfile, phase: Phase, options: &[&str]) -> anyhow::Result<String> {
     let argv = profile
         .phase_commands
         .get(&phase)
@@ -59,7 +60,10 @@ fn probed(profile: &AgentProfile, phase: Phase) -> anyhow::Result<String> {
         PROBE.to_owned(),
         "sh".to_owned(),
     ];
-    wrapped.extend(argv.iter().cloned());
+    let split = argv.len().min(2);
+    wrapped.extend(argv[..split].iter().cloned());
+    wrapped.extend(options.iter().map(|o| (*o).to_owned()));
+    wrapped.extend(argv[split..].iter().cloned());
     // A JSON array of strings is a TOML array of basic strings.
     Ok(Value::from(wrapped).to_string())
 }
@@ -82,12 +86,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// An agents file whose default, `NAME`, extends the built-in `base` with the gateway's
-/// upstream and the runner's key variable, each agent phase probed; `extra` is more TOML.
+/// upstream and the runner's key variable, each agent phase probed and given `options`;
+/// `extra` is more TOML. The built-in's own gateway configuration (home files, variables)
+/// is what the agent gets.
 fn gateway_agents_file(
     base: &str,
     name: &str,
     upstream: &str,
     extra: &str,
+    options: &[&str],
 ) -> anyhow::Result<String> {
     let builtin = AgentProfile::builtin(base)?;
     let mut text = format!(
@@ -96,21 +103,31 @@ fn gateway_agents_file(
          [agents.{name}.phases]\n"
     );
     for phase in AGENT_PHASES {
-        text.push_str(&format!("{phase} = {}\n", probed(&builtin, phase)?));
+        text.push_str(&format!(
+            "{phase} = {}\n",
+            probed(&builtin, phase, options)?
+        ));
     }
     Ok(text)
 }
 
-/// Codex's configuration for the tests: the scripted model, nothing that calls other
-/// hosts, and the gateway as its provider with the token in `CODEX_API_KEY`.
-fn codex_home_files(model: &ModelServer) -> String {
-    let config = model
-        .codex_config_toml()
-        .replace(&model.base_url(), "{gateway_url}/v1")
-        .replace(MODEL_KEY_ENV, "CODEX_API_KEY")
-        .replace("'''", "");
-    format!("[agents.codex-gw.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n")
-}
+/// What the tests add to the built-in codex profile's gateway configuration, on the
+/// command line: the scripted model, no retries, nothing that calls other hosts (see
+/// `ModelServer::codex_config_toml`).
+const CODEX_TEST_OPTIONS: [&str; 12] = [
+    "-c",
+    "model=\"gpt-test\"",
+    "-c",
+    "web_search=\"disabled\"",
+    "-c",
+    "analytics.enabled=false",
+    "-c",
+    "features.plugins=false",
+    "-c",
+    "model_providers.specrun-gateway.request_max_retries=0",
+    "-c",
+    "model_providers.specrun-gateway.stream_max_retries=0",
+];
 
 /// A price for the scripted model, so cost is counted.
 fn test_prices() -> PriceTable {
@@ -133,7 +150,7 @@ async fn codex_harness(model: &ModelServer) -> anyhow::Result<Harness> {
     let mut h = Harness::start().await?;
     h.forge.create_repo("octo", "album", "# Album\n")?;
     let upstream = format!("http://{}", model.addr());
-    let agents = gateway_agents_file("codex", "codex-gw", &upstream, &codex_home_files(model))?;
+    let agents = gateway_agents_file("codex", "codex-gw", &upstream, "", &CODEX_TEST_OPTIONS)?;
     h.use_agents_file(&agents)?;
     h.config
         .agent_secrets
@@ -316,7 +333,7 @@ async fn the_real_claude_code_cli_runs_through_the_gateway_to_a_pull_request() -
     let model = AnthropicServer::start("127.0.0.1".parse()?, REAL_KEY).await?;
     let mut h = Harness::start().await?;
     h.forge.create_repo("octo", "album", "# Album\n")?;
-    let agents = gateway_agents_file("claude", "claude-gw", &model.base_url(), "")?;
+    let agents = gateway_agents_file("claude", "claude-gw", &model.base_url(), "", &[])?;
     h.use_agents_file(&agents)?;
     h.config
         .agent_secrets
