@@ -3,8 +3,35 @@
 //! pipeline only ever reads a profile, so swapping agents needs no code change (FR-010).
 
 use crate::commit_scope::{Unexpected, DEFAULT_PATTERNS};
+use crate::model_api::ModelApi;
+use crate::model_usage::Budget;
 use crate::phase::Phase;
 use std::collections::BTreeMap;
+
+/// Stands for the run's model gateway (`http://HOST:PORT`) in a profile's gateway
+/// variables and home files.
+pub const GATEWAY_URL: &str = "{gateway_url}";
+
+/// How an agent reaches its model through the runner's per-run model gateway: the agent
+/// gets a run-scoped token instead of the key, and talks plain HTTP to the gateway, which
+/// holds the real key. Used with [`Network::Egress`] (the gateway listens on the run's
+/// own network).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayProfile {
+    pub api: ModelApi,
+    /// The model API's base URL the gateway forwards to (`https://api.openai.com`).
+    pub upstream: String,
+    /// The runner's variable (or configured secret) holding the real key.
+    pub key_env: String,
+    /// The agent's variables that get the run's token in place of a key.
+    pub token_env: Vec<String>,
+    /// Variables pointing the agent at the gateway ([`GATEWAY_URL`] is filled in).
+    pub env: BTreeMap<String, String>,
+    /// Files written into HOME only when the gateway is used ([`GATEWAY_URL`] filled in).
+    pub home_files: BTreeMap<String, String>,
+    /// This agent's maxima; the runner's and the request's may be tighter.
+    pub budget: Budget,
+}
 
 /// The network a job container gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +88,72 @@ impl Network {
     }
 }
 
+impl GatewayProfile {
+    fn new(api: ModelApi, upstream: &str, key_env: &str, token_env: &str) -> Self {
+        GatewayProfile {
+            api,
+            upstream: upstream.to_owned(),
+            key_env: key_env.to_owned(),
+            token_env: vec![token_env.to_owned()],
+            env: BTreeMap::new(),
+            home_files: BTreeMap::new(),
+            budget: Budget::default(),
+        }
+    }
+
+    /// Codex through a custom provider at the gateway (Responses API), its token in
+    /// `CODEX_API_KEY`; the runner's own `CODEX_API_KEY` is the real key.
+    pub fn codex() -> Self {
+        let config = format!(
+            "# Written by specrun: the run's model gateway is the only provider.\n\
+             model_provider = \"specrun-gateway\"\n\n\
+             [model_providers.specrun-gateway]\n\
+             name = \"specrun model gateway\"\n\
+             base_url = \"{GATEWAY_URL}/v1\"\n\
+             wire_api = \"responses\"\n\
+             env_key = \"CODEX_API_KEY\"\n"
+        );
+        let mut gateway = Self::new(
+            ModelApi::OpenAi,
+            "https://api.openai.com",
+            "CODEX_API_KEY",
+            "CODEX_API_KEY",
+        );
+        gateway
+            .home_files
+            .insert(".codex/config.toml".to_owned(), config);
+        gateway
+    }
+
+    /// Claude Code at `ANTHROPIC_BASE_URL`, its token in `ANTHROPIC_API_KEY`.
+    pub fn claude() -> Self {
+        let mut gateway = Self::new(
+            ModelApi::Anthropic,
+            "https://api.anthropic.com",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_API_KEY",
+        );
+        gateway
+            .env
+            .insert("ANTHROPIC_BASE_URL".to_owned(), GATEWAY_URL.to_owned());
+        gateway
+    }
+
+    /// Gemini CLI at `GOOGLE_GEMINI_BASE_URL`, its token in `GEMINI_API_KEY`.
+    pub fn gemini() -> Self {
+        let mut gateway = Self::new(
+            ModelApi::Gemini,
+            "https://generativelanguage.googleapis.com",
+            "GEMINI_API_KEY",
+            "GEMINI_API_KEY",
+        );
+        gateway
+            .env
+            .insert("GOOGLE_GEMINI_BASE_URL".to_owned(), GATEWAY_URL.to_owned());
+        gateway
+    }
+}
+
 /// How an agent's standard output is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -74,7 +167,7 @@ pub enum OutputFormat {
 }
 
 /// How to run one agent through the Spec Kit phases.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentProfile {
     pub name: String,
     /// The `specify init --integration` value.
@@ -104,6 +197,8 @@ pub struct AgentProfile {
     pub commit_paths: Vec<String>,
     /// What happens to a change outside `commit_paths`.
     pub unexpected_changes: Unexpected,
+    /// The model gateway, for agents that call a model API it speaks.
+    pub gateway: Option<GatewayProfile>,
 }
 
 /// A profile could not be applied to a request.
@@ -200,6 +295,7 @@ impl AgentProfile {
             output: OutputFormat::Text,
             commit_paths: default_commit_paths(),
             unexpected_changes: Unexpected::LeaveOut,
+            gateway: None,
         }
     }
 
@@ -235,12 +331,13 @@ impl AgentProfile {
             secret_env: vec!["CODEX_API_KEY".to_owned()],
             options: BTreeMap::new(),
             network: Network::Egress,
-            egress: vec!["api.openai.com:443".to_owned()],
+            egress: Vec::new(),
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::CodexJson,
             commit_paths: default_commit_paths(),
             unexpected_changes: Unexpected::LeaveOut,
+            gateway: Some(GatewayProfile::codex()),
         }
     }
 
@@ -290,12 +387,13 @@ impl AgentProfile {
             secret_env: vec!["ANTHROPIC_API_KEY".to_owned()],
             options: BTreeMap::new(),
             network: Network::Egress,
-            egress: vec!["api.anthropic.com:443".to_owned()],
+            egress: Vec::new(),
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::ClaudeStreamJson,
             commit_paths: default_commit_paths(),
             unexpected_changes: Unexpected::LeaveOut,
+            gateway: Some(GatewayProfile::claude()),
         }
     }
 
@@ -323,12 +421,13 @@ impl AgentProfile {
             secret_env: vec!["GEMINI_API_KEY".to_owned()],
             options: BTreeMap::new(),
             network: Network::Egress,
-            egress: vec!["generativelanguage.googleapis.com:443".to_owned()],
+            egress: Vec::new(),
             image: None,
             home_files: BTreeMap::new(),
             output: OutputFormat::Text,
             commit_paths: default_commit_paths(),
             unexpected_changes: Unexpected::LeaveOut,
+            gateway: Some(GatewayProfile::gemini()),
         }
     }
 
@@ -364,6 +463,7 @@ impl AgentProfile {
             output: OutputFormat::Text,
             commit_paths: default_commit_paths(),
             unexpected_changes: Unexpected::LeaveOut,
+            gateway: None,
         }
     }
 

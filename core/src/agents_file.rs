@@ -16,7 +16,9 @@
 //! specify = ["codex", "exec", "--json", "...", "$speckit-specify {text}"]
 //! ```
 
-use crate::agent::{AgentError, AgentProfile, Network, OutputFormat, UnknownNetwork};
+use crate::agent::{
+    AgentError, AgentProfile, GatewayProfile, Network, OutputFormat, UnknownNetwork,
+};
 use crate::commit_scope::{self, ScopeError, Unexpected};
 use crate::egress::InvalidEntry;
 use crate::phase::{Phase, UnknownPhase};
@@ -24,7 +26,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// A parsed agents file: profiles by name and the default agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentRegistry {
     profiles: BTreeMap<String, AgentProfile>,
     default: Option<String>,
@@ -72,6 +74,10 @@ pub enum ProfileError {
     RunnerCredential(String),
     #[error("home file {0:?} must be a relative path inside HOME")]
     HomePath(String),
+    #[error(transparent)]
+    ModelApi(#[from] crate::model_api::UnknownApi),
+    #[error("gateway: {0}")]
+    Gateway(&'static str),
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +105,74 @@ struct ProfileToml {
     output: Option<String>,
     commit_paths: Option<Vec<String>>,
     unexpected_changes: Option<String>,
+    gateway: Option<GatewayToml>,
+}
+
+/// `[agents.NAME.gateway]`: the model gateway's settings, over the base profile's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayToml {
+    /// `false` turns the gateway off (the agent then needs its own key and egress list).
+    enabled: Option<bool>,
+    api: Option<String>,
+    upstream: Option<String>,
+    key_env: Option<String>,
+    token_env: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    home_files: Option<BTreeMap<String, String>>,
+    budget: Option<crate::model_usage::Budget>,
+}
+
+impl GatewayToml {
+    fn apply(self, base: Option<GatewayProfile>) -> Result<Option<GatewayProfile>, ProfileError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let mut gateway = match (base, &self.api) {
+            (Some(base), None) => base,
+            (_, Some(api)) => GatewayProfile {
+                api: crate::model_api::ModelApi::parse(api)?,
+                upstream: String::new(),
+                key_env: String::new(),
+                token_env: Vec::new(),
+                env: BTreeMap::new(),
+                home_files: BTreeMap::new(),
+                budget: Default::default(),
+            },
+            (None, None) => {
+                return Err(ProfileError::Gateway(
+                    "needs an api (openai, anthropic or gemini)",
+                ))
+            }
+        };
+        if let Some(upstream) = self.upstream {
+            gateway.upstream = upstream;
+        }
+        if let Some(key_env) = self.key_env {
+            gateway.key_env = key_env;
+        }
+        if let Some(token_env) = self.token_env {
+            gateway.token_env = token_env;
+        }
+        if let Some(env) = self.env {
+            gateway.env.extend(env);
+        }
+        if let Some(files) = self.home_files {
+            gateway.home_files.extend(files);
+        }
+        if let Some(budget) = self.budget {
+            gateway.budget = budget;
+        }
+        if !(gateway.upstream.starts_with("https://") || gateway.upstream.starts_with("http://")) {
+            return Err(ProfileError::Gateway(
+                "upstream must be an http:// or https:// URL",
+            ));
+        }
+        if gateway.key_env.is_empty() || gateway.token_env.is_empty() {
+            return Err(ProfileError::Gateway("needs key_env (the runner's variable with the real key) and token_env (the agent's variables for the run's token)"));
+        }
+        Ok(Some(gateway))
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -147,6 +221,7 @@ impl ProfileToml {
                 output: OutputFormat::Text,
                 commit_paths: crate::agent::default_commit_paths(),
                 unexpected_changes: Unexpected::LeaveOut,
+                gateway: None,
             },
         };
         profile.name = name.to_owned();
@@ -163,7 +238,13 @@ impl ProfileToml {
             crate::egress::EgressPolicy::new(&egress)?;
             profile.egress = egress;
         }
-        if profile.network == Network::Egress && profile.egress.is_empty() {
+        if let Some(gateway) = self.gateway {
+            profile.gateway = gateway.apply(profile.gateway.take())?;
+        }
+        if profile.network == Network::Egress
+            && profile.egress.is_empty()
+            && profile.gateway.is_none()
+        {
             return Err(ProfileError::EgressWithoutList);
         }
         if let Some(command) = self.version_command {
@@ -221,19 +302,33 @@ fn check(profile: &AgentProfile) -> Result<(), ProfileError> {
             return Err(ProfileError::MissingPhase(phase));
         }
     }
+    let gateway_names: Vec<&String> = profile
+        .gateway
+        .iter()
+        .flat_map(|g| g.env.keys().chain(g.token_env.iter()).chain([&g.key_env]))
+        .collect();
     let names = profile
         .env
         .keys()
         .chain(profile.secret_env.iter())
-        .chain(profile.options.values());
+        .chain(profile.options.values())
+        .chain(gateway_names);
     if let Some(bad) = names.into_iter().find(|n| !valid_env_name(n)) {
         return Err(ProfileError::NotAnEnvName(bad.clone()));
     }
     // The runner's own credentials (forge token, cloud keys) must never reach the agent.
-    if let Some(bad) = profile.secret_env.iter().find(|n| is_runner_credential(n)) {
+    let handed_over = profile
+        .secret_env
+        .iter()
+        .chain(profile.gateway.iter().map(|g| &g.key_env));
+    if let Some(bad) = handed_over.into_iter().find(|n| is_runner_credential(n)) {
         return Err(ProfileError::RunnerCredential(bad.clone()));
     }
-    if let Some(bad) = profile.home_files.keys().find(|p| !valid_home_path(p)) {
+    let home_paths = profile
+        .home_files
+        .keys()
+        .chain(profile.gateway.iter().flat_map(|g| g.home_files.keys()));
+    if let Some(bad) = home_paths.into_iter().find(|p| !valid_home_path(p)) {
         return Err(ProfileError::HomePath(bad.clone()));
     }
     Ok(())

@@ -18,6 +18,7 @@ pub enum ErrorCode {
     AgentsFileInvalid,
     AgentsFileUnreadable,
     BaseBranchMissing,
+    BudgetExceeded,
     CommitTooLarge,
     ContainerCrashed,
     DiskQuotaExceeded,
@@ -38,6 +39,7 @@ pub enum ErrorCode {
     InvalidFeatureDirectory,
     InvalidRequest,
     PhaseOutputMissing,
+    PhaseStalled,
     PhaseTimeout,
     PullRequestRejected,
     PushRejected,
@@ -71,6 +73,7 @@ const FIXED: &[(ErrorCode, &str)] = &[
     (ErrorCode::AgentsFileInvalid, "agents_file_invalid"),
     (ErrorCode::AgentsFileUnreadable, "agents_file_unreadable"),
     (ErrorCode::BaseBranchMissing, "base_branch_missing"),
+    (ErrorCode::BudgetExceeded, "budget_exceeded"),
     (ErrorCode::CommitTooLarge, "commit_too_large"),
     (ErrorCode::ContainerCrashed, "container_crashed"),
     (ErrorCode::DiskQuotaExceeded, "disk_quota_exceeded"),
@@ -94,6 +97,7 @@ const FIXED: &[(ErrorCode, &str)] = &[
     ),
     (ErrorCode::InvalidRequest, "invalid_request"),
     (ErrorCode::PhaseOutputMissing, "phase_output_missing"),
+    (ErrorCode::PhaseStalled, "phase_stalled"),
     (ErrorCode::PhaseTimeout, "phase_timeout"),
     (ErrorCode::PullRequestRejected, "pull_request_rejected"),
     (ErrorCode::PushRejected, "push_rejected"),
@@ -213,9 +217,15 @@ mod tests {
 
     #[test]
     fn an_unknown_code_survives_a_round_trip() {
-        let code: ErrorCode = serde_json::from_str("\"budget_exceeded\"").unwrap();
-        assert_eq!(code, ErrorCode::Other("budget_exceeded".to_owned()));
-        assert_eq!(serde_json::to_string(&code).unwrap(), "\"budget_exceeded\"");
+        let code: ErrorCode = serde_json::from_str("\"quota_exhausted_elsewhere\"").unwrap();
+        assert_eq!(
+            code,
+            ErrorCode::Other("quota_exhausted_elsewhere".to_owned())
+        );
+        assert_eq!(
+            serde_json::to_string(&code).unwrap(),
+            "\"quota_exhausted_elsewhere\""
+        );
     }
 
     #[test]

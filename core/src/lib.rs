@@ -22,6 +22,8 @@ pub mod invisible;
 pub mod keys;
 pub mod lease;
 pub mod message;
+pub mod model_api;
+pub mod model_usage;
 pub mod phase;
 pub mod ports;
 pub mod publish;

@@ -62,15 +62,25 @@ pub fn phase_table(record: &RunRecord) -> String {
             .duration_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_default();
-        let detail = phase
+        let mut detail = phase
             .message
             .as_deref()
             .unwrap_or("")
             .replace('|', "\\|")
             .replace('\n', " ");
+        if let Some(usage) = &phase.usage {
+            detail.push_str(&format!(" ({})", usage.headline()));
+        }
         table.push_str(&format!(
             "| {} | {} | {duration} | {detail} |\n",
             phase.phase, phase.status
+        ));
+    }
+    if let Some(usage) = &record.usage {
+        let models = usage.models.join(", ");
+        table.push_str(&format!(
+            "\nModel usage of the run: {} ({models}).\n",
+            usage.headline()
         ));
     }
     table

@@ -60,6 +60,9 @@ pub struct RunRequest {
     pub external_ref: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Model budget maxima for this run: they may lower the operator's, never raise them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::model_usage::Budget>,
 }
 
 /// A request whose every field has been checked.
@@ -76,6 +79,7 @@ pub struct ValidatedRequest {
     pub labels: Vec<String>,
     pub external_ref: Option<String>,
     pub idempotency_key: Option<String>,
+    pub budget: Option<crate::model_usage::Budget>,
 }
 
 /// A request field that was refused, and why. Shown to the client as is.
@@ -145,6 +149,7 @@ impl RunRequest {
             labels: validate_labels(&self.labels)?,
             external_ref: validate_short("external_ref", &self.external_ref, 200)?,
             idempotency_key: validate_idempotency_key(&self.idempotency_key)?,
+            budget: validate_budget(&self.budget)?,
         })
     }
 }
@@ -167,8 +172,29 @@ impl ValidatedRequest {
             labels: self.labels.clone(),
             external_ref: self.external_ref.clone(),
             idempotency_key: self.idempotency_key.clone(),
+            budget: self.budget,
         }
     }
+}
+
+/// A budget's amounts must be numbers a limit can be: USD finite and not negative.
+fn validate_budget(
+    budget: &Option<crate::model_usage::Budget>,
+) -> Result<Option<crate::model_usage::Budget>, RequestError> {
+    if let Some(budget) = budget {
+        for usd in [budget.run.max_usd, budget.phase.max_usd]
+            .into_iter()
+            .flatten()
+        {
+            if !usd.is_finite() || usd < 0.0 {
+                return Err(field_error(
+                    "budget",
+                    format!("max_usd {usd} is not an amount of USD"),
+                ));
+            }
+        }
+    }
+    Ok(*budget)
 }
 
 /// Refuses text holding a character a reader cannot see (see [`invisible`]), naming the

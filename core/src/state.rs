@@ -133,6 +133,10 @@ pub struct PhaseState {
     /// What happened, in a sentence: a skip's reason, a failure's cause, a result.
     #[serde(default)]
     pub message: Option<String>,
+    /// The phase's model calls, metered by the model gateway (agent phases of agents
+    /// that use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::model_usage::Usage>,
 }
 
 fn schema_version() -> u32 {
@@ -172,6 +176,7 @@ impl PhaseState {
             retry_count: 0,
             artifacts: Vec::new(),
             message: None,
+            usage: None,
         }
     }
 }
@@ -220,6 +225,9 @@ pub struct RunRecord {
     /// Earlier attempts that did not finish (their runner died), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_attempts: Vec<AttemptRecord>,
+    /// The run's model calls, metered by the model gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::model_usage::Usage>,
 }
 
 /// An attempt that ended without finishing the run.
@@ -297,6 +305,7 @@ impl RunRecord {
             external_ref: None,
             idempotency_key: None,
             previous_attempts: Vec::new(),
+            usage: None,
         }
     }
 
@@ -404,6 +413,20 @@ impl RunRecord {
         self.status_reason = reason;
         self.finished_at = Some(now);
         Ok(())
+    }
+
+    /// Records what the model gateway metered: `phase`'s calls (if it made any) and the
+    /// run's so far. Usage is not status: it may change in any phase.
+    pub fn set_usage(
+        &mut self,
+        phase: Phase,
+        phase_usage: Option<crate::model_usage::Usage>,
+        run_usage: crate::model_usage::Usage,
+    ) {
+        if phase_usage.is_some() {
+            self.phase_mut(phase).usage = phase_usage;
+        }
+        self.usage = Some(run_usage);
     }
 
     pub fn phase(&self, phase: Phase) -> &PhaseState {

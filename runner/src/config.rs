@@ -82,6 +82,12 @@ pub struct RunnerConfig {
     /// Author and committer of the spec commit.
     pub commit_name: String,
     pub commit_email: String,
+    /// Model prices for the gateway's cost accounting.
+    pub model_prices: specrun_core::model_usage::PriceTable,
+    /// The operator's model budget (maxima); profiles and requests may only lower it.
+    pub model_budget: specrun_core::model_usage::Budget,
+    /// An agent phase with no output and no model call for this long fails as stalled.
+    pub stall_timeout: Duration,
 }
 
 impl RunnerConfig {
@@ -131,6 +137,9 @@ impl RunnerConfig {
             limits: Limits::default(),
             commit_name: "specrun".to_owned(),
             commit_email: "specrun@users.noreply.localhost".to_owned(),
+            model_prices: specrun_core::model_usage::PriceTable::builtin(),
+            model_budget: specrun_core::model_usage::Budget::default(),
+            stall_timeout: Duration::from_secs(10 * 60),
         }
     }
 }

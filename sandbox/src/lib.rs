@@ -15,7 +15,7 @@ pub mod workspace;
 
 pub use docker::DockerSandbox;
 pub use port::{
-    ExecEnd, ExecSpec, Job, JobFacts, JobRequest, OutputSink, Sandbox, SandboxError, Stream,
-    Teardown,
+    ExecEnd, ExecSpec, HostService, Job, JobFacts, JobRequest, OutputSink, Sandbox, SandboxError,
+    Stream, Teardown,
 };
 pub use workspace::Workspace;

@@ -21,7 +21,18 @@ use specrun_core::agent::Network;
 use specrun_core::egress::EgressPolicy;
 use specrun_core::redact::Redactor;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A service of the runner the job reaches on its own network, beside the egress proxy:
+/// the model gateway. The sandbox starts it on the host's address on the run's network
+/// and opens the firewall for its port only.
+#[async_trait]
+pub trait HostService: Send + Sync {
+    /// Starts serving on `bind`; returns the address it listens on.
+    async fn listen(&self, bind: IpAddr) -> std::io::Result<SocketAddr>;
+}
 
 /// What a run's job needs.
 #[derive(Debug, Clone)]
@@ -33,8 +44,18 @@ pub struct JobRequest {
     pub network: Network,
     /// Where an agent with [`Network::Egress`] may go.
     pub egress: Option<EgressPolicy>,
-    /// Files written into the agent's HOME before it starts (its own configuration).
+    /// Files written into the agent's HOME before it starts (its own configuration);
+    /// [`specrun_core::agent::GATEWAY_URL`] in them becomes the host service's URL.
     pub home_files: BTreeMap<String, String>,
+    /// With [`Network::Egress`], the runner's service the job may reach (the model
+    /// gateway).
+    pub host_service: Option<Arc<dyn HostService>>,
+}
+
+impl std::fmt::Debug for dyn HostService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostService")
+    }
 }
 
 /// What the engine and the job are, for the run's environment report.

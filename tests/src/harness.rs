@@ -15,7 +15,7 @@ use specrun_runner::{Execution, Pipeline, RunnerConfig};
 use specrun_sandbox::docker::{Containers, DockerClient};
 use specrun_store::FsBlobStore;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The job image the tests use; `scripts/build-image.sh` builds it.
@@ -171,6 +171,40 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// Runs `docker inspect` on every job container that appears until stopped; returns what
+/// it saw, so the test can prove no secret shows there.
+pub fn watch_inspections(
+    runner: String,
+    stop: Arc<Mutex<bool>>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let label = format!("label=io.specrun.runner-id={runner}");
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !*stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            let ids = std::process::Command::new("docker")
+                .args(["ps", "-q", "--filter", &label])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in ids.split_whitespace() {
+                if let Ok(out) = std::process::Command::new("docker")
+                    .args(["inspect", id])
+                    .output()
+                {
+                    if out.status.success() {
+                        seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        seen
+    })
 }
 
 /// Fails with the command that fixes it when the engine or the image is missing.

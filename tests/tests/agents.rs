@@ -6,48 +6,15 @@
 use specrun_core::request::Publish;
 use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
-use specrun_tests::harness::{authority, failed_with, write_agents_file, Harness, CANARY_TOKEN};
+use specrun_tests::harness::{
+    authority, failed_with, watch_inspections, write_agents_file, Harness, CANARY_TOKEN,
+};
 use specrun_tests::model_server::{ModelServer, TestNetwork, MODEL_KEY_ENV};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 type TestResult = anyhow::Result<()>;
 
 const MODEL_KEY: &str = "sk-specrun-canary-model-key-7c41d0";
-
-/// Runs `docker inspect` on every job container that appears until stopped; returns what
-/// it saw, so the test can prove no secret shows there.
-fn watch_inspections(
-    runner: String,
-    stop: Arc<Mutex<bool>>,
-) -> std::thread::JoinHandle<Vec<String>> {
-    let label = format!("label=io.specrun.runner-id={runner}");
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        while !*stop
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            let ids = std::process::Command::new("docker")
-                .args(["ps", "-q", "--filter", &label])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for id in ids.split_whitespace() {
-                if let Ok(out) = std::process::Command::new("docker")
-                    .args(["inspect", id])
-                    .output()
-                {
-                    if out.status.success() {
-                        seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        seen
-    })
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_real_codex_cli_takes_a_run_to_a_pull_request() -> TestResult {
@@ -222,7 +189,7 @@ async fn the_real_codex_cli_reaches_its_model_only_through_the_egress_proxy() ->
     let model_host = authority(&model.base_url());
     let config = model.codex_config_toml().replace("'''", "");
     let agents = format!(
-        "[agents.codex-egress]\nextends = \"codex\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nsecret_env = [\"{MODEL_KEY_ENV}\"]\n\n[agents.codex-egress.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n"
+        "[agents.codex-egress]\nextends = \"codex\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nsecret_env = [\"{MODEL_KEY_ENV}\"]\n\n[agents.codex-egress.gateway]\nenabled = false\n\n[agents.codex-egress.home_files]\n\".codex/config.toml\" = '''\n{config}'''\n"
     );
     h.config.agents_file = Some(write_agents_file(h.work.path(), &agents)?);
     h.config

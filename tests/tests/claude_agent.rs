@@ -210,7 +210,7 @@ async fn the_real_claude_code_cli_reaches_its_model_only_through_the_egress_prox
     let base_url = model.base_url();
     let model_host = authority(&base_url);
     let agents = format!(
-        "[agents.claude-egress]\nextends = \"claude\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nenv = {{ ANTHROPIC_BASE_URL = \"{base_url}\" }}\n"
+        "[agents.claude-egress]\nextends = \"claude\"\nnetwork = \"egress\"\negress = [\"{model_host}\"]\nenv = {{ ANTHROPIC_BASE_URL = \"{base_url}\" }}\n\n[agents.claude-egress.gateway]\nenabled = false\n"
     );
     h.use_agents_file(&agents)?;
     h.config

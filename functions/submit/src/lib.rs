@@ -36,6 +36,8 @@ pub struct Submit {
     /// Agents a request may name. `None` when an agents file decides at run time: the
     /// runner then refuses unknown agents when the run starts.
     pub agents: Option<AgentRegistry>,
+    /// The operator's model budget: a request may lower it, never raise it.
+    pub model_budget: specrun_core::model_usage::Budget,
 }
 
 impl Submit {
@@ -230,6 +232,14 @@ impl Submit {
     /// The agent must be known and its options declared; checked here so a bad request
     /// is a 400 now rather than a failed run later.
     fn check_agent(&self, request: ValidatedRequest) -> Result<ValidatedRequest, RequestError> {
+        if let Some(asked) = &request.budget {
+            self.model_budget
+                .lowered_by(asked)
+                .map_err(|e| RequestError {
+                    field: "budget".to_owned(),
+                    reason: e.to_string(),
+                })?;
+        }
         let Some(agents) = &self.agents else {
             return Ok(request);
         };
@@ -429,6 +439,14 @@ mod tests {
             default_agent: "scripted".into(),
             image: "specrun-job:latest".into(),
             agents: Some(AgentRegistry::builtins()),
+            model_budget: specrun_core::model_usage::Budget {
+                run: specrun_core::model_usage::Limits {
+                    max_tokens: Some(1_000_000),
+                    max_usd: Some(5.0),
+                    max_requests: None,
+                },
+                phase: Default::default(),
+            },
         }
     }
 
@@ -676,6 +694,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_may_lower_the_operators_budget() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let submit = submit(dir.path());
+        let response = submit
+            .handle(post(
+                r#"{"repository":"octo/hello","specify_text":"x","budget":{"run":{"max_usd":0.5},"phase":{"max_requests":20}}}"#,
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn bad_requests_are_400s_that_name_the_field_and_create_nothing(
     ) -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -709,6 +740,19 @@ mod tests {
             (
                 r#"{"repository":"octo/hello","specify_text":"x","branch_name":"refs/heads/main"}"#,
                 "branch_name",
+            ),
+            // Above the operator's maximum: a request may only lower a budget.
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","budget":{"run":{"max_usd":50}}}"#,
+                "budget",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","budget":{"run":{"max_tokens":2000000}}}"#,
+                "budget",
+            ),
+            (
+                r#"{"repository":"octo/hello","specify_text":"x","budget":{"run":{"max_usd":-1}}}"#,
+                "budget",
             ),
         ] {
             let response = submit.handle(post(body_text)).await;

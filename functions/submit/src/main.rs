@@ -29,6 +29,11 @@ async fn main() -> Result<(), lambda_http::Error> {
             Ok(_) => None,
             Err(_) => Some(specrun_core::agents_file::AgentRegistry::builtins()),
         },
+        model_budget: match std::env::var("SPECRUN_MODEL_BUDGET") {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| format!("SPECRUN_MODEL_BUDGET is not a budget: {e}"))?,
+            Err(_) => Default::default(),
+        },
     };
     let submit = Arc::new(submit);
     specrun_http::run_lambda(move |request| {

@@ -226,6 +226,18 @@ pub struct RunnerArgs {
     /// The Docker engine: unix:///path or tcp://host:port (default: the local socket).
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Model prices over the built-in table, JSON: {"MODEL or PREFIX*": {"input": USD per
+    /// million tokens, "cached_input": ..., "output": ...}}.
+    #[arg(long, env = "SPECRUN_MODEL_PRICES")]
+    pub model_prices: Option<String>,
+    /// The operator's model budget, JSON: {"run": {"max_tokens": N, "max_usd": X,
+    /// "max_requests": N}, "phase": {...}}; requests may only lower it.
+    #[arg(long, env = "SPECRUN_MODEL_BUDGET")]
+    pub model_budget: Option<String>,
+    /// An agent phase whose agent prints nothing and calls no model for this long fails
+    /// with phase_stalled, in seconds.
+    #[arg(long, env = "SPECRUN_STALL_TIMEOUT_SECS", default_value_t = 600)]
+    pub stall_timeout_secs: u64,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -279,6 +291,18 @@ impl RunnerArgs {
             })?;
         }
         config.status_base_url = self.status_url.clone();
+        if let Some(prices) = &self.model_prices {
+            let prices = serde_json::from_str(prices).context(
+                "SPECRUN_MODEL_PRICES must be JSON: {\"MODEL\": {\"input\": USD, \"output\": USD}} per million tokens",
+            )?;
+            config.model_prices = config.model_prices.clone().overridden_by(prices);
+        }
+        if let Some(budget) = &self.model_budget {
+            config.model_budget = serde_json::from_str(budget).context(
+                "SPECRUN_MODEL_BUDGET must be JSON: {\"run\": {\"max_tokens\": N, \"max_usd\": X, \"max_requests\": N}, \"phase\": {...}}",
+            )?;
+        }
+        config.stall_timeout = Duration::from_secs(self.stall_timeout_secs.max(1));
         Ok(config)
     }
 }

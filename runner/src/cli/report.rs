@@ -31,6 +31,9 @@ fn print_phase_table(out: &mut dyn std::io::Write, record: &RunRecord) {
             format_ms(phase.duration_ms),
             phase.message.as_deref().unwrap_or("")
         );
+        if let Some(usage) = &phase.usage {
+            let _ = writeln!(out, "  {:<56}  {}", "", usage.headline());
+        }
     }
 }
 
@@ -54,6 +57,14 @@ pub(super) fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
         record.agent.image
     );
     print_phase_table(out, record);
+    if let Some(usage) = &record.usage {
+        let _ = writeln!(
+            out,
+            "  model usage {}  models {}",
+            usage.headline(),
+            usage.models.join(", ")
+        );
+    }
     if let Some(sha) = &record.commit_sha {
         let _ = writeln!(out, "  commit {sha}");
     }
@@ -134,5 +145,42 @@ impl Progress for ConsoleProgress {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specrun_core::model_usage::{Tokens, Usage};
+    use specrun_core::Phase;
+
+    #[test]
+    fn status_shows_model_usage_per_phase_and_run() {
+        let mut record = RunRecord::queued(
+            "run-aaaa-1",
+            "octo/hello",
+            specrun_core::request::Publish::Pr,
+            Default::default(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        let usage = Usage {
+            requests: 2,
+            tokens: Tokens {
+                input: 1200,
+                cached_input: 200,
+                output: 84,
+                reasoning: 0,
+            },
+            cost_usd: 0.0123,
+            models: vec!["gpt-5".to_owned()],
+            unpriced_models: Vec::new(),
+        };
+        record.set_usage(Phase::Specify, Some(usage.clone()), usage);
+        let mut out = Vec::new();
+        print_status(&mut out, &record);
+        let text = String::from_utf8_lossy(&out);
+        let expected = "2 model request(s), 1200 input (200 cached) / 84 output tokens, $0.0123";
+        assert_eq!(text.matches(expected).count(), 2, "{text}");
+        assert!(text.contains("models gpt-5"), "{text}");
     }
 }

@@ -320,6 +320,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
                 Some(_) => None,
                 None => Some(specrun_core::agents_file::AgentRegistry::builtins()),
             },
+            model_budget: config.model_budget,
         }),
         status: Arc::new(Status {
             store: store.clone(),

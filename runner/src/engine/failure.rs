@@ -44,7 +44,7 @@ pub fn sandbox(phase: Phase, e: &SandboxError, image: &str) -> RunError {
 fn egress_remediation(e: &EgressError) -> &'static str {
     match e {
         EgressError::Docker(_) => "Docker could not create the run's network. Each run of an egress agent in flight takes one network from Docker's default-address-pools: look for leftovers with `docker network ls --filter label=io.specrun.managed`, or widen the pools in daemon.json. Or give the agent network = \"bridge\" to opt out of egress control.",
-        EgressError::Proxy { .. } => "The runner serves the egress proxy on the run network's gateway, so it must run on the Docker engine's host (not against a remote DOCKER_HOST). Or give the agent network = \"bridge\" to opt out of egress control.",
+        EgressError::Proxy { .. } | EgressError::Service { .. } => "The runner serves the egress proxy and the model gateway on the run network's gateway, so it must run on the Docker engine's host (not against a remote DOCKER_HOST). Or give the agent network = \"bridge\" to opt out of egress control.",
         EgressError::Firewall { .. } => "The runner sets host firewall rules with iptables: run it as root (or with CAP_NET_ADMIN) and install iptables. Or give the agent network = \"bridge\" to opt out of egress control.",
     }
 }

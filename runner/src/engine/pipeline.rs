@@ -183,6 +183,7 @@ impl Pipeline {
             record,
             record_version: version,
             abandoned: false,
+            gateway: None,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: run.run_id.to_string(),
@@ -474,6 +475,7 @@ impl Pipeline {
     }
 
     async fn end(&self, run: &mut Run, phase: Phase, status: PhaseStatus, outcome: PhaseOutcome) {
+        run.note_usage(phase);
         if let Err(e) = run.record.end_phase(phase, status, outcome, now()) {
             tracing::warn!(error = %e, "unexpected phase transition");
         }

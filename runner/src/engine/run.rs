@@ -28,4 +28,18 @@ pub(crate) struct Run {
     pub record_version: String,
     /// Another runner holds the run now: nothing more is recorded by this one.
     pub abandoned: bool,
+    /// The run's model gateway, from prepare on, for agents that use one.
+    pub gateway: Option<Arc<specrun_gateway::ModelGateway>>,
+}
+
+impl Run {
+    /// Copies what the model gateway metered into the record (`phase`'s calls and the
+    /// run's so far).
+    pub fn note_usage(&mut self, phase: specrun_core::Phase) {
+        if let Some(gateway) = &self.gateway {
+            let phase_usage = Some(gateway.phase_usage(phase)).filter(|u| u.requests > 0);
+            self.record
+                .set_usage(phase, phase_usage, gateway.run_usage());
+        }
+    }
 }

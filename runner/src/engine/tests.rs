@@ -149,6 +149,14 @@ fn remote(dir: &Path) -> PathBuf {
 }
 
 async fn run(script: Arc<Script>) -> (RunRecord, tempfile::TempDir) {
+    run_with(script, |_, _| {}).await
+}
+
+/// [`run`] with the configuration and the request adjusted first.
+async fn run_with(
+    script: Arc<Script>,
+    adjust: impl FnOnce(&mut RunnerConfig, &mut RunRequest),
+) -> (RunRecord, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let repository = remote(dir.path()).display().to_string();
     let mut config = RunnerConfig::with_work_root(dir.path().join("work"));
@@ -159,17 +167,19 @@ async fn run(script: Arc<Script>) -> (RunRecord, tempfile::TempDir) {
         work_root: config.work_root.clone(),
         script,
     });
-    let pipeline = Pipeline::with_sandbox(config, store, sandbox, Arc::new(TracingProgress));
-    let request = RunRequest {
+    let mut request = RunRequest {
         repository,
         specify_text: "Add a logout button.".to_owned(),
         ..RunRequest::default()
-    }
-    .validate(&RepoPolicy {
-        allowed_hosts: Vec::new(),
-        trusted: true,
-    })
-    .unwrap();
+    };
+    adjust(&mut config, &mut request);
+    let pipeline = Pipeline::with_sandbox(config, store, sandbox, Arc::new(TracingProgress));
+    let request = request
+        .validate(&RepoPolicy {
+            allowed_hosts: Vec::new(),
+            trusted: true,
+        })
+        .unwrap();
     let run_id = specrun_store::runs::new_run_id();
     let record = pipeline.enqueue_record(&run_id, &request).await.unwrap();
     match pipeline.execute(record, request).await.unwrap() {
@@ -224,4 +234,31 @@ async fn a_job_whose_commands_fail_is_torn_down_once_and_the_run_says_where() {
         "{commands:?}"
     );
     assert!(!dir.path().join("work").join(&record.run_id).exists());
+}
+
+#[tokio::test]
+async fn a_request_raising_the_operators_budget_fails_prepare_before_any_job() {
+    use specrun_core::model_usage::{Budget, Limits};
+    let limit = |usd| Budget {
+        run: Limits {
+            max_usd: Some(usd),
+            ..Limits::default()
+        },
+        phase: Limits::default(),
+    };
+    let script = Arc::new(Script::default());
+    let (record, _dir) = run_with(script.clone(), |config, request| {
+        config.model_budget = limit(1.0);
+        request.budget = Some(limit(5.0));
+    })
+    .await;
+    let error = record.error.clone().unwrap();
+    assert_eq!(error.code.to_string(), "invalid_request");
+    assert_eq!(error.phase, Some(Phase::Prepare));
+    assert!(
+        error.message.contains("run.max_usd = 5"),
+        "{}",
+        error.message
+    );
+    assert!(script.commands.lock().unwrap().is_empty());
 }

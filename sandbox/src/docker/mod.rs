@@ -47,13 +47,27 @@ impl DockerSandbox {
     }
 
     /// The run's workspace with the agent's configuration files in its HOME.
-    async fn make_workspace(&self, request: &JobRequest) -> Result<Workspace, SandboxError> {
+    async fn make_workspace(
+        &self,
+        request: &JobRequest,
+        service_url: Option<&str>,
+    ) -> Result<Workspace, SandboxError> {
         let (work_root, run_id, quota) = (
             self.work_root.clone(),
             request.run_id.clone(),
             self.workspace_quota_bytes,
         );
-        let home_files = request.home_files.clone();
+        let home_files: BTreeMap<String, String> = request
+            .home_files
+            .iter()
+            .map(|(path, text)| {
+                let text = match service_url {
+                    Some(url) => text.replace(specrun_core::agent::GATEWAY_URL, url),
+                    None => text.clone(),
+                };
+                (path.clone(), text)
+            })
+            .collect();
         tokio::task::spawn_blocking(move || {
             let workspace = Workspace::create(&work_root, &run_id, quota)?;
             if let Err(e) = write_home_files(&workspace.home, &home_files) {
@@ -113,19 +127,28 @@ impl Sandbox for DockerSandbox {
             .engine_version()
             .await
             .unwrap_or_else(|e| format!("unknown ({e})"));
-        let workspace = self.make_workspace(&request).await?;
         let egress = match (&request.network, request.egress.clone()) {
-            (Network::Egress, Some(policy)) => {
-                match RunEgress::set_up(&docker, &request.run_id, &request.runner_id, policy).await
-                {
-                    Ok(egress) => Some(egress),
-                    Err(e) => {
-                        let _ = remove_workspace(workspace).await;
-                        return Err(e.into());
-                    }
-                }
-            }
+            (Network::Egress, Some(policy)) => Some(
+                RunEgress::set_up(
+                    &docker,
+                    &request.run_id,
+                    &request.runner_id,
+                    policy,
+                    request.host_service.as_deref(),
+                )
+                .await?,
+            ),
             _ => None,
+        };
+        let service_url = egress.as_ref().and_then(|e| e.service_url.clone());
+        let workspace = match self.make_workspace(&request, service_url.as_deref()).await {
+            Ok(workspace) => workspace,
+            Err(e) => {
+                if let Some(mut egress) = egress {
+                    egress.tear_down(&docker).await;
+                }
+                return Err(e);
+            }
         };
         let network = match &egress {
             Some(egress) => Network::Named(egress.network.clone()),
@@ -140,6 +163,10 @@ impl Sandbox for DockerSandbox {
                     image_digest: image.digest,
                 },
                 proxy_url: egress.as_ref().map(|e| e.proxy.url()),
+                service_host: egress
+                    .as_ref()
+                    .map(|e| e.proxy.address().ip().to_string())
+                    .filter(|_| service_url.is_some()),
                 egress: Mutex::new(egress),
                 docker,
                 workspace,
@@ -224,6 +251,9 @@ struct DockerJob {
     workspace: Workspace,
     egress: Mutex<Option<RunEgress>>,
     proxy_url: Option<String>,
+    /// The host's address on the run's network when the runner's host service (the
+    /// model gateway) listens there: reached directly, not through the proxy.
+    service_host: Option<String>,
     container: String,
     /// The container's processes are frozen: the runner may read the worktree.
     frozen: AtomicBool,
@@ -258,9 +288,11 @@ impl Job for DockerJob {
             for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
                 env.insert(name.to_owned(), proxy.clone());
             }
-            // Nothing bypasses the proxy; there is no other way out anyway.
+            // Nothing bypasses the proxy but the runner's own service on the run's
+            // network (the model gateway); there is no other way out anyway.
+            let direct = self.service_host.clone().unwrap_or_default();
             for name in ["NO_PROXY", "no_proxy"] {
-                env.insert(name.to_owned(), String::new());
+                env.insert(name.to_owned(), direct.clone());
             }
         }
         env

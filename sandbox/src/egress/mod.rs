@@ -28,6 +28,8 @@ pub struct RunEgress {
     bridge: String,
     rules: Vec<Vec<String>>,
     pub proxy: EgressProxy,
+    /// `http://GATEWAY:PORT` of the runner's host service on this network, if any.
+    pub service_url: Option<String>,
 }
 
 /// Setting up a run's egress failed.
@@ -37,6 +39,12 @@ pub enum EgressError {
     Docker(#[from] DockerError),
     #[error("starting the egress proxy on {address}: {source}")]
     Proxy {
+        address: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the model gateway on {address}: {source}")]
+    Service {
         address: IpAddr,
         #[source]
         source: std::io::Error,
@@ -62,6 +70,7 @@ impl RunEgress {
         run_id: &str,
         runner_id: &str,
         policy: EgressPolicy,
+        service: Option<&dyn crate::port::HostService>,
     ) -> Result<Self, EgressError> {
         let (network, bridge) = names(run_id);
         let gateway = docker
@@ -77,17 +86,34 @@ impl RunEgress {
             network,
             bridge,
             rules: Vec::new(),
+            service_url: None,
         };
-        let port = egress.proxy.address().port().to_string();
+        let mut ports = vec![egress.proxy.address().port().to_string()];
+        if let Some(service) = service {
+            match service.listen(gateway).await {
+                Ok(address) => {
+                    ports.push(address.port().to_string());
+                    egress.service_url = Some(format!("http://{address}"));
+                }
+                Err(source) => {
+                    egress.tear_down(docker).await;
+                    return Err(EgressError::Service {
+                        address: gateway,
+                        source,
+                    });
+                }
+            }
+        }
         let gateway = gateway.to_string();
         let bridge = egress.bridge.clone();
-        // Inserted at the top in this order, the ACCEPT ends up above the DROP.
-        for rule in [
-            vec!["-i", &bridge, "-j", "DROP"],
-            vec![
-                "-i", &bridge, "-d", &gateway, "-p", "tcp", "--dport", &port, "-j", "ACCEPT",
-            ],
-        ] {
+        // Inserted at the top in this order, the ACCEPTs end up above the DROP.
+        let mut rules = vec![vec!["-i", &bridge, "-j", "DROP"]];
+        for port in &ports {
+            rules.push(vec![
+                "-i", &bridge, "-d", &gateway, "-p", "tcp", "--dport", port, "-j", "ACCEPT",
+            ]);
+        }
+        for rule in rules {
             let rule: Vec<String> = rule.into_iter().map(str::to_owned).collect();
             if let Err(e) = iptables("-I", &rule) {
                 egress.tear_down(docker).await;

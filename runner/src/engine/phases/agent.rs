@@ -4,7 +4,7 @@
 use super::Failure;
 use crate::engine::failure;
 use crate::engine::run::Run;
-use specrun_core::agent::AgentProfile;
+use specrun_core::agent::{AgentProfile, GatewayProfile, Network};
 use specrun_core::agents_file::AgentRegistry;
 use specrun_core::{ErrorCode, Phase};
 use std::collections::BTreeMap;
@@ -16,6 +16,8 @@ pub(super) struct ResolvedAgent {
     pub options: BTreeMap<String, String>,
     /// The secrets the profile asks for, by variable name.
     pub secrets: BTreeMap<String, String>,
+    /// The model gateway the agent calls, with the real key it holds for the run.
+    pub gateway: Option<(GatewayProfile, String)>,
 }
 
 pub(super) async fn resolve(run: &mut Run) -> Result<ResolvedAgent, Failure> {
@@ -46,31 +48,51 @@ pub(super) async fn resolve(run: &mut Run) -> Result<ResolvedAgent, Failure> {
                 "Remove the option or choose an agent that has it.",
             )
         })?;
+    // With the gateway, the agent's key variables get the run's token: the real key
+    // stays in the runner.
+    let gateway = profile
+        .gateway
+        .clone()
+        .filter(|_| profile.network == Network::Egress);
     let mut secrets = BTreeMap::new();
     for secret in &profile.secret_env {
-        let value = match run.config.agent_secrets.get(secret) {
-            Some(value) => Some(value.expose().to_owned()),
-            None => std::env::var(secret).ok(),
-        };
-        match value.filter(|v| !v.is_empty()) {
-            Some(value) => {
-                secrets.insert(secret.clone(), value);
-            }
-            None => {
-                return Err(failure::error(
-                    phase,
-                    ErrorCode::AgentSecretMissing,
-                    format!("agent {name} needs the secret {secret}, which the runner's environment does not set"),
-                    format!("Export {secret} for the runner, or run with the offline agent (--agent scripted)."),
-                )
-                .into())
-            }
+        if gateway
+            .as_ref()
+            .is_some_and(|g| g.token_env.contains(secret))
+        {
+            continue;
         }
+        secrets.insert(secret.clone(), runner_secret(run, &name, secret)?);
     }
+    let gateway = match gateway {
+        Some(gateway) => {
+            let key = runner_secret(run, &name, &gateway.key_env)?;
+            Some((gateway, key))
+        }
+        None => None,
+    };
     Ok(ResolvedAgent {
         profile,
         options,
         secrets,
+        gateway,
+    })
+}
+
+/// A secret from the runner's configuration or environment, by variable name.
+fn runner_secret(run: &Run, agent: &str, secret: &str) -> Result<String, Failure> {
+    let value = match run.config.agent_secrets.get(secret) {
+        Some(value) => Some(value.expose().to_owned()),
+        None => std::env::var(secret).ok(),
+    };
+    value.filter(|v| !v.is_empty()).ok_or_else(|| {
+        failure::error(
+            Phase::Prepare,
+            ErrorCode::AgentSecretMissing,
+            format!("agent {agent} needs the secret {secret}, which the runner's environment does not set"),
+            format!("Export {secret} for the runner, or run with the offline agent (--agent scripted)."),
+        )
+        .into()
     })
 }
 
@@ -111,16 +133,27 @@ async fn load_agents(run: &Run) -> Result<AgentRegistry, Failure> {
 }
 
 /// Every command's environment: the job's base, the profile's variables, the options,
-/// the secrets, and last the job's way out, which nothing overrides.
+/// the secrets, the gateway's variables and token, and last the job's way out, which
+/// nothing overrides.
 pub(super) fn environment(
     base: BTreeMap<String, String>,
     agent: &ResolvedAgent,
+    gateway: Option<(&str, &str)>,
     network: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut env = base;
     env.extend(agent.profile.env.clone());
     env.extend(agent.options.clone());
     env.extend(agent.secrets.clone());
+    if let (Some((profile, _)), Some((url, token))) = (&agent.gateway, gateway) {
+        for (name, value) in &profile.env {
+            let value = value.replace(specrun_core::agent::GATEWAY_URL, url);
+            env.insert(name.clone(), value);
+        }
+        for name in &profile.token_env {
+            env.insert(name.clone(), token.to_owned());
+        }
+    }
     env.extend(network);
     env
 }

@@ -1,5 +1,6 @@
 //! cleanup: removes the run's job (container, network, firewall rules, workspace) on
-//! every path, keeps the egress proxy's log, and says whether everything went.
+//! every path, closes the model gateway (the run's token is refused from then on), keeps
+//! the egress proxy's log, and says whether everything went.
 
 use crate::engine::run::Run;
 use specrun_core::state::PhaseOutcome;
@@ -7,6 +8,10 @@ use specrun_core::PhaseStatus;
 use specrun_sandbox::Job;
 
 pub(crate) async fn run(run: &Run, job: Option<Box<dyn Job>>) -> (PhaseStatus, PhaseOutcome) {
+    // The run's token is worthless from here on, whatever still holds it.
+    if let Some(gateway) = &run.gateway {
+        gateway.close();
+    }
     let Some(job) = job else {
         return (
             PhaseStatus::Succeeded,

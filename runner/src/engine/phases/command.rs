@@ -2,6 +2,7 @@
 //! become the phase's artifacts; an agent's event stream summarised; an exit turned into
 //! a failure with the log's last lines.
 
+use super::watchdog::{stalled, Activity, Watched};
 use super::{blocking, json_bytes, store_failure, Failure, Prepared};
 use crate::engine::artifacts::{CommandLogs, WrittenLog};
 use crate::engine::failure;
@@ -22,6 +23,8 @@ const QUOTA_FULL_BELOW: u64 = 1024 * 1024;
 /// One command's result: how it ended, its logs and their artifacts.
 pub(super) struct CommandRun {
     pub end: ExecEnd,
+    /// The stall watchdog ended the command: no output and no model call for this long.
+    pub stalled: Option<Duration>,
     pub stdout: WrittenLog,
     pub stderr: WrittenLog,
     pub artifacts: Vec<ArtifactRef>,
@@ -47,6 +50,8 @@ pub(super) struct Command<'a> {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub limit: Duration,
+    /// Ends the command when it prints nothing and calls no model for this long.
+    pub stall_after: Option<Duration>,
 }
 
 /// Runs a command in the job, its output streamed into redacted logs that are stored as
@@ -62,6 +67,7 @@ pub(super) async fn run_command(
         argv,
         env,
         limit,
+        stall_after,
     } = command;
     let mut logs = CommandLogs::create(
         &job.workspace().logs,
@@ -71,7 +77,27 @@ pub(super) async fn run_command(
     )
     .await
     .map_err(|e| failure::io(phase, "creating the phase logs", &e))?;
-    let ended = job.exec(&ExecSpec { argv, env }, &mut logs, limit).await;
+    let spec = ExecSpec { argv, env };
+    let (ended, stalled) = match stall_after {
+        None => (job.exec(&spec, &mut logs, limit).await, None),
+        Some(after) => {
+            let activity = Activity::new();
+            let mut watched = Watched {
+                inner: &mut logs,
+                activity: &activity,
+            };
+            tokio::select! {
+                ended = job.exec(&spec, &mut watched, limit) => (ended, None),
+                () = stalled(&activity, run.gateway.as_deref(), after) => {
+                    // The exec is abandoned: end whatever the agent runs, for good.
+                    if let Err(e) = job.stop_all().await {
+                        tracing::warn!(error = %e, %phase, "could not stop the stalled agent");
+                    }
+                    (Ok(ExecEnd::TimedOut), Some(after))
+                }
+            }
+        }
+    };
     let (stdout, stderr) = logs
         .finish()
         .await
@@ -96,6 +122,7 @@ pub(super) async fn run_command(
     match ended {
         Ok(end) => Ok(CommandRun {
             end,
+            stalled,
             stdout,
             stderr,
             artifacts,
@@ -134,9 +161,41 @@ pub(super) async fn run_agent(
         argv,
         env,
         limit: run.config.phase_timeout,
+        stall_after: Some(run.config.stall_timeout),
     };
+    if let Some(gateway) = &run.gateway {
+        gateway.begin_phase(phase);
+    }
     let mut done = run_command(run, prepared.job, command).await?;
     let headline = summarise(run, phase, profile, &mut done).await;
+    if let Some(spent) = run.gateway.as_ref().and_then(|g| g.spent()) {
+        return Err(Failure {
+            error: RunError {
+                log_excerpt: Some(done.excerpt()),
+                ..failure::error(
+                    phase,
+                    ErrorCode::BudgetExceeded,
+                    format!("{spent}; the model gateway refused the agent's further calls in the {phase} phase"),
+                    "Raise the budget (SPECRUN_MODEL_BUDGET, the agent profile's gateway.budget, or the request's) if the run really needs more, or make the specification smaller.",
+                )
+            },
+            artifacts: done.artifacts,
+        });
+    }
+    if let Some(after) = done.stalled {
+        return Err(Failure {
+            error: RunError {
+                log_excerpt: Some(done.excerpt()),
+                ..failure::error(
+                    phase,
+                    ErrorCode::PhaseStalled,
+                    format!("the agent printed nothing and called no model for {after:?} in the {phase} phase; it was stopped"),
+                    "Check the phase's logs for where the agent stopped; raise SPECRUN_STALL_TIMEOUT_SECS if the agent legitimately works silently for longer.",
+                )
+            },
+            artifacts: done.artifacts,
+        });
+    }
     if let Some(left) = prepared.job.workspace().space_left() {
         if left < QUOTA_FULL_BELOW {
             return Err(Failure {

@@ -20,6 +20,7 @@ pub(crate) mod pull_request;
 pub(crate) mod push;
 pub(crate) mod specify;
 pub(crate) mod tasks;
+mod watchdog;
 
 use crate::engine::failure;
 use specrun_core::agent::AgentProfile;

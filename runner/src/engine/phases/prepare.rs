@@ -11,7 +11,9 @@ use specrun_core::egress::EgressPolicy;
 use specrun_core::redact::Redactor;
 use specrun_core::state::{ArtifactRef, PhaseOutcome};
 use specrun_core::{ErrorCode, Phase};
-use specrun_sandbox::{ExecEnd, Job, JobRequest, Sandbox};
+use specrun_gateway::{GatewayConfig, ModelGateway};
+use specrun_sandbox::{ExecEnd, HostService, Job, JobRequest, Sandbox};
+use std::sync::Arc;
 use std::time::Duration;
 
 const PHASE: Phase = Phase::Prepare;
@@ -24,9 +26,15 @@ pub(crate) async fn run<'j>(
     slot: &'j mut Option<Box<dyn Job>>,
 ) -> StepResult<Prepared<'j>> {
     let resolved = agent::resolve(run).await?;
+    let gateway = start_gateway(run, &resolved)?;
     let mut secrets: Vec<String> = resolved.secrets.values().cloned().collect();
     secrets.extend(run.config.forge_token.iter().map(|t| t.expose().to_owned()));
+    if let (Some((_, key)), Some(gateway)) = (&resolved.gateway, &gateway) {
+        secrets.push(key.clone());
+        secrets.push(gateway.token().to_owned());
+    }
     run.redactor = Redactor::new(&secrets);
+    run.gateway = gateway.clone();
 
     let image = resolved
         .profile
@@ -34,14 +42,24 @@ pub(crate) async fn run<'j>(
         .clone()
         .unwrap_or_else(|| run.config.image.clone());
     run.record.agent.image = image.clone();
-    let request = job_request(run, &resolved, image)?;
+    let mut request = job_request(run, &resolved, image)?;
+    if let Some(gateway) = &gateway {
+        request.host_service = Some(Arc::new(GatewayService(gateway.clone())));
+    }
     let job: &'j dyn Job = &**slot.insert(
         sandbox
             .create(request)
             .await
             .map_err(|e| failure::sandbox(PHASE, &e, &run.record.agent.image))?,
     );
-    let env = agent::environment(job.base_env(), &resolved, job.network_env());
+    let gateway_url = gateway.as_ref().and_then(|g| g.url());
+    let token = gateway.as_ref().map(|g| g.token());
+    let env = agent::environment(
+        job.base_env(),
+        &resolved,
+        gateway_url.as_deref().zip(token),
+        job.network_env(),
+    );
     let agent = Agent {
         profile: resolved.profile,
         env,
@@ -83,14 +101,72 @@ fn job_request(run: &Run, agent: &ResolvedAgent, image: String) -> Result<JobReq
         })?),
         _ => None,
     };
+    let mut home_files = agent
+        .gateway
+        .as_ref()
+        .map(|(gateway, _)| gateway.home_files.clone())
+        .unwrap_or_default();
+    home_files.extend(agent.profile.home_files.clone());
     Ok(JobRequest {
         run_id: run.run_id.to_string(),
         runner_id: run.config.runner_id.clone(),
         image,
         network: agent.profile.network.clone(),
         egress,
-        home_files: agent.profile.home_files.clone(),
+        home_files,
+        host_service: None,
     })
+}
+
+/// The run's model gateway, for an agent that calls its model through one: the real key,
+/// the upstream, the prices and the tightest of the runner's and the profile's budgets.
+/// A request that asks for more budget than the operator allows fails here whatever the
+/// agent (the submit API refuses it with 400 before; a queue message may not have been
+/// through it).
+fn start_gateway(run: &Run, agent: &ResolvedAgent) -> Result<Option<Arc<ModelGateway>>, Failure> {
+    // The request may lower the operator's budget, never raise it; the profile's caps
+    // whatever the two allow.
+    let operator = &run.config.model_budget;
+    let budget = match &run.request.budget {
+        Some(asked) => operator.lowered_by(asked).map_err(|e| {
+            failure::error(
+                PHASE,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+                "Ask for a budget at or below the operator's (SPECRUN_MODEL_BUDGET), or none.",
+            )
+        })?,
+        None => *operator,
+    };
+    let Some((profile, key)) = &agent.gateway else {
+        return Ok(None);
+    };
+    let config = GatewayConfig {
+        api: profile.api,
+        upstream: profile.upstream.clone(),
+        api_key: key.clone(),
+        prices: run.config.model_prices.clone(),
+        budget: budget.tighter(&profile.budget),
+    };
+    let gateway = ModelGateway::new(config).map_err(|e| {
+        failure::error(
+            PHASE,
+            ErrorCode::AgentMisconfigured,
+            e.to_string(),
+            "Fix the agent's gateway settings in the agents file.",
+        )
+    })?;
+    Ok(Some(Arc::new(gateway)))
+}
+
+/// The gateway as the sandbox starts it: on the run network's host address.
+struct GatewayService(Arc<ModelGateway>);
+
+#[async_trait::async_trait]
+impl HostService for GatewayService {
+    async fn listen(&self, bind: std::net::IpAddr) -> std::io::Result<std::net::SocketAddr> {
+        self.0.listen(bind).await.map_err(std::io::Error::other)
+    }
 }
 
 async fn agent_version(
@@ -104,6 +180,7 @@ async fn agent_version(
         argv: agent.profile.version_command.clone(),
         env: agent.env.clone(),
         limit: Duration::from_secs(60),
+        stall_after: None,
     };
     let done = run_command(run, job, command).await?;
     let version = match done.end {
@@ -139,7 +216,11 @@ async fn store_environment(
             "integration": profile.integration,
             "network": format!("{:?}", profile.network).to_lowercase(),
             "egress": profile.egress,
-            "secrets_passed": profile.secret_env,
+            "secrets_passed": agent.env.keys().filter(|k| profile.secret_env.contains(k)).collect::<Vec<_>>(),
+            "model_gateway": run.gateway.as_ref().map(|g| serde_json::json!({
+                "api": g.api().as_str(),
+                "url": g.url(),
+            })),
         },
         "limits": {
             "memory_bytes": limits.memory_bytes,

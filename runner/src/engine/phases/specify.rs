@@ -51,6 +51,7 @@ pub(crate) async fn run(
             argv,
             env: prepared.agent.env.clone(),
             limit: run.config.phase_timeout,
+            stall_after: None,
         };
         let done = run_command(run, prepared.job, command).await?;
         artifacts.extend(require_success(
