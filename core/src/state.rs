@@ -133,6 +133,10 @@ pub struct PhaseState {
     /// What happened, in a sentence: a skip's reason, a failure's cause, a result.
     #[serde(default)]
     pub message: Option<String>,
+    /// Set when this attempt did not run the phase: it succeeded in that earlier attempt
+    /// (whose times and artifacts these are) and its output was restored from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from_attempt: Option<u32>,
 }
 
 fn schema_version() -> u32 {
@@ -172,6 +176,7 @@ impl PhaseState {
             retry_count: 0,
             artifacts: Vec::new(),
             message: None,
+            restored_from_attempt: None,
         }
     }
 }
@@ -220,6 +225,22 @@ pub struct RunRecord {
     /// Earlier attempts that did not finish (their runner died), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_attempts: Vec<AttemptRecord>,
+    /// Set while the run waits for another run that holds the branch it publishes
+    /// (`crate::branch_lock`); cleared once it holds the branch itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<BranchWait>,
+    /// For a retried run: the phases its new attempt restores rather than runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// The run another run waits for before it may push the same branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchWait {
+    pub run_id: String,
+    pub branch: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: Timestamp,
 }
 
 /// An attempt that ended without finishing the run.
@@ -230,10 +251,37 @@ pub struct AttemptRecord {
     pub runner_id: Option<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub started_at: Option<Timestamp>,
+    /// When the attempt ended: abandoned by its runner, or (for a retried run) finished.
     #[serde(with = "time::serde::rfc3339")]
     pub abandoned_at: Timestamp,
     /// The phases as that attempt left them.
     pub phases: Vec<PhaseState>,
+    /// How a finished attempt ended, for a run that was retried after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+}
+
+/// Where a retried run continues: the phases up to `after` succeeded in attempt
+/// `from_attempt`, whose output is restored from its `checkpoint` artifact instead of
+/// running them again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub from_attempt: u32,
+    pub after: Phase,
+    /// The store key of the checkpoint artifact.
+    pub checkpoint: String,
+}
+
+/// The name of the artifact an agent phase leaves for a retry to restore.
+pub const CHECKPOINT_ARTIFACT: &str = "checkpoint.json";
+
+/// Why a run cannot be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("run is {status}: only a failed or cancelled run can be retried")]
+pub struct RetryRefused {
+    pub status: RunStatus,
 }
 
 /// A status change the state machine does not allow.
@@ -297,6 +345,8 @@ impl RunRecord {
             external_ref: None,
             idempotency_key: None,
             previous_attempts: Vec::new(),
+            waiting_for: None,
+            resume: None,
         }
     }
 
@@ -380,6 +430,8 @@ impl RunRecord {
             started_at: self.started_at,
             abandoned_at: now,
             phases,
+            status: None,
+            error: None,
         });
         self.artifacts.clear();
         self.error = None;
@@ -390,6 +442,97 @@ impl RunRecord {
         self.runner_id = Some(runner_id.to_owned());
         self.attempt = self.attempt.saturating_add(1);
         self.started_at = Some(now);
+        Ok(())
+    }
+
+    /// Queues a failed or cancelled run again for a new attempt. The ended attempt goes to
+    /// `previous_attempts` with its outcome; its agent phases that succeeded in a row from
+    /// specify and left a checkpoint are named in `resume`, so the new attempt restores
+    /// their output instead of running them again.
+    pub fn retry(&mut self, now: Timestamp) -> Result<(), RetryRefused> {
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(RetryRefused {
+                status: self.status,
+            });
+        }
+        self.resume = self.resumable();
+        let phases = std::mem::replace(
+            &mut self.phases,
+            Phase::ALL.into_iter().map(PhaseState::pending).collect(),
+        );
+        self.previous_attempts.push(AttemptRecord {
+            attempt: self.attempt,
+            runner_id: self.runner_id.take(),
+            started_at: self.started_at,
+            abandoned_at: self.finished_at.unwrap_or(now),
+            phases,
+            status: Some(self.status),
+            error: self.error.take(),
+        });
+        self.artifacts.clear();
+        self.status = RunStatus::Queued;
+        self.status_reason = None;
+        self.finished_at = None;
+        self.waiting_for = None;
+        self.status_timeline.push(StatusEvent {
+            status: RunStatus::Queued,
+            at: now,
+        });
+        Ok(())
+    }
+
+    /// The last agent phase that succeeded (each before it too) with a checkpoint.
+    fn resumable(&self) -> Option<Resume> {
+        let mut resume = None;
+        for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
+            let state = self.phase(phase);
+            let checkpoint = state
+                .artifacts
+                .iter()
+                .find(|a| a.name == CHECKPOINT_ARTIFACT && a.phase == Some(phase));
+            match checkpoint {
+                Some(checkpoint) if state.status == PhaseStatus::Succeeded => {
+                    resume = Some(Resume {
+                        from_attempt: state.restored_from_attempt.unwrap_or(self.attempt),
+                        after: phase,
+                        checkpoint: checkpoint.key.clone(),
+                    });
+                }
+                _ => break,
+            }
+        }
+        resume
+    }
+
+    /// Records a pending phase as done by an earlier attempt: `earlier` is its state there
+    /// (times, artifacts, message), kept as it was, marked restored from `attempt`.
+    pub fn restore_phase(
+        &mut self,
+        earlier: &PhaseState,
+        attempt: u32,
+    ) -> Result<(), TransitionError> {
+        let state = self.phase_mut(earlier.phase);
+        if state.status != PhaseStatus::Pending || earlier.status != PhaseStatus::Succeeded {
+            return Err(TransitionError::Phase {
+                phase: earlier.phase,
+                from: state.status,
+                to: PhaseStatus::Succeeded,
+            });
+        }
+        let message = match earlier.restored_from_attempt {
+            // Restored once already: its message says so.
+            Some(_) => earlier.message.clone(),
+            None => Some(format!(
+                "not run again: succeeded in attempt {attempt}, output restored ({})",
+                earlier.message.as_deref().unwrap_or("no message")
+            )),
+        };
+        *state = PhaseState {
+            restored_from_attempt: Some(earlier.restored_from_attempt.unwrap_or(attempt)),
+            message,
+            ..earlier.clone()
+        };
+        self.artifacts.extend(earlier.artifacts.iter().cloned());
         Ok(())
     }
 
@@ -478,6 +621,24 @@ impl RunRecord {
                 let _ = self.skip_phase(phase, reason, now);
             }
         }
+    }
+
+    /// The run waits for `holder`, which publishes `branch`; the first call's time is kept.
+    pub fn wait_for_branch(&mut self, holder: &str, branch: &str, now: Timestamp) {
+        let since = match &self.waiting_for {
+            Some(wait) if wait.run_id == holder => wait.since,
+            _ => now,
+        };
+        self.waiting_for = Some(BranchWait {
+            run_id: holder.to_owned(),
+            branch: branch.to_owned(),
+            since,
+        });
+    }
+
+    /// The run holds its branch now; returns what it waited for, if anything.
+    pub fn stop_waiting(&mut self) -> Option<BranchWait> {
+        self.waiting_for.take()
     }
 
     /// An artifact that belongs to the run as a whole rather than one phase.

@@ -82,6 +82,10 @@ pub struct RunnerConfig {
     /// Author and committer of the spec commit.
     pub commit_name: String,
     pub commit_email: String,
+    /// What a run does when another run holds the branch it is about to push.
+    pub branch_busy: specrun_core::branch_lock::BranchBusy,
+    /// How often a run waiting for its branch looks again.
+    pub branch_poll: Duration,
 }
 
 impl RunnerConfig {
@@ -131,6 +135,8 @@ impl RunnerConfig {
             limits: Limits::default(),
             commit_name: "specrun".to_owned(),
             commit_email: "specrun@users.noreply.localhost".to_owned(),
+            branch_busy: specrun_core::branch_lock::BranchBusy::Wait,
+            branch_poll: Duration::from_secs(2),
         }
     }
 }

@@ -226,6 +226,10 @@ pub struct RunnerArgs {
     /// The Docker engine: unix:///path or tcp://host:port (default: the local socket).
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// When another run holds the branch a run is about to push: wait for it (recorded
+    /// in run.json as waiting_for) or refuse (fail with branch_busy).
+    #[arg(long, env = "SPECRUN_BRANCH_BUSY", default_value = "wait")]
+    pub branch_busy: specrun_core::branch_lock::BranchBusy,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -279,6 +283,7 @@ impl RunnerArgs {
             })?;
         }
         config.status_base_url = self.status_url.clone();
+        config.branch_busy = self.branch_busy;
         Ok(config)
     }
 }

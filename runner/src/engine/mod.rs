@@ -7,6 +7,7 @@
 //! time limit and a lost lease.
 
 pub(crate) mod artifacts;
+mod branch_wait;
 mod failure;
 mod phases;
 mod pipeline;

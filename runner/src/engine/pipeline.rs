@@ -290,7 +290,7 @@ impl Pipeline {
                 run,
                 stop,
                 Phase::Push,
-                phases::push::run(run, &prepared, &specified, &committed)
+                self.push_under_lock(run, stop, &prepared, &specified, &committed)
             );
         }
         if let Some(reason) = skip_reason(Phase::PullRequest, publish) {
@@ -505,7 +505,7 @@ impl Pipeline {
 
     /// Writes run.json, conditional on the version this runner last read or wrote; a
     /// refusal means another runner wrote it, and this one abandons the run.
-    async fn persist(&self, run: &mut Run) -> Result<(), StoreError> {
+    pub(super) async fn persist(&self, run: &mut Run) -> Result<(), StoreError> {
         if run.abandoned {
             return Ok(());
         }
