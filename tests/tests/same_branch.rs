@@ -9,7 +9,7 @@ use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
 use specrun_tests::emulator::SpecrunProcess;
 use specrun_tests::harness::require_image;
-use specrun_tests::http_thread::Arrival;
+use specrun_tests::http_thread::{Arrival, HeldRequest};
 use specrun_tests::world::{eventually, pushes, run_request, submit, World};
 use std::time::Duration;
 
@@ -31,6 +31,19 @@ async fn submit_two(world: &World, repo: &str) -> anyhow::Result<[String; 2]> {
         ids.push(submit(serve.base_url()?, &body).await?.0);
     }
     Ok([ids[0].clone(), ids[1].clone()])
+}
+
+/// Waits until the git server holds a push.
+async fn push_held(held: &mut HeldRequest) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(150) {
+        match held.arrived() {
+            Arrival::Arrived(_) => return Ok(()),
+            Arrival::Never => anyhow::bail!("the gate was disarmed"),
+            Arrival::Waiting => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    anyhow::bail!("no push reached the git server")
 }
 
 async fn final_run(world: &World, run_id: &str) -> anyhow::Result<RunRecord> {
@@ -57,11 +70,9 @@ async fn a_second_run_for_the_same_branch_waits_for_the_first_across_runners() -
     let ids = submit_two(&world, repo).await?;
     let a = SpecrunProcess::runner(&world.env.with_runner_id("runner-a"), &[]).await?;
     let b = SpecrunProcess::runner(&world.env.with_runner_id("runner-b"), &[]).await?;
-    eventually("a push to be held", Duration::from_secs(150), || async {
-        Ok(matches!(held.arrived(), Arrival::Arrived(_)).then_some(()))
-    })
-    .await
-    .with_context(|| format!("{}\n{}", a.stderr_tail(20), b.stderr_tail(20)))?;
+    push_held(&mut held)
+        .await
+        .with_context(|| format!("{}\n{}", a.stderr_tail(20), b.stderr_tail(20)))?;
     // Exactly one of the two waits, naming the other.
     let (waiter, holder) = eventually(
         "the other run to wait",
@@ -144,11 +155,9 @@ async fn with_refuse_a_second_run_for_a_busy_branch_fails_with_branch_busy() -> 
         .push(("SPECRUN_BRANCH_BUSY".to_owned(), "refuse".to_owned()));
     // One runner working both runs at once: the lock holds within a runner too.
     let runner = SpecrunProcess::runner(&env, &["--concurrency", "2"]).await?;
-    eventually("a push to be held", Duration::from_secs(150), || async {
-        Ok(matches!(held.arrived(), Arrival::Arrived(_)).then_some(()))
-    })
-    .await
-    .with_context(|| runner.stderr_tail(20))?;
+    push_held(&mut held)
+        .await
+        .with_context(|| runner.stderr_tail(20))?;
     let refused = eventually(
         "one run to be refused",
         Duration::from_secs(150),
