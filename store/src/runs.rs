@@ -310,6 +310,52 @@ pub async fn cancel_run(
     Ok(Some(Cancelled::Requested))
 }
 
+/// Whether a stored cancel marker asks to stop the run: a retry leaves one that says the
+/// cancel was for an earlier attempt (`"cleared": true`), as the store cannot delete.
+pub fn cancel_requested(marker: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(marker)
+        .map(|v| v.get("cleared") != Some(&serde_json::Value::Bool(true)))
+        .unwrap_or(true)
+}
+
+/// What a retry request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// The run is queued again for a new attempt (its message still to be sent).
+    Queued(Box<RunRecord>),
+    /// The run cannot be retried in this status.
+    Refused(specrun_core::RunStatus),
+}
+
+/// Queues a failed or cancelled run again (`RunRecord::retry`), conditional on the
+/// version read, so two retries at once make one new attempt. A cancel marker left by
+/// the earlier attempt is cleared. `None` when there is no such run.
+pub async fn retry_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<Retried>, StoreError> {
+    let Some((mut record, version)) = load_run_versioned(store, id).await? else {
+        return Ok(None);
+    };
+    if let Err(refused) = record.retry(now()) {
+        return Ok(Some(Retried::Refused(refused.status)));
+    }
+    let marker = keys::cancel(id);
+    match store.get(&marker).await {
+        Ok(_) => {
+            let cleared = serde_json::json!({"cleared": true, "cleared_by": "retry"});
+            store.put(&marker, to_json(&cleared), JSON).await?;
+        }
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match save_run_fenced(store, &record, &version).await {
+        Ok(_) => Ok(Some(Retried::Queued(Box::new(record)))),
+        // Another retry (or writer) got there first: answer with what it made.
+        Err(StoreError::PreconditionFailed(_)) => Ok(load_run(store, id)
+            .await?
+            .map(|current| Retried::Refused(current.status))),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

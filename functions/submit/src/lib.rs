@@ -51,6 +51,15 @@ impl Submit {
                 _ => specrun_http::method_not_allowed("POST"),
             };
         }
+        if let Some(id) = route
+            .strip_prefix("/runs/")
+            .and_then(|rest| rest.strip_suffix("/retry"))
+        {
+            return match request.method() {
+                &Method::POST => self.retry(id).await,
+                _ => specrun_http::method_not_allowed("POST"),
+            };
+        }
         match (request.method(), route.as_str()) {
             (&Method::POST, "/runs") => match specrun_http::require_json(&request) {
                 Ok(()) => self.submit(request.into_body()).await,
@@ -87,6 +96,88 @@ impl Submit {
             ),
             Err(e) => specrun_http::unavailable(&e.to_string()),
         }
+    }
+
+    /// `POST /runs/{id}/retry`: a failed or cancelled run is queued again for a new
+    /// attempt that continues from its last good phase (202); a run in progress or
+    /// finished otherwise answers 409. A retried run whose message is not known to be on
+    /// the queue (the send failed) is sent again.
+    async fn retry(&self, id: &str) -> ApiResponse {
+        let Ok(run_id) = RunId::parse(id) else {
+            return specrun_http::not_found(&format!("no run {id}"));
+        };
+        let store = self.store.as_ref();
+        let request = match runs::load_request(store, &run_id).await {
+            Ok(Some(request)) => request,
+            Ok(None) => {
+                return match runs::load_run(store, &run_id).await {
+                    Ok(None) => specrun_http::not_found(&format!("no run {id}")),
+                    Ok(Some(_)) => error(
+                        StatusCode::CONFLICT,
+                        "not_retryable",
+                        &format!("run {id} has no stored request to run again (it was recorded before requests were stored): submit it again with POST /runs"),
+                        None,
+                    ),
+                    Err(e) => specrun_http::unavailable(&e.to_string()),
+                }
+            }
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        let retried = match runs::retry_run(store, &run_id).await {
+            Ok(Some(retried)) => retried,
+            Ok(None) => return specrun_http::not_found(&format!("no run {id}")),
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        let record = match retried {
+            runs::Retried::Queued(record) => record,
+            runs::Retried::Refused(RunStatus::Queued)
+                if runs::queue_send(store, &run_id).await.ok().flatten()
+                    == Some(runs::QueueSend::Pending) =>
+            {
+                match runs::load_run(store, &run_id).await {
+                    Ok(Some(record)) => Box::new(record),
+                    Ok(None) => return specrun_http::not_found(&format!("no run {id}")),
+                    Err(e) => return specrun_http::unavailable(&e.to_string()),
+                }
+            }
+            runs::Retried::Refused(status) => {
+                let why = match status {
+                    RunStatus::Queued | RunStatus::Running => "it is still in progress: wait for it to end, or cancel it first",
+                    RunStatus::NeedsClarification => "it ended with open questions: answer them in the specification text and submit again",
+                    _ => "it succeeded: there is nothing to retry",
+                };
+                return error_with(
+                    StatusCode::CONFLICT,
+                    "not_retryable",
+                    &format!("run {id} is {status}; only a failed or cancelled run can be retried, and {why}"),
+                    None,
+                    serde_json::Map::from_iter([("status".to_owned(), serde_json::json!(status))]),
+                );
+            }
+        };
+        if let Err(e) = runs::mark_queue_send(store, &run_id, runs::QueueSend::Pending).await {
+            return specrun_http::unavailable(&e.to_string());
+        }
+        let message = RunMessage::new(run_id.as_str(), request);
+        if let Err(e) = self.queue.send(message.to_json().into()).await {
+            tracing::warn!(%run_id, error = %e, "could not queue a retried run");
+            return specrun_http::unavailable(&format!(
+                "run {id} is queued for its retry but its message could not be sent ({e}); POST /runs/{id}/retry again"
+            ));
+        }
+        if let Err(e) = runs::mark_queue_send(store, &run_id, runs::QueueSend::Sent).await {
+            tracing::warn!(%run_id, error = %e, "queued a retried run but could not record it");
+        }
+        json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "run_id": id,
+                "status": "queued",
+                "attempt": record.attempt.saturating_add(1),
+                "resume_after": record.resume.as_ref().map(|r| r.after),
+                "status_url": format!("{}/runs/{id}", self.status_base.trim_end_matches('/')),
+            }),
+        )
     }
 
     async fn submit(&self, body: Bytes) -> ApiResponse {

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 mod report;
+mod retry;
 mod service;
 
 pub use report::ConsoleProgress;
@@ -82,6 +83,22 @@ pub enum Command {
         stale_secs: u64,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        runner: Box<RunnerArgs>,
+    },
+    /// Retry a failed or cancelled run from its last good phase: the phases that
+    /// succeeded are restored, not run again. On the embedded store the new attempt runs
+    /// in this process; with --bucket and --queue-url it is queued for the runners.
+    Retry {
+        run_id: String,
+        /// Print the final run.json on stdout (embedded store) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The run queue, with --bucket: the retried run is sent there.
+        #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
+        queue_url: Option<String>,
         #[command(flatten)]
         runner: Box<RunnerArgs>,
     },
@@ -333,6 +350,29 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             store,
         } => logs(&run_id, phase, &store.open(state_dir).await?).await,
         Command::Cancel { run_id, store } => cancel(&run_id, &store.open(state_dir).await?).await,
+        Command::Retry {
+            run_id,
+            json,
+            store,
+            queue_url,
+            runner,
+        } => {
+            let state = store.open(state_dir).await?;
+            match queue_url {
+                Some(queue_url) => retry::queued(&run_id, state.store, &queue_url).await,
+                None if store.bucket.is_some() => {
+                    bail!("retrying a run of the bucket needs the run queue too: give --queue-url (SPECRUN_QUEUE_URL)")
+                }
+                None => {
+                    let pipeline = Pipeline::new(
+                        runner.to_config()?,
+                        state.store.clone(),
+                        Arc::new(ConsoleProgress::new()),
+                    );
+                    retry::here(&run_id, &pipeline, state_dir, json).await
+                }
+            }
+        }
         Command::Sweep {
             stale_secs,
             store,
@@ -395,6 +435,15 @@ async fn run(
     let progress = Arc::new(ConsoleProgress::new());
     let pipeline = Pipeline::new(config, store.clone(), progress);
     let run_id = specrun_store::runs::new_run_id();
+    // Stored like the submit function's, so that `specrun retry` runs the same request.
+    specrun_store::runs::pin_request(store.as_ref(), &run_id, &request.to_wire())
+        .await
+        .with_context(|| {
+            format!(
+                "writing the run's request to the state store at {}",
+                state_dir.display()
+            )
+        })?;
     let record = pipeline
         .enqueue_record(&run_id, &request)
         .await
@@ -410,7 +459,20 @@ async fn run(
         record.agent.name,
         request.publish.as_str()
     );
-    let interrupts = cancel_on_interrupt(store.clone(), run_id.clone());
+    execute_here(&pipeline, record, request, state_dir, args.json).await
+}
+
+/// Executes a queued run in this process (Ctrl-C cancels it), prints the summary (or
+/// run.json with `json`), and returns the exit code.
+async fn execute_here(
+    pipeline: &Pipeline,
+    record: RunRecord,
+    request: specrun_core::ValidatedRequest,
+    state_dir: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let run_id = specrun_store::runs::run_id(&record)?;
+    let interrupts = cancel_on_interrupt(pipeline.store.clone(), run_id.clone());
     let record = match pipeline
         .execute(record, request)
         .await
@@ -422,7 +484,7 @@ async fn run(
         ),
     };
     interrupts.abort();
-    if args.json {
+    if json {
         print_summary(&mut std::io::stderr(), &record, state_dir);
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {

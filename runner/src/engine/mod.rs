@@ -12,6 +12,7 @@ mod failure;
 mod phases;
 mod pipeline;
 pub mod progress;
+mod resume;
 mod run;
 mod stop;
 #[cfg(test)]

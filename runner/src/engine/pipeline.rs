@@ -10,6 +10,7 @@
 use crate::config::RunnerConfig;
 use crate::engine::artifacts::ArtifactStore;
 use crate::engine::failure;
+use crate::engine::phases::checkpoint::Restore;
 use crate::engine::phases::{self, Failure, Step};
 use crate::engine::progress::{Progress, ProgressEvent};
 use crate::engine::run::Run;
@@ -173,7 +174,12 @@ impl Pipeline {
             artifacts: ArtifactStore::new(
                 self.store.clone(),
                 run_id.clone(),
-                record.attempt,
+                // A queued run's attempt is counted when it starts, just below; a retried
+                // run's earlier attempt keeps its artifacts.
+                match record.status {
+                    RunStatus::Queued => record.attempt.saturating_add(1),
+                    _ => record.attempt,
+                },
                 self.config.retention_days,
             ),
             redactor: Redactor::new(&secrets),
@@ -183,6 +189,7 @@ impl Pipeline {
             record,
             record_version: version,
             abandoned: false,
+            restore: None,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: run.run_id.to_string(),
@@ -239,6 +246,9 @@ impl Pipeline {
         job: &mut Option<Box<dyn Job>>,
     ) -> (RunStatus, Option<String>) {
         let sandbox = self.sandbox.clone();
+        if let Some(resume) = run.record.resume.clone() {
+            run.restore = Restore::load(run, &resume).await;
+        }
         let prepared = phase!(
             self,
             run,
@@ -251,29 +261,30 @@ impl Pipeline {
             run,
             stop,
             Phase::Clone,
-            phases::clone::run(run, prepared.job)
+            self.clone_and_restore(run, prepared.job)
         );
-        let specified = phase!(
-            self,
-            run,
-            stop,
-            Phase::Specify,
-            phases::specify::run(run, &prepared, &cloned)
-        );
-        phase!(
-            self,
-            run,
-            stop,
-            Phase::Plan,
-            phases::plan::run(run, &prepared, &specified)
-        );
-        phase!(
-            self,
-            run,
-            stop,
-            Phase::Tasks,
-            phases::tasks::run(run, &prepared, &specified)
-        );
+        let restored = self.restored_phases(run).await;
+        let specified = match restored {
+            Some(specified) => specified,
+            None => phase!(
+                self,
+                run,
+                stop,
+                Phase::Specify,
+                self.specify_and_keep(run, &prepared, &cloned)
+            ),
+        };
+        for phase in [Phase::Plan, Phase::Tasks] {
+            if run.record.phase(phase).restored_from_attempt.is_none() {
+                phase!(
+                    self,
+                    run,
+                    stop,
+                    phase,
+                    self.document_and_keep(run, &prepared, &specified, phase)
+                );
+            }
+        }
         let committed = phase!(
             self,
             run,
@@ -480,7 +491,7 @@ impl Pipeline {
         self.phase_ended(run, phase).await;
     }
 
-    async fn phase_ended(&self, run: &mut Run, phase: Phase) {
+    pub(super) async fn phase_ended(&self, run: &mut Run, phase: Phase) {
         let state = run.record.phase(phase);
         self.progress.event(ProgressEvent::PhaseEnded {
             phase,

@@ -6,14 +6,14 @@
 //! checkpoint names can reach the host), instead of running those phases again.
 
 use super::command::{require_success, run_command, Command};
-use super::{blocking, Failure, Prepared, Specified, Step, StepResult};
+use super::{blocking, Failure, Prepared, Specified};
 use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::branch::BranchName;
 use specrun_core::checkpoint::{Checkpoint, CheckpointFile};
 use specrun_core::commit_scope::CommitScope;
 use specrun_core::feature::FeatureDir;
-use specrun_core::state::{ArtifactRef, Resume, RunError, CHECKPOINT_ARTIFACT};
+use specrun_core::state::{ArtifactRef, PhaseOutcome, Resume, RunError, CHECKPOINT_ARTIFACT};
 use specrun_core::{ErrorCode, Phase};
 use specrun_publish::{changes, git};
 use specrun_sandbox::Job;
@@ -113,7 +113,11 @@ impl Restore {
     }
 
     /// Writes the checkpoint into the clone, in the job; the command's logs are clone's.
-    pub(crate) async fn apply(&self, run: &Run, job: &dyn Job) -> Result<Vec<ArtifactRef>, Failure> {
+    pub(crate) async fn apply(
+        &self,
+        run: &Run,
+        job: &dyn Job,
+    ) -> Result<Vec<ArtifactRef>, Failure> {
         let command = Command {
             phase: Phase::Clone,
             stem: "restore",
@@ -131,25 +135,22 @@ impl Restore {
     }
 }
 
-/// After an agent phase that succeeded: stores its checkpoint among its artifacts. A
-/// checkpoint that cannot be made is logged, not a failure: only a retry needs it.
-pub(crate) async fn keep<T>(
+/// After an agent phase that succeeded: stores its checkpoint among the phase's
+/// artifacts. A checkpoint that cannot be made is logged, not a failure: only a retry
+/// needs it, and without it the retry runs the phase again.
+pub(crate) async fn keep(
     run: &Run,
     prepared: &Prepared<'_>,
     specified: &Specified,
     phase: Phase,
-    step: Step<T>,
-) -> StepResult<T> {
-    let Step::Continue(mut outcome, made) = step else {
-        return Ok(step);
-    };
+    outcome: &mut PhaseOutcome,
+) {
     match save(run, prepared, specified, phase).await {
         Ok(artifact) => outcome.artifacts.push(artifact),
         Err(e) => {
             tracing::warn!(%phase, error = %e.message, "no checkpoint for this phase; a retry runs it again")
         }
     }
-    Ok(Step::Continue(outcome, made))
 }
 
 async fn save(
@@ -159,7 +160,12 @@ async fn save(
     phase: Phase,
 ) -> Result<ArtifactRef, RunError> {
     let scope = CommitScope::new(
-        prepared.agent.profile.commit_paths.iter().map(String::as_str),
+        prepared
+            .agent
+            .profile
+            .commit_paths
+            .iter()
+            .map(String::as_str),
         specified.feature.as_str(),
         specified.init_files.clone(),
     );

@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 mod agent;
+pub(crate) mod checkpoint;
 pub(crate) mod cleanup;
 pub(crate) mod clone;
 mod command;

@@ -89,7 +89,12 @@ fn job_request(run: &Run, agent: &ResolvedAgent, image: String) -> Result<JobReq
         image,
         network: agent.profile.network.clone(),
         egress,
-        home_files: agent.profile.home_files.clone(),
+        home_files: {
+            let mut files = agent.profile.home_files.clone();
+            // A retried run's checkpoint, written into the clone after clone.
+            files.extend(run.restore.iter().flat_map(|r| r.home_files()));
+            files
+        },
     })
 }
 

@@ -1,0 +1,96 @@
+//! Continuing a retried run from its last good phase: clone, then the earlier attempt's
+//! checkpoint written into the clone; the phases it covers are recorded as restored (with
+//! that attempt's times and artifacts, `restored_from_attempt`) and not run again. Each
+//! agent phase that succeeds leaves the checkpoint a later retry restores.
+
+use crate::engine::phases::checkpoint;
+use crate::engine::phases::{self, Cloned, Prepared, Specified, Step, StepResult};
+use crate::engine::pipeline::Pipeline;
+use crate::engine::run::Run;
+use specrun_core::Phase;
+use specrun_sandbox::Job;
+
+impl Pipeline {
+    /// clone, then, for a retried run, the checkpoint written into the clone.
+    pub(super) async fn clone_and_restore(
+        &self,
+        run: &mut Run,
+        job: &dyn Job,
+    ) -> StepResult<Cloned> {
+        let step = phases::clone::run(run, job).await?;
+        let Some(restore) = &run.restore else {
+            return Ok(step);
+        };
+        let Step::Continue(mut outcome, cloned) = step else {
+            return Ok(step);
+        };
+        let restored = restore.apply(run, job).await.map_err(|mut f| {
+            f.artifacts.splice(0..0, outcome.artifacts.clone());
+            f
+        })?;
+        outcome.artifacts.extend(restored);
+        outcome.message = Some(format!(
+            "{}; restored the output of the phases up to {} from attempt {}",
+            outcome.message.unwrap_or_default(),
+            restore.resume.after,
+            restore.resume.from_attempt
+        ));
+        Ok(Step::Continue(outcome, cloned))
+    }
+
+    /// For a retried run whose checkpoint was restored: records specify (and plan, tasks,
+    /// as far as the checkpoint goes) as restored, and gives what they made. `None`: the
+    /// run starts from specify.
+    pub(super) async fn restored_phases(&self, run: &mut Run) -> Option<Specified> {
+        let restore = run.restore.as_ref()?;
+        let after = restore.resume.after;
+        let specified = restore.specified();
+        let earlier = run.record.previous_attempts.last()?.clone();
+        run.record.branch_name = Some(specified.branch.to_string());
+        for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
+            if phase > after {
+                break;
+            }
+            let Some(state) = earlier.phases.iter().find(|p| p.phase == phase) else {
+                break;
+            };
+            if let Err(e) = run.record.restore_phase(state, earlier.attempt) {
+                tracing::warn!(error = %e, "unexpected restore transition");
+            }
+            self.phase_ended(run, phase).await;
+        }
+        Some(specified)
+    }
+
+    /// specify, leaving a checkpoint when it succeeds.
+    pub(super) async fn specify_and_keep(
+        &self,
+        run: &mut Run,
+        prepared: &Prepared<'_>,
+        cloned: &Cloned,
+    ) -> StepResult<Specified> {
+        let mut step = phases::specify::run(run, prepared, cloned).await?;
+        if let Step::Continue(outcome, specified) = &mut step {
+            checkpoint::keep(run, prepared, specified, Phase::Specify, outcome).await;
+        }
+        Ok(step)
+    }
+
+    /// plan or tasks, leaving a checkpoint when it succeeds.
+    pub(super) async fn document_and_keep(
+        &self,
+        run: &mut Run,
+        prepared: &Prepared<'_>,
+        specified: &Specified,
+        phase: Phase,
+    ) -> StepResult<()> {
+        let mut step = match phase {
+            Phase::Plan => phases::plan::run(run, prepared, specified).await?,
+            _ => phases::tasks::run(run, prepared, specified).await?,
+        };
+        if let Step::Continue(outcome, ()) = &mut step {
+            checkpoint::keep(run, prepared, specified, phase, outcome).await;
+        }
+        Ok(step)
+    }
+}
