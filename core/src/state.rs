@@ -760,6 +760,100 @@ mod tests {
         Ok(())
     }
 
+    fn artifact(phase: Phase, name: &str) -> ArtifactRef {
+        ArtifactRef {
+            name: name.to_owned(),
+            key: format!("runs/r/artifacts/{phase}/{name}"),
+            size: 1,
+            sha256: String::new(),
+            content_type: "application/json".to_owned(),
+            phase: Some(phase),
+            expires_at: datetime!(2026-12-24 10:00 UTC),
+        }
+    }
+
+    /// A run whose specify and plan succeeded (plan without a checkpoint) and whose tasks
+    /// failed.
+    fn failed_at_tasks() -> Result<RunRecord, TransitionError> {
+        let mut run = record();
+        let at = datetime!(2026-11-24 10:00:01 UTC);
+        run.start("runner-a", at)?;
+        for (phase, status, artifacts) in [
+            (
+                Phase::Specify,
+                PhaseStatus::Succeeded,
+                vec![artifact(Phase::Specify, CHECKPOINT_ARTIFACT)],
+            ),
+            (
+                Phase::Plan,
+                PhaseStatus::Succeeded,
+                vec![artifact(Phase::Plan, "plan.stdout.log")],
+            ),
+            (Phase::Tasks, PhaseStatus::Failed, vec![]),
+        ] {
+            run.begin_phase(phase, at)?;
+            let outcome = PhaseOutcome {
+                artifacts,
+                ..Default::default()
+            };
+            run.end_phase(phase, status, outcome, at)?;
+        }
+        run.error = Some(RunError::new(
+            ErrorCode::AgentPhaseFailed,
+            "tasks failed",
+            "retry",
+        ));
+        run.finish(RunStatus::Failed, None, at)?;
+        Ok(run)
+    }
+
+    #[test]
+    fn a_retry_keeps_the_ended_attempt_and_resumes_after_the_last_checkpoint(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut run = failed_at_tasks()?;
+        run.retry(datetime!(2026-11-24 11:00 UTC))?;
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(run.error, None);
+        let earlier = run.previous_attempts[0].clone();
+        assert_eq!(
+            (earlier.attempt, earlier.status),
+            (1, Some(RunStatus::Failed))
+        );
+        assert_eq!(
+            earlier.error.as_ref().map(|e| e.message.as_str()),
+            Some("tasks failed")
+        );
+        // Plan succeeded but left no checkpoint: the retry resumes after specify.
+        let resume = run.resume.clone().ok_or("no resume")?;
+        assert_eq!((resume.from_attempt, resume.after), (1, Phase::Specify));
+        assert!(run.phases.iter().all(|p| p.status == PhaseStatus::Pending));
+        run.start("runner-b", datetime!(2026-11-24 11:00:01 UTC))?;
+        assert_eq!(run.attempt, 2);
+        let specify = earlier.phases[2].clone();
+        run.restore_phase(&specify, 1)?;
+        let restored = run.phase(Phase::Specify);
+        assert_eq!(restored.restored_from_attempt, Some(1));
+        assert_eq!(restored.started_at, specify.started_at);
+        assert!(
+            run.restore_phase(&specify, 1).is_err(),
+            "a phase is restored once"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn only_failed_or_cancelled_runs_are_retried() -> Result<(), TransitionError> {
+        let mut run = record();
+        assert!(run.retry(datetime!(2026-11-24 11:00 UTC)).is_err());
+        run.start("runner-a", datetime!(2026-11-24 10:00:01 UTC))?;
+        assert!(run.retry(datetime!(2026-11-24 11:00 UTC)).is_err());
+        run.finish(RunStatus::Succeeded, None, datetime!(2026-11-24 10:01 UTC))?;
+        let refused = run.retry(datetime!(2026-11-24 11:00 UTC)).err();
+        assert_eq!(refused.map(|r| r.status), Some(RunStatus::Succeeded));
+        assert!(run.previous_attempts.is_empty());
+        Ok(())
+    }
+
     #[test]
     fn illegal_moves_are_errors() {
         let mut run = record();
