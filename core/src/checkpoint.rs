@@ -62,6 +62,27 @@ fn plain_path(path: &str) -> bool {
 }
 
 impl Checkpoint {
+    /// The text of the file at `path`, as the checkpoint holds it.
+    pub fn text(&self, path: &str) -> Option<String> {
+        let file = self.files.iter().find(|f| f.path == path)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&file.content_base64)
+            .ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Records `answers` in the specification at `spec` (see
+    /// [`crate::clarify::record_answers`]).
+    pub fn record_answers(&mut self, spec: &str, answers: &[crate::clarify::Answer], date: &str) {
+        let Some(text) = self.text(spec) else {
+            return;
+        };
+        let answered = crate::clarify::record_answers(&text, answers, date);
+        for file in self.files.iter_mut().filter(|f| f.path == spec) {
+            *file = CheckpointFile::new(spec, answered.as_bytes(), file.executable);
+        }
+    }
+
     /// Reads a stored checkpoint, refusing any path a restore could write outside the
     /// worktree or into `.git`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, CheckpointError> {

@@ -232,6 +232,20 @@ pub struct RunRecord {
     /// For a retried run: the phases its new attempt restores rather than runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+    /// The operator's answers to the run's clarification questions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<RecordedAnswer>,
+}
+
+/// An answer as run.json keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedAnswer {
+    pub question: String,
+    pub answer: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub answered_at: Timestamp,
+    /// The attempt that asked.
+    pub attempt: u32,
 }
 
 /// The run another run waits for before it may push the same branch.
@@ -272,6 +286,10 @@ pub struct Resume {
     pub after: Phase,
     /// The store key of the checkpoint artifact.
     pub checkpoint: String,
+    /// The run was answered: `after` is the phase that asked; the new attempt records the
+    /// answers in its output and checks it for questions again instead of restoring it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
 }
 
 /// The name of the artifact an agent phase leaves for a retry to restore.
@@ -279,9 +297,11 @@ pub const CHECKPOINT_ARTIFACT: &str = "checkpoint.json";
 
 /// Why a run cannot be retried.
 #[derive(Debug, thiserror::Error)]
-#[error("run is {status}: only a failed or cancelled run can be retried")]
+#[error("run is {status}: only a {wanted} run can be {what}")]
 pub struct RetryRefused {
     pub status: RunStatus,
+    wanted: &'static str,
+    what: &'static str,
 }
 
 /// A status change the state machine does not allow.
@@ -347,6 +367,7 @@ impl RunRecord {
             previous_attempts: Vec::new(),
             waiting_for: None,
             resume: None,
+            answers: Vec::new(),
         }
     }
 
@@ -453,9 +474,51 @@ impl RunRecord {
         if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
             return Err(RetryRefused {
                 status: self.status,
+                wanted: "failed or cancelled",
+                what: "retried",
             });
         }
         self.resume = self.resumable();
+        self.requeue(now);
+        Ok(())
+    }
+
+    /// Records the operator's answers to a run that ended `needs_clarification` and
+    /// queues it again: the new attempt continues on the same branch from the phase that
+    /// asked, with the answers recorded in its output (see `RunRecord::retry`).
+    pub fn answer(
+        &mut self,
+        answers: Vec<crate::clarify::Answer>,
+        now: Timestamp,
+    ) -> Result<(), RetryRefused> {
+        let refused = RetryRefused {
+            status: self.status,
+            wanted: "needs_clarification",
+            what: "answered",
+        };
+        if self.status != RunStatus::NeedsClarification {
+            return Err(refused);
+        }
+        // The phase that asked succeeded with its questions (and its checkpoint).
+        let Some(mut resume) = self.resumable() else {
+            return Err(refused);
+        };
+        resume.answered = true;
+        let attempt = self.attempt;
+        self.answers
+            .extend(answers.into_iter().map(|a| RecordedAnswer {
+                question: a.question,
+                answer: a.answer,
+                answered_at: now,
+                attempt,
+            }));
+        self.resume = Some(resume);
+        self.requeue(now);
+        Ok(())
+    }
+
+    /// The ended attempt into `previous_attempts`, the phases pending, the run queued.
+    fn requeue(&mut self, now: Timestamp) {
         let phases = std::mem::replace(
             &mut self.phases,
             Phase::ALL.into_iter().map(PhaseState::pending).collect(),
@@ -478,7 +541,6 @@ impl RunRecord {
             status: RunStatus::Queued,
             at: now,
         });
-        Ok(())
     }
 
     /// The last agent phase that succeeded (each before it too) with a checkpoint.
@@ -496,6 +558,7 @@ impl RunRecord {
                         from_attempt: state.restored_from_attempt.unwrap_or(self.attempt),
                         after: phase,
                         checkpoint: checkpoint.key.clone(),
+                        answered: false,
                     });
                 }
                 _ => break,

@@ -102,6 +102,25 @@ pub enum Command {
         #[command(flatten)]
         runner: Box<RunnerArgs>,
     },
+    /// Answer the open questions of a run that ended needs_clarification and resume it
+    /// on the same branch from the phase that asked (`specrun status` lists them).
+    Answer {
+        run_id: String,
+        /// N=TEXT: the answer to question N (from 1, as clarifications.md numbers them);
+        /// repeatable.
+        #[arg(long = "answer", value_parser = parse_numbered, required = true)]
+        answers: Vec<(usize, String)>,
+        /// Print the final run.json on stdout (embedded store) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The run queue, with --bucket: the answered run is sent there.
+        #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
+        queue_url: Option<String>,
+        #[command(flatten)]
+        runner: Box<RunnerArgs>,
+    },
     /// Print a run's logs.
     Logs {
         run_id: String,
@@ -255,6 +274,16 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
+fn parse_numbered(text: &str) -> Result<(usize, String), String> {
+    let (number, answer) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not N=TEXT"))?;
+    match number.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok((n, answer.to_owned())),
+        _ => Err(format!("{number:?} is not a question number (1, 2, ...)")),
+    }
+}
+
 fn parse_publish(text: &str) -> Result<Publish, String> {
     match text {
         "pr" => Ok(Publish::Pr),
@@ -350,6 +379,33 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             store,
         } => logs(&run_id, phase, &store.open(state_dir).await?).await,
         Command::Cancel { run_id, store } => cancel(&run_id, &store.open(state_dir).await?).await,
+        Command::Answer {
+            run_id,
+            answers,
+            json,
+            store,
+            queue_url,
+            runner,
+        } => {
+            let state = store.open(state_dir).await?;
+            let answers = retry::numbered_answers(&run_id, state.store.as_ref(), &answers).await?;
+            match queue_url {
+                Some(queue_url) => {
+                    retry::answer_queued(&run_id, state.store, &queue_url, answers).await
+                }
+                None if store.bucket.is_some() => {
+                    bail!("answering a run of the bucket needs the run queue too: give --queue-url (SPECRUN_QUEUE_URL)")
+                }
+                None => {
+                    let pipeline = Pipeline::new(
+                        runner.to_config()?,
+                        state.store.clone(),
+                        Arc::new(ConsoleProgress::new()),
+                    );
+                    retry::answer_here(&run_id, &pipeline, state_dir, json, answers).await
+                }
+            }
+        }
         Command::Retry {
             run_id,
             json,

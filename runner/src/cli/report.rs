@@ -87,6 +87,13 @@ fn print_attempts(out: &mut dyn std::io::Write, record: &RunRecord) {
         };
         let _ = writeln!(out, "    attempt {}: {ended}", earlier.attempt);
     }
+    for answer in &record.answers {
+        let _ = writeln!(
+            out,
+            "  answered (asked in attempt {}): {} → {}",
+            answer.attempt, answer.question, answer.answer
+        );
+    }
     if let Some(resume) = &record.resume {
         let _ = writeln!(
             out,

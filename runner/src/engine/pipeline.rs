@@ -264,7 +264,15 @@ impl Pipeline {
             self.clone_and_restore(run, prepared.job)
         );
         let restored = self.restored_phases(run).await;
+        let answered = run.restore.as_ref().is_some_and(|r| r.resume.answered);
         let specified = match restored {
+            Some(specified) if answered => phase!(
+                self,
+                run,
+                stop,
+                Phase::Specify,
+                self.answer(run, &prepared, specified)
+            ),
             Some(specified) => specified,
             None => phase!(
                 self,

@@ -7,6 +7,7 @@ use crate::engine::phases::checkpoint;
 use crate::engine::phases::{self, Cloned, Prepared, Specified, Step, StepResult};
 use crate::engine::pipeline::Pipeline;
 use crate::engine::run::Run;
+use specrun_core::state::PhaseOutcome;
 use specrun_core::Phase;
 use specrun_sandbox::Job;
 
@@ -43,12 +44,13 @@ impl Pipeline {
     /// run starts from specify.
     pub(super) async fn restored_phases(&self, run: &mut Run) -> Option<Specified> {
         let restore = run.restore.as_ref()?;
-        let after = restore.resume.after;
+        let (after, answered) = (restore.resume.after, restore.resume.answered);
         let specified = restore.specified();
         let earlier = run.record.previous_attempts.last()?.clone();
         run.record.branch_name = Some(specified.branch.to_string());
         for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
-            if phase > after {
+            // An answered run's asking phase records the answers instead (`answer`).
+            if phase > after || (phase == after && answered) {
                 break;
             }
             let Some(state) = earlier.phases.iter().find(|p| p.phase == phase) else {
@@ -60,6 +62,57 @@ impl Pipeline {
             self.phase_ended(run, phase).await;
         }
         Some(specified)
+    }
+
+    /// For an answered run, in place of specify: the answers are in the restored
+    /// specification (recorded as Spec Kit's clarify step does); it is checked for open
+    /// questions again, and the run goes on only when none is left.
+    pub(super) async fn answer(
+        &self,
+        run: &mut Run,
+        prepared: &Prepared<'_>,
+        specified: Specified,
+    ) -> StepResult<Specified> {
+        let spec_path = specified.feature.file("spec.md");
+        let mut artifacts = Vec::new();
+        let Some(spec) = phases::output::read_output(
+            prepared.job.workspace(),
+            Phase::Specify,
+            &spec_path,
+            &mut artifacts,
+        )
+        .await?
+        else {
+            return Err(phases::output::output_missing(
+                Phase::Specify,
+                &spec_path,
+                artifacts,
+            ));
+        };
+        if let Some(mut stop) = phases::output::clarification_stop(
+            run,
+            Phase::Specify,
+            &spec_path,
+            &spec,
+            &mut artifacts,
+        )
+        .await?
+        {
+            if let Step::Stop { outcome, .. } = &mut stop {
+                checkpoint::keep(run, prepared, &specified, Phase::Specify, outcome).await;
+            }
+            return Ok(stop);
+        }
+        let mut outcome = PhaseOutcome {
+            artifacts,
+            message: Some(format!(
+                "recorded {} answer(s) in {spec_path} (## Clarifications); no open questions left; not run again",
+                run.record.answers.len()
+            )),
+            ..Default::default()
+        };
+        checkpoint::keep(run, prepared, &specified, Phase::Specify, &mut outcome).await;
+        Ok(Step::Continue(outcome, specified))
     }
 
     /// specify, leaving a checkpoint when it succeeds.

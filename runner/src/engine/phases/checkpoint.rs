@@ -11,9 +11,12 @@ use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::branch::BranchName;
 use specrun_core::checkpoint::{Checkpoint, CheckpointFile};
+use specrun_core::clarify;
 use specrun_core::commit_scope::CommitScope;
 use specrun_core::feature::FeatureDir;
-use specrun_core::state::{ArtifactRef, PhaseOutcome, Resume, RunError, CHECKPOINT_ARTIFACT};
+use specrun_core::state::{
+    ArtifactRef, PhaseOutcome, RecordedAnswer, Resume, RunError, CHECKPOINT_ARTIFACT,
+};
 use specrun_core::{ErrorCode, Phase};
 use specrun_publish::{changes, git};
 use specrun_sandbox::Job;
@@ -55,6 +58,22 @@ with open(os.path.join(root, ".specify", "feature.json"), "w", encoding="utf-8")
 print(f"restored {len(data['files'])} file(s) of {data['feature']} as the {data['phase']} phase left them")
 "#;
 
+/// Records `answers` in the checkpoint's specification, as Spec Kit's clarify step does.
+fn record_answers(checkpoint: &mut Checkpoint, feature: &FeatureDir, answers: &[RecordedAnswer]) {
+    let answers: Vec<clarify::Answer> = answers
+        .iter()
+        .map(|a| clarify::Answer {
+            question: a.question.clone(),
+            answer: a.answer.clone(),
+        })
+        .collect();
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let today = specrun_store::runs::now()
+        .format(&format)
+        .unwrap_or_default();
+    checkpoint.record_answers(&feature.file("spec.md"), &answers, &today);
+}
+
 /// A retried run's checkpoint, read before its job exists.
 pub(crate) struct Restore {
     pub resume: Resume,
@@ -84,13 +103,22 @@ impl Restore {
                 Ok((checkpoint, feature, branch))
             });
         match parsed {
-            Ok((checkpoint, feature, branch)) => Some(Restore {
-                resume: resume.clone(),
-                checkpoint,
-                json: String::from_utf8_lossy(&bytes).into_owned(),
-                feature,
-                branch,
-            }),
+            Ok((mut checkpoint, feature, branch)) => {
+                let json = match resume.answered {
+                    true => {
+                        record_answers(&mut checkpoint, &feature, &run.record.answers);
+                        serde_json::to_string(&checkpoint).unwrap_or_default()
+                    }
+                    false => String::from_utf8_lossy(&bytes).into_owned(),
+                };
+                Some(Restore {
+                    resume: resume.clone(),
+                    checkpoint,
+                    json,
+                    feature,
+                    branch,
+                })
+            }
             Err(e) => {
                 tracing::warn!(error = %e, key = %resume.checkpoint, "the checkpoint cannot be restored; running every phase again");
                 None

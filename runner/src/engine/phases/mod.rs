@@ -14,7 +14,7 @@ pub(crate) mod clone;
 mod command;
 pub(crate) mod commit;
 mod document;
-mod output;
+pub(crate) mod output;
 pub(crate) mod plan;
 pub(crate) mod prepare;
 pub(crate) mod pull_request;
