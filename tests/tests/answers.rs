@@ -12,7 +12,7 @@ use specrun_core::state::RunRecord;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_tests::emulator::{http_request_as, SpecrunProcess};
 use specrun_tests::harness::require_image;
-use specrun_tests::world::{submit, wait_final, World, BUCKET};
+use specrun_tests::world::{eventually, submit, wait_final, World, BUCKET, RUN_TIMEOUT};
 
 type TestResult = anyhow::Result<()>;
 
@@ -28,6 +28,23 @@ async fn post_answers(base: &str, run_id: &str, body: &Value) -> anyhow::Result<
     )
     .await?;
     Ok((response.status, response.json().unwrap_or(Value::Null)))
+}
+
+/// Submits `body` and waits until its run ends `needs_clarification`.
+async fn run_with_questions(
+    serve: &SpecrunProcess,
+    body: &Value,
+) -> anyhow::Result<(String, String, RunRecord)> {
+    let (run_id, status_url) = submit(serve.base_url()?, body).await?;
+    let first: RunRecord = serde_json::from_value(wait_final(&status_url, serve).await?)?;
+    anyhow::ensure!(
+        first.status == RunStatus::NeedsClarification && first.attempt == 1,
+        "{} (attempt {}): {:#?}",
+        first.status,
+        first.attempt,
+        first.error
+    );
+    Ok((run_id, status_url, first))
 }
 
 /// The run's saved questions, from its clarifications.json artifact.
@@ -56,14 +73,7 @@ async fn a_clarify_run_answered_resumes_to_one_pushed_branch_and_one_pull_reques
         "agent": "scripted",
         "agent_options": {"behaviour": "clarify"},
     });
-    let (run_id, status_url) = submit(&base, &body).await?;
-    let first: RunRecord = serde_json::from_value(wait_final(&status_url, &serve).await?)?;
-    assert_eq!(
-        first.status,
-        RunStatus::NeedsClarification,
-        "{:#?}",
-        first.error
-    );
+    let (run_id, status_url, first) = run_with_questions(&serve, &body).await?;
     let asked = questions(&world, &first).await?;
     assert_eq!(asked.len(), 2, "{asked:?}");
     let branch = first.branch_name.clone().context("the branch is named")?;
@@ -195,5 +205,49 @@ async fn a_clarify_run_answered_resumes_to_one_pushed_branch_and_one_pull_reques
     .await?;
     assert_eq!(code, 409, "a finished run takes no answers: {answer}");
     assert_eq!(answer["error"]["status"], "succeeded");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_sent_as_a_queue_message_resume_the_run() -> TestResult {
+    require_image().await?;
+    let world = World::start(3).await?;
+    let url = world.git().create_repo("queued-answers", "# Answers\n")?;
+    let serve = SpecrunProcess::serve(&world.env, &[]).await?;
+    let mut body = specrun_tests::world::run_request(&url, "Let members export invoices");
+    body["agent_options"] = json!({"behaviour": "clarify"});
+    let (run_id, _, first) = run_with_questions(&serve, &body).await?;
+    let answers = questions(&world, &first)
+        .await?
+        .into_iter()
+        .map(|question| specrun_core::clarify::Answer {
+            question,
+            answer: "As the product owner decides".to_owned(),
+        })
+        .collect();
+    let message = specrun_core::message::AnswersMessage::new(&run_id, answers);
+    world.send_to_run_queue(message.to_json()).await?;
+    // The run is final (needs_clarification) until the runner takes the message.
+    let done = eventually("the answered run to finish", RUN_TIMEOUT, || async {
+        let record = world.stored_run(&run_id).await?;
+        Ok((record.attempt == 2 && record.status.is_final()).then_some(record))
+    })
+    .await
+    .with_context(|| serve.stderr_tail(30))?;
+    assert_eq!(done.status, RunStatus::Succeeded, "{:#?}", done.error);
+    assert_eq!(done.answers.len(), 2);
+    let branch = done.branch_name.clone().context("a branch")?;
+    let spec = world
+        .git()
+        .read_file(
+            "queued-answers",
+            &branch,
+            &format!("specs/{branch}/spec.md"),
+        )?
+        .context("spec.md pushed")?;
+    assert!(
+        !spec.contains("NEEDS CLARIFICATION") && spec.contains("→ A: As the product owner decides"),
+        "{spec}"
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use crate::engine::phases::{self, Cloned, Prepared, Specified, Step, StepResult}
 use crate::engine::pipeline::Pipeline;
 use crate::engine::run::Run;
 use specrun_core::state::PhaseOutcome;
-use specrun_core::Phase;
+use specrun_core::{Phase, PhaseStatus};
 use specrun_sandbox::Job;
 
 impl Pipeline {
@@ -46,17 +46,24 @@ impl Pipeline {
         let restore = run.restore.as_ref()?;
         let (after, answered) = (restore.resume.after, restore.resume.answered);
         let specified = restore.specified();
-        let earlier = run.record.previous_attempts.last()?.clone();
         run.record.branch_name = Some(specified.branch.to_string());
         for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
             // An answered run's asking phase records the answers instead (`answer`).
             if phase > after || (phase == after && answered) {
                 break;
             }
-            let Some(state) = earlier.phases.iter().find(|p| p.phase == phase) else {
+            // The latest attempt in which the phase succeeded (one taken over midway may
+            // have left it pending).
+            let earlier = run.record.previous_attempts.iter().rev().find_map(|a| {
+                a.phases
+                    .iter()
+                    .find(|p| p.phase == phase && p.status == PhaseStatus::Succeeded)
+                    .map(|p| (p.clone(), a.attempt))
+            });
+            let Some((state, attempt)) = earlier else {
                 break;
             };
-            if let Err(e) = run.record.restore_phase(state, earlier.attempt) {
+            if let Err(e) = run.record.restore_phase(&state, attempt) {
                 tracing::warn!(error = %e, "unexpected restore transition");
             }
             self.phase_ended(run, phase).await;
