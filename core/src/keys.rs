@@ -126,6 +126,12 @@ pub fn idempotency(key_sha256: &str) -> String {
     format!("idempotency/{key_sha256}.json")
 }
 
+/// Where the lock on one repository's branch lives (see [`crate::branch_lock`]); the
+/// repository and branch are hashed by the caller (sha256 hex of `repository NUL branch`).
+pub fn branch_lock(repository_branch_sha256: &str) -> String {
+    format!("locks/branches/{repository_branch_sha256}.json")
+}
+
 /// A key is safe to map onto a filesystem path: relative, no empty, `.` or `..` segments.
 pub fn is_safe_key(key: &str) -> bool {
     !key.is_empty()

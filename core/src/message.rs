@@ -33,6 +33,35 @@ impl RunMessage {
     }
 }
 
+/// The `kind` of a message answering a run's clarification questions.
+pub const ANSWERS_MESSAGE_KIND: &str = "specrun.answers";
+
+/// Answers to a run that ended `needs_clarification`, sent by a scheduler: the queue form
+/// of `POST /runs/{id}/answers` (schema version 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswersMessage {
+    pub schema_version: u32,
+    pub kind: String,
+    pub run_id: String,
+    pub answers: Vec<crate::clarify::Answer>,
+}
+
+impl AnswersMessage {
+    pub fn new(run_id: &str, answers: Vec<crate::clarify::Answer>) -> Self {
+        AnswersMessage {
+            schema_version: 1,
+            kind: ANSWERS_MESSAGE_KIND.to_owned(),
+            run_id: run_id.to_owned(),
+            answers,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
 /// A message as received, sorted by format.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
@@ -40,6 +69,8 @@ pub enum Incoming {
     Run(RunMessage),
     /// A scheduler's bare run request; the runner assigns the run id.
     Bare(RunRequest),
+    /// Answers to a run's questions: the run resumes.
+    Answers(AnswersMessage),
 }
 
 /// The message could not be understood; it will never succeed.
@@ -53,6 +84,15 @@ impl Incoming {
         // Strict, as for `POST /runs`: a key given twice would mean two requests.
         let value = crate::strict_json::parse(body)
             .map_err(|e| MessageError(format!("not usable JSON: {e}")))?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some(ANSWERS_MESSAGE_KIND) {
+            let message: AnswersMessage =
+                serde_json::from_value(value).map_err(|e| MessageError(e.to_string()))?;
+            // The same checks as the HTTP form's.
+            let body = serde_json::json!({ "answers": message.answers });
+            crate::clarify::parse_answers(&serde_json::to_vec(&body).unwrap_or_default())
+                .map_err(|e| MessageError(format!("answers: {e}")))?;
+            return Ok(Incoming::Answers(message));
+        }
         if value.get("kind").is_some() {
             let message: RunMessage =
                 serde_json::from_value(value).map_err(|e| MessageError(e.to_string()))?;
@@ -95,6 +135,20 @@ mod tests {
         );
         assert!(Incoming::parse(
             br#"{"kind":"other","schema_version":1,"run_id":"x","request":{}}"#
+        )
+        .is_err());
+        let answers = AnswersMessage::new(
+            "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            vec![crate::clarify::Answer {
+                question: "Who?".into(),
+                answer: "Admins".into(),
+            }],
+        );
+        assert!(
+            matches!(Incoming::parse(&answers.to_json()), Ok(Incoming::Answers(m)) if m == answers)
+        );
+        assert!(Incoming::parse(
+            br#"{"kind":"specrun.answers","schema_version":1,"run_id":"x","answers":[]}"#
         )
         .is_err());
     }

@@ -137,6 +137,10 @@ pub struct PhaseState {
     /// that use it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::model_usage::Usage>,
+    /// Set when this attempt did not run the phase: it succeeded in that earlier attempt
+    /// (whose times and artifacts these are) and its output was restored from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from_attempt: Option<u32>,
 }
 
 fn schema_version() -> u32 {
@@ -177,6 +181,7 @@ impl PhaseState {
             artifacts: Vec::new(),
             message: None,
             usage: None,
+            restored_from_attempt: None,
         }
     }
 }
@@ -228,6 +233,36 @@ pub struct RunRecord {
     /// The run's model calls, metered by the model gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::model_usage::Usage>,
+    /// Set while the run waits for another run that holds the branch it publishes
+    /// (`crate::branch_lock`); cleared once it holds the branch itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<BranchWait>,
+    /// For a retried run: the phases its new attempt restores rather than runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+    /// The operator's answers to the run's clarification questions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<RecordedAnswer>,
+}
+
+/// An answer as run.json keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedAnswer {
+    pub question: String,
+    pub answer: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub answered_at: Timestamp,
+    /// The attempt that asked.
+    pub attempt: u32,
+}
+
+/// The run another run waits for before it may push the same branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchWait {
+    pub run_id: String,
+    pub branch: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: Timestamp,
 }
 
 /// An attempt that ended without finishing the run.
@@ -238,10 +273,43 @@ pub struct AttemptRecord {
     pub runner_id: Option<String>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub started_at: Option<Timestamp>,
+    /// When the attempt ended: abandoned by its runner, or (for a retried run) finished.
     #[serde(with = "time::serde::rfc3339")]
     pub abandoned_at: Timestamp,
     /// The phases as that attempt left them.
     pub phases: Vec<PhaseState>,
+    /// How a finished attempt ended, for a run that was retried after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+}
+
+/// Where a retried run continues: the phases up to `after` succeeded in attempt
+/// `from_attempt`, whose output is restored from its `checkpoint` artifact instead of
+/// running them again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub from_attempt: u32,
+    pub after: Phase,
+    /// The store key of the checkpoint artifact.
+    pub checkpoint: String,
+    /// The run was answered: `after` is the phase that asked; the new attempt records the
+    /// answers in its output and checks it for questions again instead of restoring it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
+}
+
+/// The name of the artifact an agent phase leaves for a retry to restore.
+pub const CHECKPOINT_ARTIFACT: &str = "checkpoint.json";
+
+/// Why a run cannot be retried.
+#[derive(Debug, thiserror::Error)]
+#[error("run is {status}: only a {wanted} run can be {what}")]
+pub struct RetryRefused {
+    pub status: RunStatus,
+    wanted: &'static str,
+    what: &'static str,
 }
 
 /// A status change the state machine does not allow.
@@ -306,6 +374,9 @@ impl RunRecord {
             idempotency_key: None,
             previous_attempts: Vec::new(),
             usage: None,
+            waiting_for: None,
+            resume: None,
+            answers: Vec::new(),
         }
     }
 
@@ -389,6 +460,8 @@ impl RunRecord {
             started_at: self.started_at,
             abandoned_at: now,
             phases,
+            status: None,
+            error: None,
         });
         self.artifacts.clear();
         self.error = None;
@@ -399,6 +472,139 @@ impl RunRecord {
         self.runner_id = Some(runner_id.to_owned());
         self.attempt = self.attempt.saturating_add(1);
         self.started_at = Some(now);
+        Ok(())
+    }
+
+    /// Queues a failed or cancelled run again for a new attempt. The ended attempt goes to
+    /// `previous_attempts` with its outcome; its agent phases that succeeded in a row from
+    /// specify and left a checkpoint are named in `resume`, so the new attempt restores
+    /// their output instead of running them again.
+    pub fn retry(&mut self, now: Timestamp) -> Result<(), RetryRefused> {
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(RetryRefused {
+                status: self.status,
+                wanted: "failed or cancelled",
+                what: "retried",
+            });
+        }
+        self.resume = self.resumable();
+        self.requeue(now);
+        Ok(())
+    }
+
+    /// Records the operator's answers to a run that ended `needs_clarification` and
+    /// queues it again: the new attempt continues on the same branch from the phase that
+    /// asked, with the answers recorded in its output (see `RunRecord::retry`).
+    pub fn answer(
+        &mut self,
+        answers: Vec<crate::clarify::Answer>,
+        now: Timestamp,
+    ) -> Result<(), RetryRefused> {
+        let refused = RetryRefused {
+            status: self.status,
+            wanted: "needs_clarification",
+            what: "answered",
+        };
+        if self.status != RunStatus::NeedsClarification {
+            return Err(refused);
+        }
+        // The phase that asked succeeded with its questions (and its checkpoint).
+        let Some(mut resume) = self.resumable() else {
+            return Err(refused);
+        };
+        resume.answered = true;
+        let attempt = self.attempt;
+        self.answers
+            .extend(answers.into_iter().map(|a| RecordedAnswer {
+                question: a.question,
+                answer: a.answer,
+                answered_at: now,
+                attempt,
+            }));
+        self.resume = Some(resume);
+        self.requeue(now);
+        Ok(())
+    }
+
+    /// The ended attempt into `previous_attempts`, the phases pending, the run queued.
+    fn requeue(&mut self, now: Timestamp) {
+        let phases = std::mem::replace(
+            &mut self.phases,
+            Phase::ALL.into_iter().map(PhaseState::pending).collect(),
+        );
+        self.previous_attempts.push(AttemptRecord {
+            attempt: self.attempt,
+            runner_id: self.runner_id.take(),
+            started_at: self.started_at,
+            abandoned_at: self.finished_at.unwrap_or(now),
+            phases,
+            status: Some(self.status),
+            error: self.error.take(),
+        });
+        self.artifacts.clear();
+        self.status = RunStatus::Queued;
+        self.status_reason = None;
+        self.finished_at = None;
+        self.waiting_for = None;
+        self.status_timeline.push(StatusEvent {
+            status: RunStatus::Queued,
+            at: now,
+        });
+    }
+
+    /// The last agent phase that succeeded (each before it too) with a checkpoint.
+    fn resumable(&self) -> Option<Resume> {
+        let mut resume = None;
+        for phase in [Phase::Specify, Phase::Plan, Phase::Tasks] {
+            let state = self.phase(phase);
+            let checkpoint = state
+                .artifacts
+                .iter()
+                .find(|a| a.name == CHECKPOINT_ARTIFACT && a.phase == Some(phase));
+            match checkpoint {
+                Some(checkpoint) if state.status == PhaseStatus::Succeeded => {
+                    resume = Some(Resume {
+                        from_attempt: state.restored_from_attempt.unwrap_or(self.attempt),
+                        after: phase,
+                        checkpoint: checkpoint.key.clone(),
+                        answered: false,
+                    });
+                }
+                _ => break,
+            }
+        }
+        resume
+    }
+
+    /// Records a pending phase as done by an earlier attempt: `earlier` is its state there
+    /// (times, artifacts, message), kept as it was, marked restored from `attempt`.
+    pub fn restore_phase(
+        &mut self,
+        earlier: &PhaseState,
+        attempt: u32,
+    ) -> Result<(), TransitionError> {
+        let state = self.phase_mut(earlier.phase);
+        if state.status != PhaseStatus::Pending || earlier.status != PhaseStatus::Succeeded {
+            return Err(TransitionError::Phase {
+                phase: earlier.phase,
+                from: state.status,
+                to: PhaseStatus::Succeeded,
+            });
+        }
+        let message = match earlier.restored_from_attempt {
+            // Restored once already: its message says so.
+            Some(_) => earlier.message.clone(),
+            None => Some(format!(
+                "not run again: succeeded in attempt {attempt}, output restored ({})",
+                earlier.message.as_deref().unwrap_or("no message")
+            )),
+        };
+        *state = PhaseState {
+            restored_from_attempt: Some(earlier.restored_from_attempt.unwrap_or(attempt)),
+            message,
+            ..earlier.clone()
+        };
+        self.artifacts.extend(earlier.artifacts.iter().cloned());
         Ok(())
     }
 
@@ -501,6 +707,24 @@ impl RunRecord {
                 let _ = self.skip_phase(phase, reason, now);
             }
         }
+    }
+
+    /// The run waits for `holder`, which publishes `branch`; the first call's time is kept.
+    pub fn wait_for_branch(&mut self, holder: &str, branch: &str, now: Timestamp) {
+        let since = match &self.waiting_for {
+            Some(wait) if wait.run_id == holder => wait.since,
+            _ => now,
+        };
+        self.waiting_for = Some(BranchWait {
+            run_id: holder.to_owned(),
+            branch: branch.to_owned(),
+            since,
+        });
+    }
+
+    /// The run holds its branch now; returns what it waited for, if anything.
+    pub fn stop_waiting(&mut self) -> Option<BranchWait> {
+        self.waiting_for.take()
     }
 
     /// An artifact that belongs to the run as a whole rather than one phase.
@@ -619,6 +843,100 @@ mod tests {
             statuses,
             [RunStatus::Queued, RunStatus::Running, RunStatus::Running]
         );
+        Ok(())
+    }
+
+    fn artifact(phase: Phase, name: &str) -> ArtifactRef {
+        ArtifactRef {
+            name: name.to_owned(),
+            key: format!("runs/r/artifacts/{phase}/{name}"),
+            size: 1,
+            sha256: String::new(),
+            content_type: "application/json".to_owned(),
+            phase: Some(phase),
+            expires_at: datetime!(2026-12-24 10:00 UTC),
+        }
+    }
+
+    /// A run whose specify and plan succeeded (plan without a checkpoint) and whose tasks
+    /// failed.
+    fn failed_at_tasks() -> Result<RunRecord, TransitionError> {
+        let mut run = record();
+        let at = datetime!(2026-11-24 10:00:01 UTC);
+        run.start("runner-a", at)?;
+        for (phase, status, artifacts) in [
+            (
+                Phase::Specify,
+                PhaseStatus::Succeeded,
+                vec![artifact(Phase::Specify, CHECKPOINT_ARTIFACT)],
+            ),
+            (
+                Phase::Plan,
+                PhaseStatus::Succeeded,
+                vec![artifact(Phase::Plan, "plan.stdout.log")],
+            ),
+            (Phase::Tasks, PhaseStatus::Failed, vec![]),
+        ] {
+            run.begin_phase(phase, at)?;
+            let outcome = PhaseOutcome {
+                artifacts,
+                ..Default::default()
+            };
+            run.end_phase(phase, status, outcome, at)?;
+        }
+        run.error = Some(RunError::new(
+            ErrorCode::AgentPhaseFailed,
+            "tasks failed",
+            "retry",
+        ));
+        run.finish(RunStatus::Failed, None, at)?;
+        Ok(run)
+    }
+
+    #[test]
+    fn a_retry_keeps_the_ended_attempt_and_resumes_after_the_last_checkpoint(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut run = failed_at_tasks()?;
+        run.retry(datetime!(2026-11-24 11:00 UTC))?;
+        assert_eq!(run.status, RunStatus::Queued);
+        assert_eq!(run.error, None);
+        let earlier = run.previous_attempts[0].clone();
+        assert_eq!(
+            (earlier.attempt, earlier.status),
+            (1, Some(RunStatus::Failed))
+        );
+        assert_eq!(
+            earlier.error.as_ref().map(|e| e.message.as_str()),
+            Some("tasks failed")
+        );
+        // Plan succeeded but left no checkpoint: the retry resumes after specify.
+        let resume = run.resume.clone().ok_or("no resume")?;
+        assert_eq!((resume.from_attempt, resume.after), (1, Phase::Specify));
+        assert!(run.phases.iter().all(|p| p.status == PhaseStatus::Pending));
+        run.start("runner-b", datetime!(2026-11-24 11:00:01 UTC))?;
+        assert_eq!(run.attempt, 2);
+        let specify = earlier.phases[2].clone();
+        run.restore_phase(&specify, 1)?;
+        let restored = run.phase(Phase::Specify);
+        assert_eq!(restored.restored_from_attempt, Some(1));
+        assert_eq!(restored.started_at, specify.started_at);
+        assert!(
+            run.restore_phase(&specify, 1).is_err(),
+            "a phase is restored once"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn only_failed_or_cancelled_runs_are_retried() -> Result<(), TransitionError> {
+        let mut run = record();
+        assert!(run.retry(datetime!(2026-11-24 11:00 UTC)).is_err());
+        run.start("runner-a", datetime!(2026-11-24 10:00:01 UTC))?;
+        assert!(run.retry(datetime!(2026-11-24 11:00 UTC)).is_err());
+        run.finish(RunStatus::Succeeded, None, datetime!(2026-11-24 10:01 UTC))?;
+        let refused = run.retry(datetime!(2026-11-24 11:00 UTC)).err();
+        assert_eq!(refused.map(|r| r.status), Some(RunStatus::Succeeded));
+        assert!(run.previous_attempts.is_empty());
         Ok(())
     }
 

@@ -140,6 +140,13 @@ pub fn queue_message(data: &[u8]) {
             );
             check_request(&request, &policy());
         }
+        Ok(Incoming::Answers(message)) => {
+            let again = Incoming::parse(&message.to_json());
+            assert!(
+                matches!(&again, Ok(Incoming::Answers(m)) if *m == message),
+                "an answers message does not read back: {again:?}"
+            );
+        }
         Err(error) => {
             let _ = error.to_string();
         }

@@ -88,6 +88,10 @@ pub struct RunnerConfig {
     pub model_budget: specrun_core::model_usage::Budget,
     /// An agent phase with no output and no model call for this long fails as stalled.
     pub stall_timeout: Duration,
+    /// What a run does when another run holds the branch it is about to push.
+    pub branch_busy: specrun_core::branch_lock::BranchBusy,
+    /// How often a run waiting for its branch looks again.
+    pub branch_poll: Duration,
 }
 
 impl RunnerConfig {
@@ -140,6 +144,8 @@ impl RunnerConfig {
             model_prices: specrun_core::model_usage::PriceTable::builtin(),
             model_budget: specrun_core::model_usage::Budget::default(),
             stall_timeout: Duration::from_secs(10 * 60),
+            branch_busy: specrun_core::branch_lock::BranchBusy::Wait,
+            branch_poll: Duration::from_secs(2),
         }
     }
 }

@@ -310,6 +310,128 @@ pub async fn cancel_run(
     Ok(Some(Cancelled::Requested))
 }
 
+/// Whether a stored cancel marker asks to stop the run: a retry leaves one that says the
+/// cancel was for an earlier attempt (`"cleared": true`), as the store cannot delete.
+pub fn cancel_requested(marker: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(marker)
+        .map(|v| v.get("cleared") != Some(&serde_json::Value::Bool(true)))
+        .unwrap_or(true)
+}
+
+/// What a retry request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// The run is queued again for a new attempt (its message still to be sent).
+    Queued(Box<RunRecord>),
+    /// The run cannot be retried in this status.
+    Refused(specrun_core::RunStatus),
+}
+
+/// What answering a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answered {
+    /// The answers are recorded and the run queued again (its message still to be sent).
+    Queued(Box<RunRecord>),
+    /// The run is not waiting for answers: it is in this status.
+    Refused(specrun_core::RunStatus),
+    /// The answers do not fit the run's questions: which one, and why.
+    Invalid { field: String, reason: String },
+}
+
+/// Records answers to a run's saved clarification questions
+/// (`artifacts/clarifications.json`) and queues it again (`RunRecord::answer`),
+/// conditional on the version read. `None` when there is no such run.
+pub async fn answer_run(
+    store: &dyn BlobStore,
+    id: &RunId,
+    answers: Vec<specrun_core::clarify::Answer>,
+) -> Result<Option<Answered>, StoreError> {
+    let Some((mut record, version)) = load_run_versioned(store, id).await? else {
+        return Ok(None);
+    };
+    if record.status != specrun_core::RunStatus::NeedsClarification {
+        return Ok(Some(Answered::Refused(record.status)));
+    }
+    let saved = record
+        .artifacts
+        .iter()
+        .find(|a| a.name == "clarifications.json")
+        .map(|a| a.key.clone());
+    let Some(key) = saved else {
+        return Ok(Some(Answered::Refused(record.status)));
+    };
+    let questions: serde_json::Value = serde_json::from_slice(&store.get(&key).await?)
+        .map_err(|e| StoreError::backend(&key, e))?;
+    let file = questions["file"].as_str().unwrap_or_default();
+    if !file.ends_with("/spec.md") {
+        return Ok(Some(Answered::Invalid {
+            field: "answers".to_owned(),
+            reason: format!("the open questions are in {file}; only questions in the specification (spec.md) can be answered: put the answers in the specification text and submit again"),
+        }));
+    }
+    let asked: Vec<&str> = questions["questions"]
+        .as_array()
+        .map(|qs| qs.iter().filter_map(|q| q.as_str()).collect())
+        .unwrap_or_default();
+    if let Some((i, unknown)) = answers
+        .iter()
+        .enumerate()
+        .find(|(_, a)| !asked.contains(&a.question.as_str()))
+    {
+        return Ok(Some(Answered::Invalid {
+            field: format!("answers[{i}].question"),
+            reason: format!(
+                "{:?} is not one of the run's questions: {}",
+                unknown.question,
+                asked
+                    .iter()
+                    .map(|q| format!("{q:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }));
+    }
+    if record.answer(answers, now()).is_err() {
+        return Ok(Some(Answered::Refused(record.status)));
+    }
+    match save_run_fenced(store, &record, &version).await {
+        Ok(_) => Ok(Some(Answered::Queued(Box::new(record)))),
+        Err(StoreError::PreconditionFailed(_)) => Ok(load_run(store, id)
+            .await?
+            .map(|current| Answered::Refused(current.status))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Queues a failed or cancelled run again (`RunRecord::retry`), conditional on the
+/// version read, so two retries at once make one new attempt. A cancel marker left by
+/// the earlier attempt is cleared. `None` when there is no such run.
+pub async fn retry_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<Retried>, StoreError> {
+    let Some((mut record, version)) = load_run_versioned(store, id).await? else {
+        return Ok(None);
+    };
+    if let Err(refused) = record.retry(now()) {
+        return Ok(Some(Retried::Refused(refused.status)));
+    }
+    let marker = keys::cancel(id);
+    match store.get(&marker).await {
+        Ok(_) => {
+            let cleared = serde_json::json!({"cleared": true, "cleared_by": "retry"});
+            store.put(&marker, to_json(&cleared), JSON).await?;
+        }
+        Err(StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match save_run_fenced(store, &record, &version).await {
+        Ok(_) => Ok(Some(Retried::Queued(Box::new(record)))),
+        // Another retry (or writer) got there first: answer with what it made.
+        Err(StoreError::PreconditionFailed(_)) => Ok(load_run(store, id)
+            .await?
+            .map(|current| Retried::Refused(current.status))),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

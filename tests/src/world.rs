@@ -92,6 +92,18 @@ impl World {
         Ok(())
     }
 
+    /// Puts `body` on the run queue as a scheduler would.
+    pub async fn send_to_run_queue(&self, body: Vec<u8>) -> anyhow::Result<()> {
+        self.moto
+            .sqs()
+            .send_message()
+            .queue_url(&self.queues.url)
+            .message_body(String::from_utf8(body)?)
+            .send()
+            .await?;
+        Ok(())
+    }
+
     /// Waits until the run queue holds no message, visible or in flight.
     pub async fn wait_queue_empty(&self) -> anyhow::Result<()> {
         eventually(

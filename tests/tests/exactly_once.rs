@@ -41,15 +41,7 @@ async fn duplicate_message(world: &World, run_id: &str) -> anyhow::Result<()> {
         .get_object(BUCKET, &format!("runs/{run_id}/request.json"))
         .await?;
     let message = RunMessage::new(run_id, serde_json::from_slice(&request)?);
-    world
-        .moto
-        .sqs()
-        .send_message()
-        .queue_url(&world.queues.url)
-        .message_body(String::from_utf8(message.to_json())?)
-        .send()
-        .await?;
-    Ok(())
+    world.send_to_run_queue(message.to_json()).await
 }
 
 async fn wait_status(

@@ -53,6 +53,25 @@ impl Submit {
                 _ => specrun_http::method_not_allowed("POST"),
             };
         }
+        if let Some(id) = route
+            .strip_prefix("/runs/")
+            .and_then(|rest| rest.strip_suffix("/retry"))
+        {
+            return match request.method() {
+                &Method::POST => self.retry(id).await,
+                _ => specrun_http::method_not_allowed("POST"),
+            };
+        }
+        if let Some(id) = route
+            .strip_prefix("/runs/")
+            .and_then(|rest| rest.strip_suffix("/answers"))
+        {
+            return match (request.method(), specrun_http::require_json(&request)) {
+                (&Method::POST, Ok(())) => self.answer(id, request.into_body()).await,
+                (&Method::POST, Err(refused)) => *refused,
+                _ => specrun_http::method_not_allowed("POST"),
+            };
+        }
         match (request.method(), route.as_str()) {
             (&Method::POST, "/runs") => match specrun_http::require_json(&request) {
                 Ok(()) => self.submit(request.into_body()).await,
@@ -89,6 +108,165 @@ impl Submit {
             ),
             Err(e) => specrun_http::unavailable(&e.to_string()),
         }
+    }
+
+    /// `POST /runs/{id}/retry`: a failed or cancelled run is queued again for a new
+    /// attempt that continues from its last good phase (202); a run in progress or
+    /// finished otherwise answers 409. A retried run whose message is not known to be on
+    /// the queue (the send failed) is sent again.
+    async fn retry(&self, id: &str) -> ApiResponse {
+        let Ok(run_id) = RunId::parse(id) else {
+            return specrun_http::not_found(&format!("no run {id}"));
+        };
+        let store = self.store.as_ref();
+        let request = match runs::load_request(store, &run_id).await {
+            Ok(Some(request)) => request,
+            Ok(None) => {
+                return match runs::load_run(store, &run_id).await {
+                    Ok(None) => specrun_http::not_found(&format!("no run {id}")),
+                    Ok(Some(_)) => error(
+                        StatusCode::CONFLICT,
+                        "not_retryable",
+                        &format!("run {id} has no stored request to run again (it was recorded before requests were stored): submit it again with POST /runs"),
+                        None,
+                    ),
+                    Err(e) => specrun_http::unavailable(&e.to_string()),
+                }
+            }
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        let retried = match runs::retry_run(store, &run_id).await {
+            Ok(Some(retried)) => retried,
+            Ok(None) => return specrun_http::not_found(&format!("no run {id}")),
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        let record = match retried {
+            runs::Retried::Queued(record) => record,
+            runs::Retried::Refused(RunStatus::Queued)
+                if runs::queue_send(store, &run_id).await.ok().flatten()
+                    == Some(runs::QueueSend::Pending) =>
+            {
+                match runs::load_run(store, &run_id).await {
+                    Ok(Some(record)) => Box::new(record),
+                    Ok(None) => return specrun_http::not_found(&format!("no run {id}")),
+                    Err(e) => return specrun_http::unavailable(&e.to_string()),
+                }
+            }
+            runs::Retried::Refused(status) => {
+                let why = match status {
+                    RunStatus::Queued | RunStatus::Running => "it is still in progress: wait for it to end, or cancel it first",
+                    RunStatus::NeedsClarification => "it ended with open questions: answer them in the specification text and submit again",
+                    _ => "it succeeded: there is nothing to retry",
+                };
+                return error_with(
+                    StatusCode::CONFLICT,
+                    "not_retryable",
+                    &format!("run {id} is {status}; only a failed or cancelled run can be retried, and {why}"),
+                    None,
+                    serde_json::Map::from_iter([("status".to_owned(), serde_json::json!(status))]),
+                );
+            }
+        };
+        self.queue_again(&run_id, request, &record, "retry").await
+    }
+
+    /// Sends a run queued again (retried or answered) and answers 202; a failed send
+    /// leaves it marked not known to be on the queue, for the same call to send again.
+    async fn queue_again(
+        &self,
+        run_id: &RunId,
+        request: RunRequest,
+        record: &RunRecord,
+        route: &str,
+    ) -> ApiResponse {
+        let store = self.store.as_ref();
+        if let Err(e) = runs::mark_queue_send(store, run_id, runs::QueueSend::Pending).await {
+            return specrun_http::unavailable(&e.to_string());
+        }
+        let message = RunMessage::new(run_id.as_str(), request);
+        if let Err(e) = self.queue.send(message.to_json().into()).await {
+            tracing::warn!(%run_id, error = %e, "could not queue a run again");
+            return specrun_http::unavailable(&format!(
+                "run {run_id} is queued again but its message could not be sent ({e}); POST /runs/{run_id}/{route} again"
+            ));
+        }
+        if let Err(e) = runs::mark_queue_send(store, run_id, runs::QueueSend::Sent).await {
+            tracing::warn!(%run_id, error = %e, "queued a run again but could not record it");
+        }
+        json(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({
+                "run_id": run_id.as_str(),
+                "status": "queued",
+                "attempt": record.attempt.saturating_add(1),
+                "resume_after": record.resume.as_ref().map(|r| r.after),
+                "answers": record.answers.len(),
+                "status_url": format!("{}/runs/{run_id}", self.status_base.trim_end_matches('/')),
+            }),
+        )
+    }
+
+    /// `POST /runs/{id}/answers` with `{"answers": [{"question", "answer"}, ...]}`: a run
+    /// that ended `needs_clarification` records the answers to its saved questions and is
+    /// queued again, to go on from the phase that asked on the same branch (202); 400 for
+    /// answers that do not fit its questions; 409 for a run not waiting for answers.
+    async fn answer(&self, id: &str, body: Bytes) -> ApiResponse {
+        let Ok(run_id) = RunId::parse(id) else {
+            return specrun_http::not_found(&format!("no run {id}"));
+        };
+        if body.len() > MAX_BODY {
+            let message = format!("the body is {} bytes; the limit is {MAX_BODY}", body.len());
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &message,
+                Some("body"),
+            );
+        }
+        let answers = match specrun_core::clarify::parse_answers(&body) {
+            Ok(answers) => answers,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    Some(&e.field),
+                )
+            }
+        };
+        let store = self.store.as_ref();
+        let request = match runs::load_request(store, &run_id).await {
+            Ok(Some(request)) => request,
+            Ok(None) => {
+                return specrun_http::not_found(&format!("no run {id} with a stored request"))
+            }
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        let record = match runs::answer_run(store, &run_id, answers).await {
+            Ok(Some(runs::Answered::Queued(record))) => record,
+            Ok(Some(runs::Answered::Invalid { field, reason })) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("{field}: {reason}"),
+                    Some(&field),
+                )
+            }
+            Ok(Some(runs::Answered::Refused(status))) => {
+                return error_with(
+                    StatusCode::CONFLICT,
+                    "not_waiting_for_answers",
+                    &format!(
+                    "run {id} is {status}; only a run that ended needs_clarification takes answers"
+                ),
+                    None,
+                    serde_json::Map::from_iter([("status".to_owned(), serde_json::json!(status))]),
+                )
+            }
+            Ok(None) => return specrun_http::not_found(&format!("no run {id}")),
+            Err(e) => return specrun_http::unavailable(&e.to_string()),
+        };
+        self.queue_again(&run_id, request, &record, "answers").await
     }
 
     async fn submit(&self, body: Bytes) -> ApiResponse {

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 mod report;
+mod retry;
 mod service;
 
 pub use report::ConsoleProgress;
@@ -82,6 +83,41 @@ pub enum Command {
         stale_secs: u64,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(flatten)]
+        runner: Box<RunnerArgs>,
+    },
+    /// Retry a failed or cancelled run from its last good phase: the phases that
+    /// succeeded are restored, not run again. On the embedded store the new attempt runs
+    /// in this process; with --bucket and --queue-url it is queued for the runners.
+    Retry {
+        run_id: String,
+        /// Print the final run.json on stdout (embedded store) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The run queue, with --bucket: the retried run is sent there.
+        #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
+        queue_url: Option<String>,
+        #[command(flatten)]
+        runner: Box<RunnerArgs>,
+    },
+    /// Answer the open questions of a run that ended needs_clarification and resume it
+    /// on the same branch from the phase that asked (`specrun status` lists them).
+    Answer {
+        run_id: String,
+        /// N=TEXT: the answer to question N (from 1, as clarifications.md numbers them);
+        /// repeatable.
+        #[arg(long = "answer", value_parser = parse_numbered, required = true)]
+        answers: Vec<(usize, String)>,
+        /// Print the final run.json on stdout (embedded store) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The run queue, with --bucket: the answered run is sent there.
+        #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
+        queue_url: Option<String>,
         #[command(flatten)]
         runner: Box<RunnerArgs>,
     },
@@ -238,12 +274,26 @@ pub struct RunnerArgs {
     /// with phase_stalled, in seconds.
     #[arg(long, env = "SPECRUN_STALL_TIMEOUT_SECS", default_value_t = 600)]
     pub stall_timeout_secs: u64,
+    /// When another run holds the branch a run is about to push: wait for it (recorded
+    /// in run.json as waiting_for) or refuse (fail with branch_busy).
+    #[arg(long, env = "SPECRUN_BRANCH_BUSY", default_value = "wait")]
+    pub branch_busy: specrun_core::branch_lock::BranchBusy,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn parse_numbered(text: &str) -> Result<(usize, String), String> {
+    let (number, answer) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not N=TEXT"))?;
+    match number.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok((n, answer.to_owned())),
+        _ => Err(format!("{number:?} is not a question number (1, 2, ...)")),
+    }
 }
 
 fn parse_publish(text: &str) -> Result<Publish, String> {
@@ -303,6 +353,7 @@ impl RunnerArgs {
             )?;
         }
         config.stall_timeout = Duration::from_secs(self.stall_timeout_secs.max(1));
+        config.branch_busy = self.branch_busy;
         Ok(config)
     }
 }
@@ -352,6 +403,56 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             store,
         } => logs(&run_id, phase, &store.open(state_dir).await?).await,
         Command::Cancel { run_id, store } => cancel(&run_id, &store.open(state_dir).await?).await,
+        Command::Answer {
+            run_id,
+            answers,
+            json,
+            store,
+            queue_url,
+            runner,
+        } => {
+            let state = store.open(state_dir).await?;
+            let answers = retry::numbered_answers(&run_id, state.store.as_ref(), &answers).await?;
+            match queue_url {
+                Some(queue_url) => {
+                    retry::answer_queued(&run_id, state.store, &queue_url, answers).await
+                }
+                None if store.bucket.is_some() => {
+                    bail!("answering a run of the bucket needs the run queue too: give --queue-url (SPECRUN_QUEUE_URL)")
+                }
+                None => {
+                    let pipeline = Pipeline::new(
+                        runner.to_config()?,
+                        state.store.clone(),
+                        Arc::new(ConsoleProgress::new()),
+                    );
+                    retry::answer_here(&run_id, &pipeline, state_dir, json, answers).await
+                }
+            }
+        }
+        Command::Retry {
+            run_id,
+            json,
+            store,
+            queue_url,
+            runner,
+        } => {
+            let state = store.open(state_dir).await?;
+            match queue_url {
+                Some(queue_url) => retry::queued(&run_id, state.store, &queue_url).await,
+                None if store.bucket.is_some() => {
+                    bail!("retrying a run of the bucket needs the run queue too: give --queue-url (SPECRUN_QUEUE_URL)")
+                }
+                None => {
+                    let pipeline = Pipeline::new(
+                        runner.to_config()?,
+                        state.store.clone(),
+                        Arc::new(ConsoleProgress::new()),
+                    );
+                    retry::here(&run_id, &pipeline, state_dir, json).await
+                }
+            }
+        }
         Command::Sweep {
             stale_secs,
             store,
@@ -414,6 +515,15 @@ async fn run(
     let progress = Arc::new(ConsoleProgress::new());
     let pipeline = Pipeline::new(config, store.clone(), progress);
     let run_id = specrun_store::runs::new_run_id();
+    // Stored like the submit function's, so that `specrun retry` runs the same request.
+    specrun_store::runs::pin_request(store.as_ref(), &run_id, &request.to_wire())
+        .await
+        .with_context(|| {
+            format!(
+                "writing the run's request to the state store at {}",
+                state_dir.display()
+            )
+        })?;
     let record = pipeline
         .enqueue_record(&run_id, &request)
         .await
@@ -429,7 +539,20 @@ async fn run(
         record.agent.name,
         request.publish.as_str()
     );
-    let interrupts = cancel_on_interrupt(store.clone(), run_id.clone());
+    execute_here(&pipeline, record, request, state_dir, args.json).await
+}
+
+/// Executes a queued run in this process (Ctrl-C cancels it), prints the summary (or
+/// run.json with `json`), and returns the exit code.
+async fn execute_here(
+    pipeline: &Pipeline,
+    record: RunRecord,
+    request: specrun_core::ValidatedRequest,
+    state_dir: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let run_id = specrun_store::runs::run_id(&record)?;
+    let interrupts = cancel_on_interrupt(pipeline.store.clone(), run_id.clone());
     let record = match pipeline
         .execute(record, request)
         .await
@@ -441,7 +564,7 @@ async fn run(
         ),
     };
     interrupts.abort();
-    if args.json {
+    if json {
         print_summary(&mut std::io::stderr(), &record, state_dir);
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {

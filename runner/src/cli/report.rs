@@ -56,6 +56,7 @@ pub(super) fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
         record.agent.version.as_deref().unwrap_or(""),
         record.agent.image
     );
+    print_attempts(out, record);
     print_phase_table(out, record);
     if let Some(usage) = &record.usage {
         let _ = writeln!(
@@ -81,6 +82,46 @@ pub(super) fn print_status(out: &mut dyn std::io::Write, record: &RunRecord) {
                 let _ = writeln!(out, "    | {line}");
             }
         }
+    }
+}
+
+/// The attempt, earlier attempts with how they ended, and what the run waits for.
+fn print_attempts(out: &mut dyn std::io::Write, record: &RunRecord) {
+    if record.attempt > 1 || !record.previous_attempts.is_empty() {
+        let _ = writeln!(out, "  attempt {}", record.attempt);
+    }
+    for earlier in &record.previous_attempts {
+        let ended = match (&earlier.status, &earlier.error) {
+            (Some(status), Some(error)) => format!("{status} ({}: {})", error.code, error.message),
+            (Some(status), None) => status.to_string(),
+            (None, _) => "abandoned by its runner".to_owned(),
+        };
+        let _ = writeln!(out, "    attempt {}: {ended}", earlier.attempt);
+    }
+    for answer in &record.answers {
+        let _ = writeln!(
+            out,
+            "  answered (asked in attempt {}): {} → {}",
+            answer.attempt, answer.question, answer.answer
+        );
+    }
+    if let Some(resume) = &record.resume {
+        let _ = writeln!(
+            out,
+            "  resumes after {} (restored from attempt {})",
+            resume.after, resume.from_attempt
+        );
+    }
+    if let Some(wait) = &record.waiting_for {
+        let _ = writeln!(
+            out,
+            "  waiting for run {} to finish with branch {} (since {})",
+            wait.run_id,
+            wait.branch,
+            wait.since
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        );
     }
 }
 

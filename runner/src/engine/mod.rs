@@ -7,10 +7,12 @@
 //! time limit and a lost lease.
 
 pub(crate) mod artifacts;
+mod branch_wait;
 mod failure;
 mod phases;
 mod pipeline;
 pub mod progress;
+mod resume;
 mod run;
 mod stop;
 #[cfg(test)]

@@ -10,6 +10,7 @@
 use crate::config::RunnerConfig;
 use crate::engine::artifacts::ArtifactStore;
 use crate::engine::failure;
+use crate::engine::phases::checkpoint::Restore;
 use crate::engine::phases::{self, Failure, Step};
 use crate::engine::progress::{Progress, ProgressEvent};
 use crate::engine::run::Run;
@@ -173,7 +174,12 @@ impl Pipeline {
             artifacts: ArtifactStore::new(
                 self.store.clone(),
                 run_id.clone(),
-                record.attempt,
+                // A queued run's attempt is counted when it starts, just below; a retried
+                // run's earlier attempt keeps its artifacts.
+                match record.status {
+                    RunStatus::Queued => record.attempt.saturating_add(1),
+                    _ => record.attempt,
+                },
                 self.config.retention_days,
             ),
             redactor: Redactor::new(&secrets),
@@ -184,6 +190,7 @@ impl Pipeline {
             record_version: version,
             abandoned: false,
             gateway: None,
+            restore: None,
         };
         self.progress.event(ProgressEvent::RunStarted {
             run_id: run.run_id.to_string(),
@@ -240,6 +247,9 @@ impl Pipeline {
         job: &mut Option<Box<dyn Job>>,
     ) -> (RunStatus, Option<String>) {
         let sandbox = self.sandbox.clone();
+        if let Some(resume) = run.record.resume.clone() {
+            run.restore = Restore::load(run, &resume).await;
+        }
         let prepared = phase!(
             self,
             run,
@@ -252,29 +262,38 @@ impl Pipeline {
             run,
             stop,
             Phase::Clone,
-            phases::clone::run(run, prepared.job)
+            self.clone_and_restore(run, prepared.job)
         );
-        let specified = phase!(
-            self,
-            run,
-            stop,
-            Phase::Specify,
-            phases::specify::run(run, &prepared, &cloned)
-        );
-        phase!(
-            self,
-            run,
-            stop,
-            Phase::Plan,
-            phases::plan::run(run, &prepared, &specified)
-        );
-        phase!(
-            self,
-            run,
-            stop,
-            Phase::Tasks,
-            phases::tasks::run(run, &prepared, &specified)
-        );
+        let restored = self.restored_phases(run).await;
+        let answered = run.restore.as_ref().is_some_and(|r| r.resume.answered);
+        let specified = match restored {
+            Some(specified) if answered => phase!(
+                self,
+                run,
+                stop,
+                Phase::Specify,
+                self.answer(run, &prepared, specified)
+            ),
+            Some(specified) => specified,
+            None => phase!(
+                self,
+                run,
+                stop,
+                Phase::Specify,
+                self.specify_and_keep(run, &prepared, &cloned)
+            ),
+        };
+        for phase in [Phase::Plan, Phase::Tasks] {
+            if run.record.phase(phase).restored_from_attempt.is_none() {
+                phase!(
+                    self,
+                    run,
+                    stop,
+                    phase,
+                    self.document_and_keep(run, &prepared, &specified, phase)
+                );
+            }
+        }
         let committed = phase!(
             self,
             run,
@@ -291,7 +310,7 @@ impl Pipeline {
                 run,
                 stop,
                 Phase::Push,
-                phases::push::run(run, &prepared, &specified, &committed)
+                self.push_under_lock(run, stop, &prepared, &specified, &committed)
             );
         }
         if let Some(reason) = skip_reason(Phase::PullRequest, publish) {
@@ -482,7 +501,7 @@ impl Pipeline {
         self.phase_ended(run, phase).await;
     }
 
-    async fn phase_ended(&self, run: &mut Run, phase: Phase) {
+    pub(super) async fn phase_ended(&self, run: &mut Run, phase: Phase) {
         let state = run.record.phase(phase);
         self.progress.event(ProgressEvent::PhaseEnded {
             phase,
@@ -507,7 +526,7 @@ impl Pipeline {
 
     /// Writes run.json, conditional on the version this runner last read or wrote; a
     /// refusal means another runner wrote it, and this one abandons the run.
-    async fn persist(&self, run: &mut Run) -> Result<(), StoreError> {
+    pub(super) async fn persist(&self, run: &mut Run) -> Result<(), StoreError> {
         if run.abandoned {
             return Ok(());
         }

@@ -28,6 +28,8 @@ pub(crate) struct Run {
     pub record_version: String,
     /// Another runner holds the run now: nothing more is recorded by this one.
     pub abandoned: bool,
+    /// For a retried run: the earlier attempt's checkpoint its phases are restored from.
+    pub restore: Option<crate::engine::phases::checkpoint::Restore>,
     /// The run's model gateway, from prepare on, for agents that use one.
     pub gateway: Option<Arc<specrun_gateway::ModelGateway>>,
 }

@@ -72,8 +72,10 @@ async fn watch(config: StopWatchConfig, reason: Arc<Mutex<Option<StopReason>>>) 
         {
             break StopReason::LeaseLost;
         }
-        if config.store.get(&key).await.is_ok() {
-            break StopReason::Cancelled;
+        if let Ok(marker) = config.store.get(&key).await {
+            if specrun_store::runs::cancel_requested(&marker) {
+                break StopReason::Cancelled;
+            }
         }
         if let Some(limit) = config
             .run_timeout

@@ -125,6 +125,7 @@ impl Worker {
                 request,
                 celery: None,
             }),
+            Ok(Incoming::Answers(answers)) => self.answered(answers).await,
             Err(e) => {
                 tracing::warn!(error = %e, "an unreadable message; leaving it for the dead-letter queue");
                 Err(Disposition::Retry)

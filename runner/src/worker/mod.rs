@@ -7,6 +7,7 @@
 //! where Celery's S3 backend reads it ([`celery_results`]). [`sweep`] removes what dead
 //! runners left on this host.
 
+mod answers;
 mod celery_results;
 mod dead_letters;
 mod execute;

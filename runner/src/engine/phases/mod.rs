@@ -8,12 +8,13 @@
 #![allow(clippy::result_large_err)]
 
 mod agent;
+pub(crate) mod checkpoint;
 pub(crate) mod cleanup;
 pub(crate) mod clone;
 mod command;
 pub(crate) mod commit;
 mod document;
-mod output;
+pub(crate) mod output;
 pub(crate) mod plan;
 pub(crate) mod prepare;
 pub(crate) mod pull_request;

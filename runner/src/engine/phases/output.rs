@@ -12,7 +12,7 @@ use specrun_sandbox::Workspace;
 const MAX_SPEC_FILE: u64 = 4 * 1024 * 1024;
 
 /// Reads a file the agent wrote, as text, refusing symlinks; `None` when it is missing.
-pub(super) async fn read_output(
+pub(crate) async fn read_output(
     workspace: &Workspace,
     phase: Phase,
     relative: &str,
@@ -38,7 +38,7 @@ pub(super) async fn read_output(
 }
 
 /// The agent succeeded but did not write the phase's file.
-pub(super) fn output_missing(phase: Phase, file: &str, artifacts: Vec<ArtifactRef>) -> Failure {
+pub(crate) fn output_missing(phase: Phase, file: &str, artifacts: Vec<ArtifactRef>) -> Failure {
     Failure {
         error: failure::error(
             phase,
@@ -51,7 +51,7 @@ pub(super) fn output_missing(phase: Phase, file: &str, artifacts: Vec<ArtifactRe
 }
 
 /// When `text` holds `[NEEDS CLARIFICATION]` markers, stores the questions and stops.
-pub(super) async fn clarification_stop<T>(
+pub(crate) async fn clarification_stop<T>(
     run: &Run,
     phase: Phase,
     file: &str,

@@ -107,6 +107,8 @@ fn job_request(run: &Run, agent: &ResolvedAgent, image: String) -> Result<JobReq
         .map(|(gateway, _)| gateway.home_files.clone())
         .unwrap_or_default();
     home_files.extend(agent.profile.home_files.clone());
+    // A retried run's checkpoint, written into the clone after clone.
+    home_files.extend(run.restore.iter().flat_map(|r| r.home_files()));
     Ok(JobRequest {
         run_id: run.run_id.to_string(),
         runner_id: run.config.runner_id.clone(),

@@ -106,7 +106,18 @@ pub(crate) async fn run(
         Err(error) => return Err(Failure { error, artifacts }),
     };
     run.record.branch_name = Some(branch.to_string());
-    if let Some(stop) = clarification_stop(run, PHASE, &spec_path, &spec, &mut artifacts).await? {
+    let specified = Specified {
+        feature,
+        branch,
+        init_files,
+    };
+    if let Some(mut stop) =
+        clarification_stop(run, PHASE, &spec_path, &spec, &mut artifacts).await?
+    {
+        // Answered later, the run goes on from this specification (`specrun answer`).
+        if let Step::Stop { outcome, .. } = &mut stop {
+            super::checkpoint::keep(run, prepared, &specified, PHASE, outcome).await;
+        }
         return Ok(stop);
     }
     notes.push(format!("wrote {spec_path}"));
@@ -116,11 +127,7 @@ pub(crate) async fn run(
             message: Some(notes.join("; ")),
             ..Default::default()
         },
-        Specified {
-            feature,
-            branch,
-            init_files,
-        },
+        specified,
     ))
 }
 
