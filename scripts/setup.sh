@@ -14,9 +14,12 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 # Build: git2 and octocrab link OpenSSL/ring through pkg-config and cc. Tests: git
 # (http-backend), GNU time (benchmark), libcurl for the Celery producer's SQS transport,
 # iptables (the runner's egress firewall rules; docker.io pulls it in too), libfaketime
-# (the soak runs a runner on a skewed clock).
+# (the soak runs a runner on a skewed clock), RabbitMQ and PostgreSQL (the Celery broker
+# and result backend of the AMQP tests, which start their own server processes; the
+# packages' services are not used).
 missing=()
-for pkg in pkg-config libssl-dev git time debootstrap libcurl4-openssl-dev iptables libfaketime; do
+for pkg in pkg-config libssl-dev git time debootstrap libcurl4-openssl-dev iptables libfaketime \
+    rabbitmq-server postgresql; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,6 +33,22 @@ if ! python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/
     echo "setup: ERROR: pip could not install tests/requirements.txt" >&2
     exit 1
 fi
+
+# Celery producers of two releases for the AMQP tests, each in its own directory (pip
+# --target) with the SQLAlchemy and psycopg2 its database backend needs; kept between runs
+# in the cache directory (about a minute each to install).
+CACHE_DIR="${SPECRUN_CACHE_DIR:-$HOME/.cache/specrun}"
+install_celery() {
+    local release=$1 kombu=$2 sqlalchemy=$3 dir="$CACHE_DIR/celery-$1"
+    [ -f "$dir/.installed" ] && return 0
+    log "installing Celery $release into $dir"
+    rm -rf "$dir"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" \
+        "celery==$release" "kombu==$kombu" "sqlalchemy==$sqlalchemy" "psycopg2-binary==2.9.11" >&2
+    touch "$dir/.installed"
+}
+install_celery 5.4.0 5.4.2 2.0.44
+install_celery 5.7.0 5.7.0 2.1.9
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"

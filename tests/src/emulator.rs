@@ -86,7 +86,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// The last `lines` lines of a text file, for failure messages.
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -511,7 +511,6 @@ impl SpecrunProcess {
             .stdout(File::create(dir.path().join("stdout.log"))?)
             .stderr(File::create(&stderr)?)
             .env("SPECRUN_BUCKET", &env.bucket)
-            .env("SPECRUN_QUEUE_URL", &env.queue_url)
             .env("SPECRUN_ALLOW_REPO_HOSTS", &env.allow_repo_hosts)
             .env("SPECRUN_DEFAULT_AGENT", "scripted")
             .env("SPECRUN_GIT_TOKEN", CANARY_TOKEN)
@@ -523,6 +522,11 @@ impl SpecrunProcess {
             .env("SPECRUN_LOG", "info")
             .env_remove("SPECRUN_RUNNER_ID");
         with_aws_env_std(&mut command, &env.endpoint);
+        // An empty queue URL: the process takes its queue from elsewhere (a broker).
+        match env.queue_url.as_str() {
+            "" => command.env_remove("SPECRUN_QUEUE_URL"),
+            url => command.env("SPECRUN_QUEUE_URL", url),
+        };
         if let Some(id) = &env.runner_id {
             command.env("SPECRUN_RUNNER_ID", id);
         }
