@@ -118,6 +118,7 @@ fn write_int(out: &mut Vec<u8>, i: i128) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

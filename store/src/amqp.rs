@@ -707,6 +707,7 @@ impl Queue for AmqpQueue {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
