@@ -50,6 +50,12 @@ install_celery() {
 install_celery 5.4.0 5.4.2 2.0.44
 install_celery 5.7.0 5.7.0 2.1.9
 
+# LocalStack, for the serverless suite's second pass (scripts/test.sh): only on request,
+# since a fresh install takes 5-16 minutes on this machine's size.
+if [ "${SPECRUN_LOCALSTACK:-}" = "1" ]; then
+    "$ROOT/localstack/install-localstack.sh" >/dev/null
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest >&2
