@@ -8,7 +8,7 @@ with the Celery under test first on the path (``PYTHONPATH=<celery-5.4 dir>``); 
 
 Commands:
 
-  send --kwargs JSON                 prints the task id
+  send --kwargs JSON [--countdown S] prints the task id
   wait TASK_ID [--timeout S]         prints {"celery", "status", "result", "traceback"}
                                      as JSON and exits 0 when get() returned; on failure
                                      prints {"celery", "status", "exception", "message",
@@ -53,6 +53,7 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     send = commands.add_parser("send")
     send.add_argument("--kwargs", required=True)
+    send.add_argument("--countdown", type=float)
     wait = commands.add_parser("wait")
     wait.add_argument("task_id")
     wait.add_argument("--timeout", type=float, default=120)
@@ -63,7 +64,9 @@ def main() -> int:
 
     app = make_app()
     if args.command == "send":
-        result = app.send_task("specrun.run", kwargs=json.loads(args.kwargs))
+        result = app.send_task(
+            "specrun.run", kwargs=json.loads(args.kwargs), countdown=args.countdown
+        )
         print(result.id)
         return 0
 

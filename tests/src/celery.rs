@@ -132,7 +132,15 @@ impl AmqpProducer {
 
     /// Sends one `specrun.run` task; its id.
     pub async fn send(&self, kwargs: &Value) -> anyhow::Result<String> {
-        let (_, out) = self.run(&["send", "--kwargs", &kwargs.to_string()]).await?;
+        self.send_with(kwargs, &[]).await
+    }
+
+    /// Sends one `specrun.run` task with more `send` options (`--countdown S`); its id.
+    pub async fn send_with(&self, kwargs: &Value, options: &[&str]) -> anyhow::Result<String> {
+        let kwargs = kwargs.to_string();
+        let mut args = vec!["send", "--kwargs", &kwargs];
+        args.extend_from_slice(options);
+        let (_, out) = self.run(&args).await?;
         let id = out.trim().to_owned();
         ensure!(!id.is_empty(), "send printed no task id");
         Ok(id)

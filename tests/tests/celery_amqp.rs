@@ -352,3 +352,41 @@ async fn broker_and_backend_passwords_come_from_the_environment_and_are_never_sh
     );
     Ok(())
 }
+
+/// A task sent with `countdown` waits in a delay queue (a TTL queue dead-lettering back into
+/// the run queue), several times when its eta is further than one wait, then runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_celery_countdown_waits_on_rabbitmq_then_runs_once() -> TestResult {
+    let mut stack = Stack::start().await?;
+    stack
+        .env
+        .extra
+        .push(("SPECRUN_ETA_STEP_SECS".to_owned(), "4".to_owned()));
+    let runner = SpecrunProcess::runner(&stack.env, &["--max-receives", "1"]).await?;
+    let url = stack.world.git().create_repo("later", "# Later\n")?;
+    let producer = stack.producer("5.7.0");
+    let sent_at = time::OffsetDateTime::now_utc();
+    let task_id = producer
+        .send_with(
+            &run_request(&url, "Close stale issues weekly"),
+            &["--countdown", "10"],
+        )
+        .await?;
+    let done = producer.wait(&task_id, RUN_TIMEOUT).await?;
+    assert_succeeded("5.7.0", &done, &runner);
+    let stored = stack.world.stored_run(&task_id).await?;
+    assert_eq!((stored.status, stored.attempt), (RunStatus::Succeeded, 1));
+    let started = stored.started_at.context("never started")?;
+    assert!(
+        started >= sent_at + time::Duration::seconds(10),
+        "started at {started}, before its eta"
+    );
+    let log = runner.stderr_tail(100_000);
+    assert!(log.matches("sent it again delayed").count() >= 2, "{log}");
+    assert_eq!(
+        stack.rabbit.queue_depth(&format!("{QUEUE}.dead-letter"))?,
+        0
+    );
+    assert_eq!(stack.rabbit.queue_depth(QUEUE)?, 0);
+    Ok(())
+}
