@@ -4,8 +4,8 @@
 //! Celery tasks ([`messages`]), works each run under its [`lease`] ([`execute`], one task
 //! per run id in a process: [`run_locks`]), gives up on a run only on its last delivery
 //! and only under its lease ([`last_delivery`]), and writes each Celery task's result
-//! where the scheduler's Celery reads it ([`celery_results`]: its S3 or database backend). [`sweep`] removes what dead
-//! runners left on this host.
+//! where the scheduler's Celery reads it ([`celery_results`]: its S3 or database
+//! backend). [`sweep`] removes what dead runners left on this host.
 
 mod celery_results;
 mod dead_letters;
