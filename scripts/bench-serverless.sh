@@ -2,10 +2,12 @@
 # Benchmark specrun's serverless path on loopback: moto (S3 + SQS), git smart HTTP,
 # `specrun runner` and `specrun serve`, with the scripted agent.
 #
-#   scripts/bench-serverless.sh [--runs N] [--starts N] [--no-warmup] [--keep]
+#   scripts/bench-serverless.sh [--runs N] [--starts N] [--index-runs N] [--no-warmup] [--keep]
 #
 #   --runs N      counted runs per concurrency level (default 8)
 #   --starts N    status API starts measured (default 5)
+#   --index-runs N  older runs added to the bucket before GET /runs is timed again
+#                 (default 10000; 0 skips that measurement)
 #   --no-warmup   count from the first run (default: one warm-up run per level, not counted)
 #   --keep        keep the temporary directory (logs, repos, process state)
 #
@@ -41,6 +43,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS=8
 STARTS=5
+INDEX_RUNS=10000
 WARMUP_FLAG=""
 KEEP=0
 IMAGE="${SPECRUN_IMAGE:-specrun-job:latest}"
@@ -56,6 +59,8 @@ while [ $# -gt 0 ]; do
         --runs=*) RUNS="${1#*=}"; shift ;;
         --starts) [ $# -ge 2 ] || { usage >&2; exit 2; }; STARTS="$2"; shift 2 ;;
         --starts=*) STARTS="${1#*=}"; shift ;;
+        --index-runs) [ $# -ge 2 ] || { usage >&2; exit 2; }; INDEX_RUNS="$2"; shift 2 ;;
+        --index-runs=*) INDEX_RUNS="${1#*=}"; shift ;;
         --no-warmup) WARMUP_FLAG="--no-warmup"; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -121,7 +126,7 @@ rc=0
 python3 "$ROOT/scripts/bench_serverless.py" run \
     --tmp "$TMP" --specrun "$SPECRUN" --specrun-version "$SPECRUN_VERSION" \
     --moto-version "$MOTO_VERSION" --create-resources "$ROOT/localstack/create-resources.sh" \
-    --runs "$RUNS" --starts "$STARTS" ${WARMUP_FLAG:+"$WARMUP_FLAG"} --image "$IMAGE" --image-id "$IMAGE_ID" \
+    --runs "$RUNS" --starts "$STARTS" --index-runs "$INDEX_RUNS" ${WARMUP_FLAG:+"$WARMUP_FLAG"} --image "$IMAGE" --image-id "$IMAGE_ID" \
     "${LAMBDA_ARGS[@]}" --setup-durations "$TMP/setup/durations.txt" \
     --bench-start-us "$BENCH_START_US" --out "$TARGET_DIR/bench/serverless.json" </dev/null &
 PY_PID=$!

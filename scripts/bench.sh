@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark `specrun run` end to end with the scripted agent.
 #
-#   scripts/bench.sh [--runs N] [--keep]
+#   scripts/bench.sh [--runs N] [--concurrency C] [--noisy-mib M] [--keep]
 #
-#   --runs N   counted runs (default 5), after one warm-up run that is not counted
-#   --keep     keep the temporary directory (repo, run.json files, logs)
+#   --runs N          counted runs (default 5), after one warm-up run that is not counted
+#   --concurrency C   then C runs started at once (separate `specrun run` processes on one
+#                     engine): the time until the last ends, as a ratio to one run's median
+#   --noisy-mib M     then one run whose agent prints M MiB of output in the specify phase
+#                     before writing the spec: the runner's peak RSS with that much output
+#                     (logs are streamed and capped, so it should not grow with M)
+#   --keep            keep the temporary directory (repo, run.json files, logs)
 #
 # Set-up (idempotent, quiet unless it fails): scripts/ensure-docker.sh,
 # scripts/build-image.sh, `cargo build --release -p specrun-runner`, and
@@ -15,6 +20,9 @@
 # The floor is measured in the same invocation, N times each: a bare
 # `docker run --rm --network none IMAGE true`, a `git clone` of the repo and a
 # `git push` of a new branch with one small commit.
+#
+# The report gives the floor of one run (the three floor medians added), the ratio of
+# the run wall's median to it, and each phase's share of the run wall.
 #
 # Prints a table and writes the same data as JSON to target/bench/latest.json.
 # Exit status: 0 when every run succeeded, 1 when any did not (each failure is
@@ -28,6 +36,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS=5
+CONCURRENCY=0
+NOISY_MIB=0
 KEEP=0
 IMAGE="${SPECRUN_IMAGE:-specrun-job:latest}"
 CARGO="${CARGO:-cargo}"
@@ -40,6 +50,10 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --runs) [ $# -ge 2 ] || { usage >&2; exit 2; }; RUNS="$2"; shift 2 ;;
         --runs=*) RUNS="${1#*=}"; shift ;;
+        --concurrency) [ $# -ge 2 ] || { usage >&2; exit 2; }; CONCURRENCY="$2"; shift 2 ;;
+        --concurrency=*) CONCURRENCY="${1#*=}"; shift ;;
+        --noisy-mib) [ $# -ge 2 ] || { usage >&2; exit 2; }; NOISY_MIB="$2"; shift 2 ;;
+        --noisy-mib=*) NOISY_MIB="${1#*=}"; shift ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -49,6 +63,12 @@ case "$RUNS" in
     ''|*[!0-9]*) echo "bench: --runs needs a positive integer, got '$RUNS'" >&2; exit 2 ;;
 esac
 [ "$RUNS" -ge 1 ] || { echo "bench: --runs must be at least 1" >&2; exit 2; }
+case "$NOISY_MIB" in
+    ''|*[!0-9]*) echo "bench: --noisy-mib needs a whole number, got '$NOISY_MIB'" >&2; exit 2 ;;
+esac
+case "$CONCURRENCY" in
+    ''|*[!0-9]*) echo "bench: --concurrency needs a whole number, got '$CONCURRENCY'" >&2; exit 2 ;;
+esac
 
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
@@ -127,12 +147,13 @@ log "repo $REMOTE (main, $REPO_FILES files)"
 # --- the runs -----------------------------------------------------------------
 FEATURE_TEXT="Add user login with email and password, a logout button, and a session that expires after 30 minutes of inactivity."
 
-# run_one NAME BRANCH: one `specrun run` under /usr/bin/time, never aborts the script.
+# run_one NAME BRANCH [GROUP [AGENT]]: one `specrun run` under /usr/bin/time, never aborts
+# the script.
 run_one() {
-    local name="$1" branch="$2" dir="$TMP/runs/$1" rc=0
+    local name="$1" branch="$2" dir="$TMP/${3:-runs}/$1" agent="${4:-scripted}" rc=0
     mkdir -p "$dir"
     /usr/bin/time -f '%M %e' -o "$dir/time.txt" \
-        "$SPECRUN" run --repo "$REMOTE" --text "$FEATURE_TEXT" --agent scripted \
+        "$SPECRUN" run --repo "$REMOTE" --text "$FEATURE_TEXT" --agent "$agent" \
         --publish branch --branch-name "$branch" --json \
         --state-dir "$TMP/state" --work-dir "$TMP/work" --image "$IMAGE" \
         >"$dir/run.json" 2>"$dir/stderr.log" </dev/null || rc=$?
@@ -152,6 +173,31 @@ for i in $(seq 1 "$RUNS"); do
     run_one "run-$i" "bench-$i"
     log "run $i/$RUNS finished, exit $(cat "$TMP/runs/run-$i/exit_code") ($(elapsed_s "$t0") s)"
 done
+
+if [ "$CONCURRENCY" -gt 0 ]; then
+    log "$CONCURRENCY runs at once"
+    mkdir -p "$TMP/concurrent"
+    t0="$(now_us)"
+    for i in $(seq 1 "$CONCURRENCY"); do
+        run_one "run-$i" "bench-c$i" concurrent &
+    done
+    wait
+    awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >"$TMP/concurrent/batch.txt"
+    log "$CONCURRENCY runs at once finished ($(elapsed_s "$t0") s)"
+fi
+
+if [ "$NOISY_MIB" -gt 0 ]; then
+    log "one run whose agent prints $NOISY_MIB MiB"
+    cat >"$TMP/agents.toml" <<EOF
+[agents.noisy]
+extends = "scripted"
+[agents.noisy.phases]
+specify = ["sh", "-c", "yes 'a noisy agent prints this line again and again' | head -c \$((\$2 * 1048576)); exec specrun-scripted-agent specify \"\$1\"", "noisy", "{text}", "$NOISY_MIB"]
+EOF
+    t0="$(now_us)"
+    SPECRUN_AGENTS_FILE="$TMP/agents.toml" run_one "run-1" bench-noisy noisy noisy
+    log "noisy run finished, exit $(cat "$TMP/noisy/run-1/exit_code") ($(elapsed_s "$t0") s)"
+fi
 
 # --- the floor ----------------------------------------------------------------
 # time_ms FILE CMD...: append CMD's wall time in ms to FILE; abort if CMD fails.
@@ -198,6 +244,7 @@ report_rc=0
 python3 "$ROOT/scripts/bench_report.py" \
     --tmp "$TMP" --runs "$RUNS" --image "$IMAGE" --image-id "$IMAGE_ID" \
     --repo-files "$REPO_FILES" --specrun-version "$SPECRUN_VERSION" \
+    --concurrency "$CONCURRENCY" --noisy-mib "$NOISY_MIB" \
     --bench-start-us "$BENCH_START_US" --bench-now-us "$(now_us)" \
     --out "$TARGET_DIR/bench/latest.json" || report_rc=$?
 

@@ -7,6 +7,8 @@ Layout read under --tmp:
                                              stderr.log
   floor/docker_run.txt, floor/git_clone.txt, floor/git_push.txt   one ms value a line
   setup/durations.txt                                             "step seconds" lines
+  concurrent/run-1/ .. concurrent/run-C/, concurrent/batch.txt     with --concurrency C: the
+                                             C runs started at once, and the batch's wall ms
 
 Exit status: 0 when the warm-up and every counted run succeeded, 1 otherwise.
 """
@@ -131,6 +133,50 @@ def row(label, st, note=""):
     return f"{label:<28}{cells}  {note}".rstrip()
 
 
+def floor_total(floors):
+    """The floor of one run: one container start, one clone, one push (medians), in ms."""
+    parts = [floors.get(key) for key, _, _ in FLOORS]
+    if any(p is None for p in parts):
+        return None
+    return sum(p["median"] for p in parts)
+
+
+def phase_shares(phase_stats, wall):
+    """Each phase's median as a share of the run's median wall time, and what the wall
+    time holds outside the phases (process start, store writes between phases, exit)."""
+    if wall is None or not wall["median"]:
+        return {}
+    shares = {
+        phase: st["median"] / wall["median"]
+        for phase, st in phase_stats.items()
+        if st is not None
+    }
+    shares["outside phases"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
+
+
+def concurrent_batch(tmp, concurrency):
+    """The --concurrency batch: its runs, their wall time from the first start to the last
+    end, and the runner processes' peak RSS; None when the batch was not run."""
+    batch_ms = read_floor(os.path.join(tmp, "concurrent", "batch.txt"))
+    if not concurrency or not batch_ms:
+        return None
+    runs = []
+    for i in range(1, concurrency + 1):
+        run = load_run(os.path.join(tmp, "concurrent", f"run-{i}"))
+        run["name"] = f"concurrent run-{i}"
+        runs.append(run)
+    rss = [r["peak_rss_kib"] / 1024.0 for r in runs if r["peak_rss_kib"] is not None]
+    return {
+        "concurrency": concurrency,
+        "runs_succeeded": sum(1 for r in runs if succeeded(r)),
+        "batch_wall_ms": batch_ms[0],
+        "runner_peak_rss_mib_max": max(rss) if rss else None,
+        "runner_peak_rss_mib_sum": sum(rss) if rss else None,
+        "runs": runs,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tmp", required=True)
@@ -141,6 +187,8 @@ def main():
     ap.add_argument("--specrun-version", default="unknown")
     ap.add_argument("--bench-start-us", type=int, default=None)
     ap.add_argument("--bench-now-us", type=int, default=None)
+    ap.add_argument("--concurrency", type=int, default=0)
+    ap.add_argument("--noisy-mib", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -175,6 +223,18 @@ def main():
         if len(parts) == 2:
             setup[parts[0]] = float(parts[1])
 
+    floor = floor_total(floors)
+    ratio = wall["median"] / floor if wall and floor else None
+    shares = phase_shares(phase_stats, wall)
+    concurrent = concurrent_batch(args.tmp, args.concurrency)
+    noisy = None
+    if args.noisy_mib:
+        noisy = load_run(os.path.join(args.tmp, "noisy", "run-1"))
+        noisy["name"] = "noisy run"
+        noisy["agent_output_mib"] = args.noisy_mib
+    if concurrent and wall:
+        concurrent["ratio_to_one_run"] = concurrent["batch_wall_ms"] / wall["median"]
+
     image_short = args.image_id.split(":", 1)[-1][:12]
     out = sys.stdout
     print(
@@ -207,6 +267,42 @@ def main():
     print(f"{'floor (x' + str(args.runs) + ')':<28}{'mean':>9}{'median':>9}{'min':>9}{'max':>9}  (ms)", file=out)
     for key, label, _ in FLOORS:
         print(row(f"floor: {label}", floors[key]), file=out)
+
+    print(file=out)
+    if ratio is not None:
+        print(
+            f"floor of one run (sum of the medians): {fmt_ms(floor)} ms; "
+            f"run wall median {fmt_ms(wall['median'])} ms; ratio to the floor {ratio:.2f}x",
+            file=out,
+        )
+    if shares:
+        print(
+            "share of the run wall (medians): "
+            + ", ".join(f"{k} {v * 100:.0f}%" for k, v in shares.items()),
+            file=out,
+        )
+    if concurrent:
+        rss = concurrent["runner_peak_rss_mib_max"]
+        print(
+            f"concurrency {concurrent['concurrency']}: {concurrent['runs_succeeded']}/"
+            f"{concurrent['concurrency']} succeeded, all done in {fmt_ms(concurrent['batch_wall_ms'])} ms"
+            + (f", {concurrent['ratio_to_one_run']:.2f}x one run" if "ratio_to_one_run" in concurrent else "")
+            + (f"; peak RSS per runner process max {rss:.1f} MiB" if rss is not None else ""),
+            file=out,
+        )
+        for r in concurrent["runs"]:
+            if not succeeded(r):
+                failed.append(r)
+
+    if noisy:
+        rss = noisy["peak_rss_kib"]
+        print(
+            f"an agent printing {args.noisy_mib} MiB: {noisy['status'] or '-'}, runner peak RSS "
+            + (f"{rss / 1024.0:.1f} MiB" if rss is not None else "-"),
+            file=out,
+        )
+        if not succeeded(noisy):
+            failed.append(noisy)
 
     if setup:
         print(file=out)
@@ -256,6 +352,11 @@ def main():
             else None
         ),
         "floor_ms": floors,
+        "floor_total_ms": floor,
+        "ratio_to_floor": ratio,
+        "share_of_wall": shares,
+        "concurrent": concurrent,
+        "noisy": noisy,
         "setup_s": setup,
         "bench_elapsed_s_before_report": (
             (args.bench_now_us - args.bench_start_us) / 1e6

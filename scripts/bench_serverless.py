@@ -14,6 +14,8 @@ Standard library only.
            then N runs submitted at once with POST /runs and polled with GET /runs/{id};
         2. the status API's start: `specrun serve --no-runner` (S3 mode) spawned --starts
            times, from spawn to the first 200 answer to GET /runs/<id> (polled every 5 ms);
+        3. GET /runs?limit=20 on a warm server, before and after --index-runs older runs
+           (each a run.json and its index key, put straight into moto) join the bucket;
       print a plain-text table and write the JSON document to --out.
 
 Exit status of `run`: 0 when every counted run succeeded and pushed its branch,
@@ -614,6 +616,73 @@ class Bench:
             })
         return results
 
+    # --- 3. GET /runs with many runs in the bucket ---------------------------------------
+
+    def put_object(self, key, body):
+        """A plain PUT to moto (path style; moto does not check signatures)."""
+        u = urllib.parse.urlparse(self.endpoint)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        try:
+            conn.request("PUT", f"/{self.last_bucket}/{key}", body=body,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise SetupError(f"PUT {key} to moto answered {resp.status}")
+        finally:
+            conn.close()
+
+    def add_old_runs(self, count, created_ms_from, name):
+        """`count` runs older than every real one, created from `created_ms_from` on: a copy
+        of the sample run.json each, under its own id, and its index key (the layout of
+        keys::run_index)."""
+        status, sample, _ = http_call("GET", "127.0.0.1", self.listing_port, f"/runs/{self.sample_run_id}")
+        if status != 200 or not sample:
+            raise SetupError(f"GET /runs/{self.sample_run_id} answered {status}")
+        sample.pop("artifact_urls", None)
+
+        def one(i):
+            run_id = f"00000000-bench-{name}-{i:06d}"
+            doc = dict(sample, run_id=run_id)
+            created_ms = created_ms_from + i
+            self.put_object(f"runs/{run_id}/run.json", json.dumps(doc).encode())
+            self.put_object(f"index/runs/{9_999_999_999_999 - created_ms:013d}-{run_id}", b"")
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(one, range(count)))
+
+    def list_latency(self, samples=20):
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            status, doc, _ = http_call("GET", "127.0.0.1", self.listing_port, "/runs?limit=20")
+            if status != 200 or not isinstance((doc or {}).get("runs"), list):
+                raise SetupError(f"GET /runs answered {status}")
+            times.append((time.perf_counter() - t0) * 1000.0)
+        return stats(times)
+
+    def listing(self):
+        self.listing_port = free_port()
+        child = self.start_serve("serve-listing", self.last_bucket, self.last_queue, self.listing_port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if http_call("GET", "127.0.0.1", self.listing_port, f"/runs/{self.sample_run_id}")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        # A full page first, so that both timings load the same 20 run.json objects and
+        # differ only in how many runs the bucket holds beyond them.
+        self.add_old_runs(20, 1_700_000_000_000, "page")
+        before = self.list_latency()
+        t0 = time.perf_counter()
+        self.add_old_runs(self.args.index_runs, 1_600_000_000_000, "old")
+        added_s = time.perf_counter() - t0
+        after = self.list_latency()
+        child.stop()
+        return {"index_runs_added": self.args.index_runs, "adding_s": added_s,
+                "get_runs_ms_before": before, "get_runs_ms_after": after}
+
     # --- driver -----------------------------------------------------------------------
 
     def run(self):
@@ -630,6 +699,9 @@ class Bench:
             log(f"status API start: {self.args.starts} x serve --no-runner, "
                 f"spawn -> first 200 for GET /runs/<id>")
             start_results = self.starts()
+            if self.args.index_runs > 0:
+                log(f"GET /runs?limit=20 before and after adding {self.args.index_runs} older runs")
+                self.listing_result = self.listing()
         return levels, start_results
 
 
@@ -725,6 +797,13 @@ def report(args, levels, starts, setup_s, bench, elapsed_s):
                   f"{fmt(max(warm)):>9}  median of 20 GETs per start", file=out)
     else:
         print("  no start answered", file=out)
+    listing = getattr(bench, "listing_result", None)
+    if listing:
+        b, a = listing["get_runs_ms_before"], listing["get_runs_ms_after"]
+        print(file=out)
+        print(f"3. GET /runs?limit=20 (median of 20): {fmt(b['median'])} ms, then "
+              f"{fmt(a['median'])} ms with {listing['index_runs_added']} more runs in the bucket "
+              f"(added in {listing['adding_s']:.0f} s)", file=out)
     sizes = args.lambda_sizes
     if sizes:
         parts = []
@@ -792,6 +871,7 @@ def report(args, levels, starts, setup_s, bench, elapsed_s):
             "attempts": starts,
             "note": "a real Lambda cold start also includes the Lambda runtime's init; not measured here",
         },
+        "listing": getattr(bench, "listing_result", None),
         "lambda_binaries": sizes or None,
         "setup_s": setup_s,
         "bench_elapsed_s_before_report": elapsed_s,
@@ -876,6 +956,7 @@ def main():
     r.add_argument("--runs", type=int, default=8)
     r.add_argument("--levels", default="1,4")
     r.add_argument("--starts", type=int, default=5)
+    r.add_argument("--index-runs", type=int, default=10000)
     r.add_argument("--no-warmup", action="store_true")
     r.add_argument("--image", default="specrun-job:latest")
     r.add_argument("--image-id", default="")

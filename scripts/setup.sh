@@ -3,7 +3,12 @@
 # need, a running Docker engine, and the job image. Idempotent; every other script
 # calls it first.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh [--with COMMAND [ARG...]]
+#
+# --with runs COMMAND (the build that comes next, e.g. cargo's) while the job image is
+# built, and waits for both: on a fresh machine the image (about 5 minutes, mostly
+# downloads) and the Rust build (mostly CPU) take about as long as the longer of the two.
+# The image build's output goes to a log file; its progress is printed every 30 s.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "setup: $*" >&2; }
@@ -62,4 +67,39 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 "$ROOT/scripts/ensure-docker.sh"
-"$ROOT/scripts/build-image.sh"
+
+if [ "${1:-}" != "--with" ]; then
+    "$ROOT/scripts/build-image.sh"
+    exit 0
+fi
+shift
+[ $# -gt 0 ] || { echo "setup: --with needs a command" >&2; exit 2; }
+
+IMAGE_LOG="${TMPDIR:-/tmp}/specrun-build-image.log"
+"$ROOT/scripts/build-image.sh" >"$IMAGE_LOG" 2>&1 &
+image_pid=$!
+# Tell what the image build is doing while the other command prints its own progress.
+(
+    started=$(date +%s)
+    while sleep 30; do
+        kill -0 "$image_pid" 2>/dev/null || exit 0
+        step="$(grep -E '^(Step [0-9]+/[0-9]+|build-image:)' "$IMAGE_LOG" | tail -n 1 | cut -c1-100)"
+        log "job image still building ($(( $(date +%s) - started )) s; about 5 min the first time): ${step:-starting}"
+    done
+) &
+reporter_pid=$!
+log "building the job image in the background (log: $IMAGE_LOG) while running: $*"
+
+command_status=0
+"$@" || command_status=$?
+image_status=0
+wait "$image_pid" || image_status=$?
+kill "$reporter_pid" 2>/dev/null || true
+wait "$reporter_pid" 2>/dev/null || true
+grep -E '^build-image: (built|total time|.* is up to date)' "$IMAGE_LOG" >&2 || true
+if [ "$image_status" -ne 0 ]; then
+    tail -n 30 "$IMAGE_LOG" >&2
+    echo "setup: ERROR: the job image did not build (exit $image_status); full log: $IMAGE_LOG" >&2
+    exit "$image_status"
+fi
+exit "$command_status"

@@ -7,7 +7,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/setup.sh
+# The tests' build runs while the job image builds.
+scripts/setup.sh --with cargo nextest run --workspace --no-run
 cargo nextest run --workspace --no-fail-fast "$@"
 
 # The serverless end-to-end suite once more against LocalStack instead of moto, when its

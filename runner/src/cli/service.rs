@@ -185,7 +185,14 @@ async fn backend(
         (Some(bucket), Some(queue_url)) => {
             let config = aws_config().await;
             let store = S3BlobStore::new(s3_client(&config), bucket.clone());
-            check_retention(&store, args.ensure_retention, retention_days).await?;
+            if args.ensure_retention {
+                check_retention(&store, true, retention_days).await?;
+            } else {
+                // Only a warning: read in the background, so that serving (the status
+                // function's first answer) does not wait for a store round trip.
+                let store = store.clone();
+                tokio::spawn(async move { check_retention(&store, false, retention_days).await });
+            }
             Ok((
                 Arc::new(store),
                 Arc::new(SqsQueue::new(sqs_client(&config), queue_url.clone())),

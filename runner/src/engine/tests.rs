@@ -218,6 +218,10 @@ async fn a_job_whose_commands_fail_is_torn_down_once_and_the_run_says_where() {
     assert_eq!(script.torn_down.load(Ordering::SeqCst), 1);
     let commands = script.commands.lock().unwrap();
     assert_eq!(commands.len(), 2, "{commands:?}");
-    assert_eq!(commands[1][..2], ["specify", "init"]);
+    assert_eq!(commands[1][..2], ["sh", "-c"]);
+    assert!(
+        commands[1][2].contains("specrun-speckit-init"),
+        "{commands:?}"
+    );
     assert!(!dir.path().join("work").join(&record.run_id).exists());
 }

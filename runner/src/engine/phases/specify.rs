@@ -18,6 +18,12 @@ use std::collections::BTreeMap;
 
 const PHASE: Phase = Phase::Specify;
 
+/// Spec Kit's init for the integration in `$1`: the job image's `specrun-speckit-init`
+/// copies the scaffolding `specify init` wrote when the image was built (no Python start:
+/// most of this phase's time otherwise); an image without it runs `specify init`.
+const SPECKIT_INIT: &str = r#"if command -v specrun-speckit-init >/dev/null 2>&1; then exec specrun-speckit-init "$1"; fi
+exec specify init --here --force --integration "$1" --script sh --non-interactive --ignore-agent-tools"#;
+
 pub(crate) async fn run(
     run: &mut Run,
     prepared: &Prepared<'_>,
@@ -30,16 +36,11 @@ pub(crate) async fn run(
     if !specrun_sandbox::safe_fs::is_dir(&workspace.repo, ".specify") {
         let integration = &prepared.agent.profile.integration;
         let argv = [
-            "specify",
-            "init",
-            "--here",
-            "--force",
-            "--integration",
-            integration,
-            "--script",
             "sh",
-            "--non-interactive",
-            "--ignore-agent-tools",
+            "-c",
+            SPECKIT_INIT,
+            "specrun-speckit-init",
+            integration,
         ]
         .iter()
         .map(|s| (*s).to_owned())
