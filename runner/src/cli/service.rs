@@ -163,6 +163,25 @@ async fn check_retention(store: &S3BlobStore, ensure: bool, days: u32) -> anyhow
     Ok(())
 }
 
+/// The state bucket; its lifecycle rules put (`--ensure-retention`) or checked.
+async fn s3_store(
+    config: &specrun_store::SdkConfig,
+    bucket: &str,
+    ensure: bool,
+    retention_days: u32,
+) -> anyhow::Result<S3BlobStore> {
+    let store = S3BlobStore::new(s3_client(config), bucket.to_owned());
+    if ensure {
+        check_retention(&store, true, retention_days).await?;
+    } else {
+        // Only a warning: read in the background, so that serving (the status
+        // function's first answer) does not wait for a store round trip.
+        let store = store.clone();
+        tokio::spawn(async move { check_retention(&store, false, retention_days).await });
+    }
+    Ok(store)
+}
+
 async fn backend(
     args: &BackendArgs,
     state_dir: &Path,
@@ -172,11 +191,15 @@ async fn backend(
     let max_receives = worker.max_receives;
     if let Some(queue) = brokers::broker_queue(args, worker.concurrency, max_receives).await? {
         let store: Arc<dyn BlobStore> = match &args.bucket {
-            Some(bucket) => {
-                let store = S3BlobStore::new(s3_client(&aws_config().await), bucket.clone());
-                check_retention(&store, args.ensure_retention, retention_days).await?;
-                Arc::new(store)
-            }
+            Some(bucket) => Arc::new(
+                s3_store(
+                    &aws_config().await,
+                    bucket,
+                    args.ensure_retention,
+                    retention_days,
+                )
+                .await?,
+            ),
             None => Arc::new(FsBlobStore::new(&absolute(state_dir)?)),
         };
         return Ok((store, Arc::new(queue)));
@@ -184,15 +207,7 @@ async fn backend(
     match (&args.bucket, &args.queue_url) {
         (Some(bucket), Some(queue_url)) => {
             let config = aws_config().await;
-            let store = S3BlobStore::new(s3_client(&config), bucket.clone());
-            if args.ensure_retention {
-                check_retention(&store, true, retention_days).await?;
-            } else {
-                // Only a warning: read in the background, so that serving (the status
-                // function's first answer) does not wait for a store round trip.
-                let store = store.clone();
-                tokio::spawn(async move { check_retention(&store, false, retention_days).await });
-            }
+            let store = s3_store(&config, bucket, args.ensure_retention, retention_days).await?;
             Ok((
                 Arc::new(store),
                 Arc::new(SqsQueue::new(sqs_client(&config), queue_url.clone())),
