@@ -3,8 +3,10 @@
 # need, a running Docker engine, and the job image. Idempotent; every other script
 # calls it first.
 #
-#   scripts/setup.sh [--with COMMAND [ARG...]]
+#   scripts/setup.sh [--tests] [--with COMMAND [ARG...]]
 #
+# --tests also installs what only the tests need (moto, the AWS CLI, RabbitMQ, PostgreSQL,
+# two Celery releases, libfaketime); the demo needs none of it.
 # --with runs COMMAND (the build that comes next, e.g. cargo's) while the job image is
 # built, and waits for both: on a fresh machine the image (about 5 minutes, mostly
 # downloads) and the Rust build (mostly CPU) take about as long as the longer of the two.
@@ -19,9 +21,17 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 # Build: git2 and octocrab link OpenSSL/ring through pkg-config and cc. Tests: git
 # (http-backend), GNU time (benchmark), libcurl for the Celery producer's SQS transport,
 # iptables (the runner's egress firewall rules; docker.io pulls it in too), libfaketime
-# (the soak runs a runner on a skewed clock).
+# (the soak runs a runner on a skewed clock), RabbitMQ and PostgreSQL (the Celery broker
+# and result backend of the AMQP tests, which start their own server processes; the
+# packages' services are not used).
+TESTS=0
+if [ "${1:-}" = "--tests" ]; then TESTS=1; shift; fi
+packages=(pkg-config libssl-dev git debootstrap iptables)
+if [ "$TESTS" -eq 1 ]; then
+    packages+=(time libcurl4-openssl-dev libfaketime rabbitmq-server postgresql)
+fi
 missing=()
-for pkg in pkg-config libssl-dev git time debootstrap libcurl4-openssl-dev iptables libfaketime; do
+for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,21 +40,64 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-# The emulator (moto), the AWS CLI, a Celery producer and the CloudFormation linter.
-if ! python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt" >&2; then
-    echo "setup: ERROR: pip could not install tests/requirements.txt" >&2
-    exit 1
-fi
-
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest >&2
 fi
 
+# The tests' Python side: the emulator (moto), the AWS CLI, Celery producers, the
+# CloudFormation linter. Downloads mostly, so it runs beside the builds below.
+python_for_tests() {
+    if ! python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/requirements.txt" >&2; then
+        echo "setup: ERROR: pip could not install tests/requirements.txt" >&2
+        exit 1
+    fi
+
+    # Celery producers of two releases for the AMQP tests, each in its own directory (pip
+    # --target) with the SQLAlchemy and psycopg2 its database backend needs; kept between runs
+    # in the cache directory (about a minute each to install).
+    CACHE_DIR="${SPECRUN_CACHE_DIR:-$HOME/.cache/specrun}"
+    install_celery() {
+        local release=$1 kombu=$2 sqlalchemy=$3 dir="$CACHE_DIR/celery-$1"
+        [ -f "$dir/.installed" ] && return 0
+        log "installing Celery $release into $dir"
+        rm -rf "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$dir" \
+            "celery==$release" "kombu==$kombu" "sqlalchemy==$sqlalchemy" "psycopg2-binary==2.9.11" >&2
+        touch "$dir/.installed"
+    }
+    install_celery 5.4.0 5.4.2 2.0.44
+    install_celery 5.7.0 5.7.0 2.1.9
+
+    # LocalStack, for the serverless suite's second pass (scripts/test.sh): only on request,
+    # since a fresh install takes 5-16 minutes on this machine's size.
+    if [ "${SPECRUN_LOCALSTACK:-}" = "1" ]; then
+        "$ROOT/localstack/install-localstack.sh" >/dev/null
+    fi
+}
+
 "$ROOT/scripts/ensure-docker.sh"
+
+PY_LOG="${TMPDIR:-/tmp}/specrun-setup-python.log"
+py_pid=""
+if [ "$TESTS" -eq 1 ]; then
+    log "installing the tests' Python packages in the background (log: $PY_LOG)"
+    python_for_tests >"$PY_LOG" 2>&1 &
+    py_pid=$!
+fi
+# Waits for the Python installs; their log on failure.
+wait_python() {
+    [ -n "$py_pid" ] || return 0
+    if ! wait "$py_pid"; then
+        tail -n 30 "$PY_LOG" >&2
+        echo "setup: ERROR: installing the tests' Python packages failed; full log: $PY_LOG" >&2
+        return 1
+    fi
+}
 
 if [ "${1:-}" != "--with" ]; then
     "$ROOT/scripts/build-image.sh"
+    wait_python
     exit 0
 fi
 shift
@@ -72,6 +125,7 @@ wait "$image_pid" || image_status=$?
 kill "$reporter_pid" 2>/dev/null || true
 wait "$reporter_pid" 2>/dev/null || true
 grep -E '^build-image: (built|total time|.* is up to date)' "$IMAGE_LOG" >&2 || true
+wait_python || exit 1
 if [ "$image_status" -ne 0 ]; then
     tail -n 30 "$IMAGE_LOG" >&2
     echo "setup: ERROR: the job image did not build (exit $image_status); full log: $IMAGE_LOG" >&2

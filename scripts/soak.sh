@@ -24,7 +24,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/setup.sh >&2
+scripts/setup.sh --tests >&2
 mkdir -p target/bench
 cargo build --quiet -p specrun-runner --bin specrun
 cargo run --quiet -p specrun-tests --bin specrun-soak -- "$@" | tee target/bench/soak.txt

@@ -372,6 +372,52 @@ pub fn parse_task_message(
     }))
 }
 
+/// What an AMQP broker (RabbitMQ) delivered, as the AMQP adapter hands it over: the
+/// message's headers table and basic properties (as JSON) and its body.
+#[derive(Debug, Clone, Default)]
+pub struct AmqpDelivery<'a> {
+    pub headers: Map<String, Value>,
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Whether an AMQP message is a Celery task: protocol 2 names the task in its headers,
+/// protocol 1 in its JSON body (`{"task", "id", ...}`). specrun's own messages and bare
+/// run requests have neither.
+pub fn is_amqp_task(delivery: &AmqpDelivery<'_>) -> bool {
+    if delivery.headers.contains_key("task") {
+        return true;
+    }
+    delivery.content_type == Some("application/json")
+        && matches!(
+            serde_json::from_slice::<Value>(delivery.body),
+            Ok(Value::Object(fields)) if fields.contains_key("task") && fields.contains_key("id")
+        )
+}
+
+/// The kombu envelope of a Celery task delivered over AMQP, in the shape kombu's virtual
+/// transports (SQS) put on the wire, so that [`parse_task_message`] reads tasks from both
+/// brokers alike. Over AMQP the task headers are the message's headers, the task body is
+/// the message body as it is, and `correlation_id` is the task id.
+pub fn envelope_from_amqp(delivery: &AmqpDelivery<'_>) -> Vec<u8> {
+    json!({
+        "body": STANDARD.encode(delivery.body),
+        "content-encoding": delivery.content_encoding.unwrap_or("utf-8"),
+        "content-type": delivery.content_type.unwrap_or(""),
+        "headers": delivery.headers,
+        "properties": {
+            "body_encoding": "base64",
+            "correlation_id": delivery.correlation_id,
+            "reply_to": delivery.reply_to,
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// The kombu envelope in an SQS body, whether kombu base64-encoded it or not; `None` when
 /// the body is no envelope.
 fn kombu_envelope(body: &[u8]) -> Option<Map<String, Value>> {
@@ -922,6 +968,48 @@ mod tests {
                 "{headers} {task_body}"
             );
         }
+    }
+
+    #[test]
+    fn celery_amqp_delivery_reads_like_the_sqs_envelope() {
+        let body = br#"[[], {"repository": "octo/hello", "specify_text": "x"}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#;
+        let headers = json!({"lang": "py", "task": "specrun.run", "id": "a-1", "root_id": "a-1", "retries": 0, "eta": null, "timelimit": [null, null]});
+        let delivery = AmqpDelivery {
+            headers: headers.as_object().unwrap().clone(),
+            content_type: Some("application/json"),
+            content_encoding: Some("utf-8"),
+            correlation_id: Some("a-1"),
+            reply_to: Some("r"),
+            body,
+        };
+        assert!(is_amqp_task(&delivery));
+        let task = parse_task_message(&envelope_from_amqp(&delivery), TASK_NAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!(task.task_id, "a-1");
+        assert_eq!(task.kwargs["repository"], "octo/hello");
+        assert_eq!(task.reply_to.as_deref(), Some("r"));
+
+        let pickled = AmqpDelivery {
+            content_type: Some("application/x-python-serialize"),
+            ..delivery.clone()
+        };
+        let err = parse_task_message(&envelope_from_amqp(&pickled), TASK_NAME).unwrap_err();
+        assert!(matches!(err.kind, CeleryErrorKind::NotJson(_)), "{err}");
+
+        let own = br#"{"schema_version":1,"run_request":{"repository":"o/r","specify_text":"x"}}"#;
+        let native = AmqpDelivery {
+            headers: Map::new(),
+            content_type: Some("application/json"),
+            body: own,
+            ..Default::default()
+        };
+        assert!(!is_amqp_task(&native));
+        let protocol1 = br#"{"task": "specrun.run", "id": "p1", "args": [], "kwargs": {}}"#;
+        assert!(is_amqp_task(&AmqpDelivery {
+            body: protocol1,
+            ..native
+        }));
     }
 
     #[test]

@@ -159,3 +159,21 @@ pub trait Queue: Send + Sync {
     /// Acknowledges a message for good.
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
 }
+
+/// Where Celery clients read task results (`AsyncResult(task_id).get()`): the bucket
+/// Celery's S3 backend reads, or the table of Celery's database backend. Run state stays
+/// in the [`BlobStore`]; this is only the answer a Celery producer waits for.
+#[async_trait]
+pub trait CeleryResultBackend: Send + Sync {
+    /// Records `state` for the task, replacing what was there (STARTED, then SUCCESS or
+    /// FAILURE). `result` is the JSON meta's `result` (for a failure, the exception dict of
+    /// [`crate::celery::failure_result`]); `traceback` is the text Celery shows as the
+    /// task's traceback.
+    async fn store_result(
+        &self,
+        task_id: &str,
+        state: crate::celery::CeleryState,
+        result: serde_json::Value,
+        traceback: Option<&str>,
+    ) -> Result<(), StoreError>;
+}

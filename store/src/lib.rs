@@ -1,16 +1,22 @@
 //! Adapters for the [`specrun_core::ports`] traits. `fs` is the embedded default: a
 //! directory that mirrors the bucket's key layout, and a spool-directory queue. `s3` and
-//! `sqs` are the serverless deployment's bucket and queue.
+//! `sqs` are the serverless deployment's bucket and queue. `amqp` is the run queue on
+//! RabbitMQ and `postgres_results` Celery's database result backend, for operators whose
+//! Celery runs on those.
 
+pub mod amqp;
 mod aws_error;
 pub mod branch_locks;
 pub mod fs;
+pub mod postgres_results;
 pub mod retry;
 pub mod runs;
 pub mod s3;
 pub mod sqs;
 
+pub use amqp::AmqpQueue;
 pub use fs::{FsBlobStore, FsQueue};
+pub use postgres_results::PostgresCeleryResults;
 pub use retry::{RetryingQueue, RetryingStore};
 pub use s3::{s3_client, S3BlobStore};
 pub use sqs::SqsQueue;

@@ -65,3 +65,95 @@ pub fn succeeded((ok, waited): (bool, String), runner: &SpecrunProcess) -> anyho
     );
     Ok(answer)
 }
+
+/// The AMQP producer (`tests/celery_amqp_producer.py`).
+const CELERY_AMQP_PRODUCER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/celery_amqp_producer.py");
+
+/// The Celery releases the RabbitMQ/PostgreSQL tests run producers of: the oldest the
+/// seed's operators run and the newest on the package index.
+pub const CELERY_RELEASES: [&str; 2] = ["5.4.0", "5.7.0"];
+
+/// Where scripts/setup.sh installs Celery `release` with SQLAlchemy and psycopg2
+/// (`pip install --target`): `$SPECRUN_CACHE_DIR` or `~/.cache/specrun`, then
+/// `celery-<release>`.
+pub fn celery_release_dir(release: &str) -> std::path::PathBuf {
+    let cache = std::env::var_os("SPECRUN_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/specrun")
+        });
+    cache.join(format!("celery-{release}"))
+}
+
+/// A scheduler's Celery of one release, pointed at a broker and a result backend.
+#[derive(Debug, Clone)]
+pub struct AmqpProducer {
+    pub release: String,
+    pub broker_url: String,
+    pub result_backend: String,
+    pub queue: String,
+}
+
+impl AmqpProducer {
+    /// Runs `celery_amqp_producer.py ARGS` with this release first on the path; returns
+    /// its exit code (0 done, 1 the task failed, 2 timed out) and stdout.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let dir = celery_release_dir(&self.release);
+        ensure!(
+            dir.join("celery").is_dir(),
+            "Celery {} is not installed in {}: run scripts/setup.sh",
+            self.release,
+            dir.display()
+        );
+        let mut command = tokio::process::Command::new("python3");
+        command
+            .arg(CELERY_AMQP_PRODUCER)
+            .args(args)
+            .env("PYTHONPATH", &dir)
+            .env("CELERY_BROKER_URL", &self.broker_url)
+            .env("CELERY_RESULT_BACKEND", &self.result_backend)
+            .env("SPECRUN_CELERY_QUEUE", &self.queue)
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(RUN_TIMEOUT + Duration::from_secs(60), command.output())
+            .await
+            .context("celery_amqp_producer.py did not finish")??;
+        let code = output.status.code().unwrap_or(-1);
+        ensure!(
+            (0..=2).contains(&code),
+            "celery_amqp_producer.py {} (Celery {}) failed ({}): {}",
+            args.first().copied().unwrap_or_default(),
+            self.release,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((code, String::from_utf8(output.stdout)?))
+    }
+
+    /// Sends one `specrun.run` task; its id.
+    pub async fn send(&self, kwargs: &Value) -> anyhow::Result<String> {
+        self.send_with(kwargs, &[]).await
+    }
+
+    /// Sends one `specrun.run` task with more `send` options (`--countdown S`); its id.
+    pub async fn send_with(&self, kwargs: &Value, options: &[&str]) -> anyhow::Result<String> {
+        let kwargs = kwargs.to_string();
+        let mut args = vec!["send", "--kwargs", &kwargs];
+        args.extend_from_slice(options);
+        let (_, out) = self.run(&args).await?;
+        let id = out.trim().to_owned();
+        ensure!(!id.is_empty(), "send printed no task id");
+        Ok(id)
+    }
+
+    /// `AsyncResult(task_id).get()`: whether it returned (not raised), and what the
+    /// script printed.
+    pub async fn wait(&self, task_id: &str, timeout: Duration) -> anyhow::Result<(bool, Value)> {
+        let timeout = timeout.as_secs().to_string();
+        let (code, out) = self.run(&["wait", task_id, "--timeout", &timeout]).await?;
+        ensure!(code != 2, "AsyncResult({task_id}).get() timed out: {out}");
+        let answer =
+            serde_json::from_str(out.trim()).with_context(|| format!("wait printed {out:?}"))?;
+        Ok((code == 0, answer))
+    }
+}

@@ -25,7 +25,7 @@ pub const REGION: &str = "us-east-1";
 const ACCESS_KEY: &str = "test";
 
 /// How long moto gets to answer after it was started.
-const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
+const MOTO_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a specrun process gets to print its ready line.
 const SPECRUN_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,7 +86,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// The last `lines` lines of a text file, for failure messages.
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -113,7 +113,41 @@ impl QueueDepth {
     }
 }
 
-/// A `moto_server` on a free loopback port, killed when dropped.
+/// The Python of LocalStack's virtual environment when the tests are to run against
+/// LocalStack instead of moto: `SPECRUN_TEST_EMULATOR=localstack`, with
+/// `SPECRUN_LOCALSTACK_PYTHON` (default: the venv localstack/install-localstack.sh makes).
+fn localstack_python() -> Option<PathBuf> {
+    if std::env::var("SPECRUN_TEST_EMULATOR").ok()? != "localstack" {
+        return None;
+    }
+    Some(match std::env::var_os("SPECRUN_LOCALSTACK_PYTHON") {
+        Some(python) => PathBuf::from(python),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/specrun/localstack-venv/bin/python"),
+    })
+}
+
+/// LocalStack's runtime in host mode on `port`, serving S3 and SQS only, with its files
+/// under `root` and nothing that reaches beyond loopback (no DNS server, no certificate
+/// download, no analytics events).
+fn localstack_command(python: &Path, port: u16, root: &Path) -> Command {
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "localstack.runtime.main"])
+        .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SERVICES", "s3,sqs")
+        .env("GATEWAY_SERVER", "hypercorn")
+        .env("OVERRIDE_IN_DOCKER", "0")
+        .env("FILESYSTEM_ROOT", root.join("localstack"))
+        .env("DNS_ADDRESS", "0")
+        .env("SKIP_SSL_CERT_DOWNLOAD", "1")
+        .env("DISABLE_EVENTS", "1")
+        .current_dir(root);
+    command
+}
+
+/// An S3/SQS emulator on a free loopback port, killed when dropped: `moto_server`, or
+/// LocalStack when `SPECRUN_TEST_EMULATOR=localstack`.
 pub struct Moto {
     child: Child,
     port: u16,
@@ -141,15 +175,22 @@ impl Moto {
         let dir = tempfile::Builder::new().prefix("specrun-moto-").tempdir()?;
         let log = dir.path().join("moto.log");
         let port = free_port()?;
-        let mut command = Command::new("moto_server");
+        let mut command = match localstack_python() {
+            Some(python) => localstack_command(&python, port, dir.path()),
+            None => {
+                let mut command = Command::new("moto_server");
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                command
+            }
+        };
         command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(File::create(&log)?)
             .stderr(File::create(&log)?);
         with_aws_env_std(&mut command, &format!("http://127.0.0.1:{port}"));
         let child = command.spawn().context(
-            "starting moto_server (scripts/setup.sh installs it from tests/requirements.txt)",
+            "starting the emulator (scripts/setup.sh installs moto from tests/requirements.txt; \
+             localstack/install-localstack.sh installs LocalStack)",
         )?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut moto = Moto {
@@ -513,7 +554,6 @@ impl SpecrunProcess {
             .stdout(File::create(dir.path().join("stdout.log"))?)
             .stderr(File::create(&stderr)?)
             .env("SPECRUN_BUCKET", &env.bucket)
-            .env("SPECRUN_QUEUE_URL", &env.queue_url)
             .env("SPECRUN_ALLOW_REPO_HOSTS", &env.allow_repo_hosts)
             .env("SPECRUN_DEFAULT_AGENT", "scripted")
             .env("SPECRUN_GIT_TOKEN", CANARY_TOKEN)
@@ -525,6 +565,11 @@ impl SpecrunProcess {
             .env("SPECRUN_LOG", "info")
             .env_remove("SPECRUN_RUNNER_ID");
         with_aws_env_std(&mut command, &env.endpoint);
+        // An empty queue URL: the process takes its queue from elsewhere (a broker).
+        match env.queue_url.as_str() {
+            "" => command.env_remove("SPECRUN_QUEUE_URL"),
+            url => command.env("SPECRUN_QUEUE_URL", url),
+        };
         if let Some(id) = &env.runner_id {
             command.env("SPECRUN_RUNNER_ID", id);
         }

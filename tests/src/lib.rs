@@ -11,5 +11,7 @@ pub mod harness;
 pub mod http_thread;
 pub mod model_server;
 pub mod outage;
+pub mod postgres;
+pub mod rabbitmq;
 pub mod soak;
 pub mod world;

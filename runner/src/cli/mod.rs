@@ -17,6 +17,7 @@ use specrun_store::{aws_config, s3_client, FsBlobStore, S3BlobStore};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
+mod brokers;
 mod report;
 mod retry;
 mod service;

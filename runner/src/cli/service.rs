@@ -1,7 +1,7 @@
 //! `specrun serve` and `specrun runner`: the serverless path run as long-lived processes,
 //! on the embedded store and queue or on S3 and SQS.
 
-use super::{absolute, RunnerArgs};
+use super::{absolute, brokers, RunnerArgs};
 use crate::config::RunnerConfig;
 use crate::engine::Pipeline;
 use crate::progress::TracingProgress;
@@ -24,13 +24,28 @@ use std::time::Duration;
 
 /// Where state and the queue live.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("queue_source").args(["queue_url", "broker"])))]
 pub struct BackendArgs {
-    /// S3 bucket for run state (with --queue-url); the embedded store when absent.
-    #[arg(long, env = "SPECRUN_BUCKET", requires = "queue_url")]
+    /// S3 bucket for run state (with --queue-url or --broker); the embedded store when absent.
+    #[arg(long, env = "SPECRUN_BUCKET", requires = "queue_source")]
     pub bucket: Option<String>,
     /// SQS queue URL for run requests (with --bucket).
     #[arg(long, env = "SPECRUN_QUEUE_URL", requires = "bucket")]
     pub queue_url: Option<String>,
+    /// RabbitMQ broker for run requests and Celery tasks, as Celery's broker_url
+    /// (amqp://user:password@host:5672/vhost); instead of --queue-url. A URL with a
+    /// password is taken from SPECRUN_BROKER_URL only.
+    #[arg(long, env = "SPECRUN_BROKER_URL", conflicts_with = "queue_url")]
+    pub broker: Option<String>,
+    /// The broker queue runs are taken from (the producers' task_default_queue); failed
+    /// messages go to <queue>.dead-letter.
+    #[arg(long, env = "SPECRUN_BROKER_QUEUE", default_value = "specrun")]
+    pub broker_queue: String,
+    /// Celery result backend for task results, as Celery's result_backend
+    /// (db+postgresql://user:password@host:5432/db); Celery's S3 layout in the state
+    /// store when absent. A URL with a password is taken from SPECRUN_RESULT_BACKEND only.
+    #[arg(long, env = "SPECRUN_RESULT_BACKEND")]
+    pub result_backend: Option<String>,
     /// The run queue's dead-letter queue URL (with --queue-url): runners give up the
     /// runs whose messages reach it unfinished (a runner died on the last delivery).
     #[arg(long, env = "SPECRUN_DEAD_LETTER_QUEUE_URL", requires = "queue_url")]
@@ -148,24 +163,51 @@ async fn check_retention(store: &S3BlobStore, ensure: bool, days: u32) -> anyhow
     Ok(())
 }
 
+/// The state bucket; its lifecycle rules put (`--ensure-retention`) or checked.
+async fn s3_store(
+    config: &specrun_store::SdkConfig,
+    bucket: &str,
+    ensure: bool,
+    retention_days: u32,
+) -> anyhow::Result<S3BlobStore> {
+    let store = S3BlobStore::new(s3_client(config), bucket.to_owned());
+    if ensure {
+        check_retention(&store, true, retention_days).await?;
+    } else {
+        // Only a warning: read in the background, so that serving (the status
+        // function's first answer) does not wait for a store round trip.
+        let store = store.clone();
+        tokio::spawn(async move { check_retention(&store, false, retention_days).await });
+    }
+    Ok(store)
+}
+
 async fn backend(
     args: &BackendArgs,
     state_dir: &Path,
     retention_days: u32,
-    max_receives: u32,
+    worker: &WorkerArgs,
 ) -> anyhow::Result<Backend> {
+    let max_receives = worker.max_receives;
+    if let Some(queue) = brokers::broker_queue(args, worker.concurrency, max_receives).await? {
+        let store: Arc<dyn BlobStore> = match &args.bucket {
+            Some(bucket) => Arc::new(
+                s3_store(
+                    &aws_config().await,
+                    bucket,
+                    args.ensure_retention,
+                    retention_days,
+                )
+                .await?,
+            ),
+            None => Arc::new(FsBlobStore::new(&absolute(state_dir)?)),
+        };
+        return Ok((store, Arc::new(queue)));
+    }
     match (&args.bucket, &args.queue_url) {
         (Some(bucket), Some(queue_url)) => {
             let config = aws_config().await;
-            let store = S3BlobStore::new(s3_client(&config), bucket.clone());
-            if args.ensure_retention {
-                check_retention(&store, true, retention_days).await?;
-            } else {
-                // Only a warning: read in the background, so that serving (the status
-                // function's first answer) does not wait for a store round trip.
-                let store = store.clone();
-                tokio::spawn(async move { check_retention(&store, false, retention_days).await });
-            }
+            let store = s3_store(&config, bucket, args.ensure_retention, retention_days).await?;
             Ok((
                 Arc::new(store),
                 Arc::new(SqsQueue::new(sqs_client(&config), queue_url.clone())),
@@ -191,10 +233,7 @@ fn worker(
     queue: Arc<dyn Queue>,
 ) -> anyhow::Result<Worker> {
     // A run rides out a store or queue outage rather than failing halfway through.
-    let retry = Backoff {
-        budget: Duration::from_secs(args.store_retry_secs),
-        ..Backoff::default()
-    };
+    let retry = retry_policy(args);
     let store = Arc::new(RetryingStore::new(store, retry));
     let queue = Arc::new(RetryingQueue::new(queue, retry));
     let pipeline = Pipeline::new(runner, store, Arc::new(TracingProgress));
@@ -214,6 +253,14 @@ fn worker(
         ..WorkerConfig::default()
     };
     Ok(Worker::new(pipeline, queue, config))
+}
+
+/// The retry policy of the runner's store, queue and result backend.
+fn retry_policy(args: &WorkerArgs) -> Backoff {
+    Backoff {
+        budget: Duration::from_secs(args.store_retry_secs),
+        ..Backoff::default()
+    }
 }
 
 /// The worker watching the dead-letter queue too, when one is named.
@@ -266,7 +313,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
         &args.backend,
         state_dir,
         args.runner.retention_days,
-        args.worker.max_receives,
+        &args.worker,
     )
     .await?;
     sweep_at_start(&args.runner.to_config()?, store.clone()).await;
@@ -278,6 +325,8 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
         queue,
     )?;
     let worker = with_dead_letters(worker, &args.backend).await;
+    let worker =
+        brokers::with_celery_services(worker, &args.backend, retry_policy(&args.worker)).await?;
     eprintln!(
         "specrun: runner taking runs ({} at a time)",
         args.worker.concurrency.max(1)
@@ -291,7 +340,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
         &args.backend,
         state_dir,
         args.runner.retention_days,
-        args.worker.max_receives,
+        &args.worker,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -343,6 +392,9 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
     } else {
         let worker = worker(&args.worker, &args.backend, config, store, queue)?;
         let worker = with_dead_letters(worker, &args.backend).await;
+        let worker =
+            brokers::with_celery_services(worker, &args.backend, retry_policy(&args.worker))
+                .await?;
         tokio::join!(server, worker.run(wait(stopped)));
     }
     signal.abort();

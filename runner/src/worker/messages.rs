@@ -100,7 +100,7 @@ impl Worker {
                 return match e.task_id.clone() {
                     Some(task_id) => {
                         let result = celery::failure_result("RefusedTask", &e.to_string());
-                        self.write_celery_result(&task_id, CeleryState::Failure, result)
+                        self.write_celery_result(&task_id, CeleryState::Failure, result, None)
                             .await;
                         Err(Disposition::Delete)
                     }

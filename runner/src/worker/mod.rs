@@ -4,8 +4,8 @@
 //! Celery tasks ([`messages`]), works each run under its [`lease`] ([`execute`], one task
 //! per run id in a process: [`run_locks`]), gives up on a run only on its last delivery
 //! and only under its lease ([`last_delivery`]), and writes each Celery task's result
-//! where Celery's S3 backend reads it ([`celery_results`]). [`sweep`] removes what dead
-//! runners left on this host.
+//! where the scheduler's Celery reads it ([`celery_results`]: its S3 or database
+//! backend). [`sweep`] removes what dead runners left on this host.
 
 mod answers;
 mod celery_results;
@@ -23,7 +23,7 @@ use last_delivery::Holder;
 use messages::QueuedRun;
 use run_locks::RunLocks;
 use specrun_core::celery::{self, CeleryState};
-use specrun_core::ports::{BlobStore, Queue, Received, StoreError};
+use specrun_core::ports::{BlobStore, CeleryResultBackend, Queue, Received, StoreError};
 use specrun_core::repo::RepoPolicy;
 use specrun_store::runs::now;
 use std::future::Future;
@@ -90,6 +90,8 @@ pub struct Worker {
     running: RunLocks,
     /// The run queue's dead-letter queue, watched for runs left unfinished.
     dead_letters: Option<Arc<dyn Queue>>,
+    /// Where Celery task results go (the state bucket in Celery's S3 layout by default).
+    celery_results: Arc<dyn CeleryResultBackend>,
 }
 
 /// What to do with a message once handled.
@@ -116,7 +118,12 @@ impl Drop for AbortOnDrop {
 
 impl Worker {
     pub fn new(pipeline: Pipeline, queue: Arc<dyn Queue>, config: WorkerConfig) -> Self {
+        let celery_results = Arc::new(celery_results::BlobCeleryResults {
+            store: pipeline.store.clone(),
+            prefix: config.celery_result_prefix.clone(),
+        });
         Worker {
+            celery_results,
             pipeline,
             queue,
             config: Arc::new(config),
@@ -128,6 +135,12 @@ impl Worker {
     /// Watches the run queue's dead-letter queue too (see `dead_letters`).
     pub fn with_dead_letters(mut self, queue: Arc<dyn Queue>) -> Self {
         self.dead_letters = Some(queue);
+        self
+    }
+
+    /// Writes Celery task results to `backend` instead of the state bucket.
+    pub fn with_celery_results(mut self, backend: Arc<dyn CeleryResultBackend>) -> Self {
+        self.celery_results = backend;
         self
     }
 
