@@ -69,10 +69,13 @@ python_for_tests() {
     install_celery 5.4.0 5.4.2 2.0.44
     install_celery 5.7.0 5.7.0 2.1.9
 
-    # LocalStack, for the serverless suite's second pass (scripts/test.sh): only on request,
-    # since a fresh install takes 5-16 minutes on this machine's size.
+    # LocalStack, for the serverless suite's second pass (scripts/test.sh): only on request
+    # (CI asks), since a fresh install takes about 11 minutes here, nearly all of it
+    # downloading (1.5 min of CPU), which is why it runs beside the builds. Not fatal: the
+    # suite then runs on moto only, and test.sh says so.
     if [ "${SPECRUN_LOCALSTACK:-}" = "1" ]; then
-        "$ROOT/localstack/install-localstack.sh" >/dev/null
+        "$ROOT/localstack/install-localstack.sh" >/dev/null \
+            || log "WARNING: LocalStack did not install (see above); the serverless suite runs on moto only"
     fi
 }
 
