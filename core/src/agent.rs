@@ -459,7 +459,9 @@ impl AgentProfile {
     ///
     /// Not verified end to end here: the Copilot CLI is not in the job image, so this
     /// profile needs an image that has it (`image` in an agents file). Its output is kept
-    /// as plain text.
+    /// as plain text. It has no gateway yet, though Copilot CLI 1.0.x documents
+    /// `COPILOT_PROVIDER_BASE_URL` / `COPILOT_PROVIDER_TYPE` (its own provider) and
+    /// `COPILOT_OFFLINE`.
     pub fn copilot() -> Self {
         let prompt =
             |prompt: &str| argv(&["copilot", "-p", prompt, "--yolo", "--output-format", "json"]);

@@ -336,8 +336,7 @@ fn failed(response: &Value) -> Option<String> {
         return Some(error.to_string());
     }
     let output = body.get("output").and_then(Value::as_str)?;
-    (output.contains("Exit Code: ") || output.starts_with("Blocked"))
-        .then(|| output.to_owned())
+    (output.contains("Exit Code: ") || output.starts_with("Blocked")).then(|| output.to_owned())
 }
 
 /// The final message once the phase's tools have run.

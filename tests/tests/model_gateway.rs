@@ -1,4 +1,4 @@
-//! The model gateway end to end: the real Codex CLI and the real Claude Code take runs
+//! The model gateway end to end: the real Codex CLI, Claude Code and Gemini CLI take runs
 //! through specify, plan and tasks with `network = "egress"` and no model host on their
 //! allow-list, holding only a run-scoped token; the runner's gateway swaps in the real key
 //! (a canary) and forwards to the scripted model servers on the host's loopback. The
