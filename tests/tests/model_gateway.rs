@@ -576,5 +576,14 @@ async fn the_real_gemini_cli_runs_through_the_gateway_to_a_pull_request() -> Tes
     assert!(!egress.contains("refused"), "{egress}");
 
     assert_key_nowhere(&h, &record, &inspections, "GEMINI_API_KEY", &AGENT_PHASES).await?;
+    let log = h
+        .artifact(&record, Some(Phase::Tasks), "agent.stderr.log")
+        .await?;
+    assert!(
+        probe_dumps(&log)
+            .iter()
+            .any(|d| contains(d, b"\"selectedType\": \"gemini-api-key\"")),
+        "the probe read the agent's files"
+    );
     h.assert_clean(&record).await
 }
