@@ -235,6 +235,19 @@ async fn assert_key_nowhere(
     Ok(())
 }
 
+/// The last phase's probe read `needle` in the agent's files (so they were searched for
+/// the key).
+async fn assert_probe_read(h: &Harness, record: &RunRecord, needle: &[u8]) -> TestResult {
+    let log = h
+        .artifact(record, Some(Phase::Tasks), "agent.stderr.log")
+        .await?;
+    anyhow::ensure!(
+        probe_dumps(&log).iter().any(|d| contains(d, needle)),
+        "the probe never read the agent's files"
+    );
+    Ok(())
+}
+
 /// What a scripted server reported for `requests` (its records, in order): input tokens
 /// are the body's JSON length / 4 (both servers), output 42 per answer.
 fn reported_input(requests: &[Value]) -> u64 {
@@ -317,15 +330,7 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
     assert!(!egress.contains("allowed"), "{egress}");
 
     assert_key_nowhere(&h, &record, &inspections, "CODEX_API_KEY", &AGENT_PHASES).await?;
-    let log = h
-        .artifact(&record, Some(Phase::Tasks), "agent.stderr.log")
-        .await?;
-    assert!(
-        probe_dumps(&log)
-            .iter()
-            .any(|d| contains(d, b"env_key = \"CODEX_API_KEY\"")),
-        "the probe read the agent's files"
-    );
+    assert_probe_read(&h, &record, b"env_key = \"CODEX_API_KEY\"").await?;
     h.assert_clean(&record).await
 }
 
@@ -576,14 +581,6 @@ async fn the_real_gemini_cli_runs_through_the_gateway_to_a_pull_request() -> Tes
     assert!(!egress.contains("refused"), "{egress}");
 
     assert_key_nowhere(&h, &record, &inspections, "GEMINI_API_KEY", &AGENT_PHASES).await?;
-    let log = h
-        .artifact(&record, Some(Phase::Tasks), "agent.stderr.log")
-        .await?;
-    assert!(
-        probe_dumps(&log)
-            .iter()
-            .any(|d| contains(d, b"\"selectedType\": \"gemini-api-key\"")),
-        "the probe read the agent's files"
-    );
+    assert_probe_read(&h, &record, b"\"selectedType\": \"gemini-api-key\"").await?;
     h.assert_clean(&record).await
 }
