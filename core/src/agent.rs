@@ -88,6 +88,16 @@ impl Network {
     }
 }
 
+/// Gemini CLI's settings for a headless run (see [`AgentProfile::gemini`]).
+const GEMINI_SETTINGS: &str = r#"{
+  "security": { "auth": { "selectedType": "gemini-api-key" } },
+  "general": { "enableAutoUpdate": false, "enableAutoUpdateNotification": false },
+  "privacy": { "usageStatisticsEnabled": false },
+  "telemetry": { "enabled": false },
+  "tools": { "shell": { "enableInteractiveShell": false } }
+}
+"#;
+
 impl GatewayProfile {
     fn new(api: ModelApi, upstream: &str, key_env: &str, token_env: &str) -> Self {
         GatewayProfile {
@@ -401,9 +411,13 @@ impl AgentProfile {
     /// invoking the commands Spec Kit's `gemini` integration writes to
     /// `.gemini/commands/speckit.*.toml`.
     ///
-    /// Not verified end to end here: the Gemini CLI is not in the job image, so this
-    /// profile needs an image that has it (`image` in an agents file). Its output is kept
-    /// as plain text.
+    /// `GEMINI_CLI_TRUST_WORKSPACE` lets it act in the repository without an interactive
+    /// trust prompt (else `--yolo` falls back to asking, and a headless run stops).
+    /// `.gemini/settings.json` selects API-key auth and turns off usage statistics,
+    /// telemetry and update checks, so the model API is the only host it contacts, and
+    /// the pty shell (the image leaves its native module out). The model is the CLI's
+    /// default (`auto`, which also asks the model API to route each turn); an agents
+    /// file's `env` can pin one with `GEMINI_MODEL`. Its output is kept as plain text.
     pub fn gemini() -> Self {
         let prompt = |prompt: &str| argv(&["gemini", "-p", prompt, "--yolo", "-o", "stream-json"]);
         AgentProfile {
@@ -417,13 +431,20 @@ impl AgentProfile {
             ]
             .into_iter()
             .collect(),
-            env: BTreeMap::new(),
+            env: [("GEMINI_CLI_TRUST_WORKSPACE".to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
             secret_env: vec!["GEMINI_API_KEY".to_owned()],
             options: BTreeMap::new(),
             network: Network::Egress,
             egress: Vec::new(),
             image: None,
-            home_files: BTreeMap::new(),
+            home_files: [(
+                ".gemini/settings.json".to_owned(),
+                GEMINI_SETTINGS.to_owned(),
+            )]
+            .into_iter()
+            .collect(),
             output: OutputFormat::Text,
             commit_paths: default_commit_paths(),
             unexpected_changes: Unexpected::LeaveOut,
@@ -438,7 +459,9 @@ impl AgentProfile {
     ///
     /// Not verified end to end here: the Copilot CLI is not in the job image, so this
     /// profile needs an image that has it (`image` in an agents file). Its output is kept
-    /// as plain text.
+    /// as plain text. It has no gateway yet, though Copilot CLI 1.0.x documents
+    /// `COPILOT_PROVIDER_BASE_URL` / `COPILOT_PROVIDER_TYPE` (its own provider) and
+    /// `COPILOT_OFFLINE`.
     pub fn copilot() -> Self {
         let prompt =
             |prompt: &str| argv(&["copilot", "-p", prompt, "--yolo", "--output-format", "json"]);

@@ -6,6 +6,7 @@ pub mod anthropic_server;
 pub mod celery;
 pub mod emulator;
 pub mod forge;
+pub mod gemini_server;
 pub mod git_http;
 pub mod harness;
 pub mod http_thread;

@@ -1,6 +1,6 @@
 //! The job image: the Spec Kit scaffolding it prepares at build time is what `specify
 //! init` itself writes, so a run that copies it (`specrun-speckit-init`) commits the same
-//! files as one that runs init.
+//! files as one that runs init; Gemini CLI runs on its own Node.
 
 use specrun_tests::harness::job_image;
 use std::process::Command;
@@ -95,5 +95,27 @@ specrun-speckit-init codebuddy > /tmp/out 2>&1 || { cat /tmp/out; exit 1; }
 grep -q '"integration": "codebuddy"' .specify/integration.json && echo initialised"#,
     )?;
     assert_eq!(out.trim(), "initialised", "{out}");
+    Ok(())
+}
+
+/// Gemini CLI needs Node >= 20: it runs on the image's own Node 24, offline, while `node`
+/// on PATH (Codex's, npm's) stays the distribution's.
+#[test]
+fn gemini_cli_runs_on_its_own_node_and_leaves_the_others_alone() -> TestResult {
+    let out = in_job_image(
+        "gemini --version; /opt/node24/bin/node --version; node --version; codex --version",
+    )?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0], "0.61.0", "{out}");
+    let major = |v: &str| {
+        v.trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+    };
+    assert!(major(lines[1]).is_some_and(|m| m >= 20), "{out}");
+    assert!(major(lines[2]).is_some_and(|m| m < 20), "{out}");
+    assert!(lines[3].starts_with("codex-cli "), "{out}");
     Ok(())
 }

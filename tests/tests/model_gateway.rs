@@ -1,4 +1,4 @@
-//! The model gateway end to end: the real Codex CLI and the real Claude Code take runs
+//! The model gateway end to end: the real Codex CLI, Claude Code and Gemini CLI take runs
 //! through specify, plan and tasks with `network = "egress"` and no model host on their
 //! allow-list, holding only a run-scoped token; the runner's gateway swaps in the real key
 //! (a canary) and forwards to the scripted model servers on the host's loopback. The
@@ -19,6 +19,7 @@ use specrun_core::{Phase, RunStatus};
 use specrun_runner::config::Secret;
 use specrun_tests::anthropic_server::AnthropicServer;
 use specrun_tests::emulator::SpecrunProcess;
+use specrun_tests::gemini_server::{GeminiServer, GEMINI_TEST_MODEL, OUTPUT_TOKENS};
 use specrun_tests::harness::{failed_with, watch_inspections, Harness, CANARY_TOKEN};
 use specrun_tests::model_server::{ModelServer, MODEL, MODEL_KEY_ENV};
 use specrun_tests::world::{post_runs, run_request, World};
@@ -234,6 +235,19 @@ async fn assert_key_nowhere(
     Ok(())
 }
 
+/// The last phase's probe read `needle` in the agent's files (so they were searched for
+/// the key).
+async fn assert_probe_read(h: &Harness, record: &RunRecord, needle: &[u8]) -> TestResult {
+    let log = h
+        .artifact(record, Some(Phase::Tasks), "agent.stderr.log")
+        .await?;
+    anyhow::ensure!(
+        probe_dumps(&log).iter().any(|d| contains(d, needle)),
+        "the probe never read the agent's files"
+    );
+    Ok(())
+}
+
 /// What a scripted server reported for `requests` (its records, in order): input tokens
 /// are the body's JSON length / 4 (both servers), output 42 per answer.
 fn reported_input(requests: &[Value]) -> u64 {
@@ -316,15 +330,7 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
     assert!(!egress.contains("allowed"), "{egress}");
 
     assert_key_nowhere(&h, &record, &inspections, "CODEX_API_KEY", &AGENT_PHASES).await?;
-    let log = h
-        .artifact(&record, Some(Phase::Tasks), "agent.stderr.log")
-        .await?;
-    assert!(
-        probe_dumps(&log)
-            .iter()
-            .any(|d| contains(d, b"env_key = \"CODEX_API_KEY\"")),
-        "the probe read the agent's files"
-    );
+    assert_probe_read(&h, &record, b"env_key = \"CODEX_API_KEY\"").await?;
     h.assert_clean(&record).await
 }
 
@@ -501,4 +507,80 @@ async fn a_request_asking_for_more_budget_than_the_operator_allows_is_a_400() ->
     let response = post_runs(base, &lowered).await?;
     assert_eq!(response.status, 202, "{}", response.json()?);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_gemini_cli_runs_through_the_gateway_to_a_pull_request() -> TestResult {
+    let model = GeminiServer::start("127.0.0.1".parse()?, REAL_KEY).await?;
+    let mut h = Harness::start().await?;
+    h.forge.create_repo("octo", "album", "# Album\n")?;
+    // The one thing added to the built-in profile: the scripted model, so the CLI does
+    // not ask the API to route each turn (`auto`).
+    let pin_model = format!("[agents.gemini-gw.env]\nGEMINI_MODEL = \"{GEMINI_TEST_MODEL}\"\n");
+    let agents = gateway_agents_file("gemini", "gemini-gw", &model.base_url(), &pin_model, &[])?;
+    h.use_agents_file(&agents)?;
+    h.config
+        .agent_secrets
+        .insert(MODEL_KEY_ENV.to_owned(), Secret::new(REAL_KEY));
+    let (record, inspections) = run_inspected(&h, pr_request(&h)).await?;
+    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
+    assert_eq!(h.forge.pulls("octo", "album").len(), 1);
+    let branch = record.branch_name.clone().unwrap_or_default();
+    for file in ["spec.md", "plan.md", "tasks.md"] {
+        let path = format!("specs/{branch}/{file}");
+        assert!(
+            h.git().read_file("octo/album", &branch, &path)?.is_some(),
+            "{path}"
+        );
+    }
+    assert!(model.saw_key(), "the gateway sent the real key upstream");
+    assert_eq!(model.unauthorized_requests(), 0);
+
+    // Usage per phase is what the server reported: the phases took the server's
+    // answers in order, at least a tool turn and a final turn each.
+    let requests = model.requests();
+    let mut taken = 0;
+    for phase in AGENT_PHASES {
+        let usage = record
+            .phase(phase)
+            .usage
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("{phase} has no usage"))?;
+        let count = usage.requests as usize;
+        assert!(count >= 2, "{phase}: {usage:?}");
+        let mine = requests
+            .get(taken..taken + count)
+            .ok_or_else(|| anyhow::anyhow!("{phase}: more requests than the server saw"))?;
+        assert_eq!(usage.tokens.input, reported_input(mine), "{phase}");
+        assert_eq!(usage.tokens.output, OUTPUT_TOKENS * count as u64, "{phase}");
+        assert_eq!(usage.models, [GEMINI_TEST_MODEL], "{phase}");
+        taken += count;
+    }
+    assert_eq!(taken, requests.len(), "every request belongs to a phase");
+    let run = record
+        .usage
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no run usage"))?;
+    assert_eq!(run.tokens.input, reported_input(&requests));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(
+        h.state
+            .path()
+            .join(format!("runs/{}/run.json", record.run_id)),
+    )?)?;
+    assert_eq!(
+        json["usage"]["gen_ai.usage.input_tokens"],
+        reported_input(&requests)
+    );
+
+    // No host on the allow-list and none asked for: the CLI called only the gateway.
+    let egress = h
+        .artifact(&record, None, "egress.log")
+        .await
+        .unwrap_or_default();
+    assert!(!egress.contains("allowed"), "{egress}");
+    assert!(!egress.contains("refused"), "{egress}");
+
+    assert_key_nowhere(&h, &record, &inspections, "GEMINI_API_KEY", &AGENT_PHASES).await?;
+    assert_probe_read(&h, &record, b"\"selectedType\": \"gemini-api-key\"").await?;
+    h.assert_clean(&record).await
 }
