@@ -1,7 +1,10 @@
 //! What the gateway adds to a model call: time to the first byte and to the end of a
 //! streamed answer, direct to an upstream versus through the gateway, both on loopback.
 //! The upstream streams a Responses-API answer of `EVENTS` events, `GAP` apart, like a
-//! model producing tokens. Run by `scripts/bench-gateway.sh`; prints one JSON object.
+//! model producing tokens. Then four runs' gateways stream at once, and the process's
+//! memory is read before and after (it holds the upstream and the clients too, so the
+//! figures bound the gateways' from above). Run by `scripts/bench-gateway.sh`; prints one
+//! JSON object.
 //!
 //! Usage: latency [REQUESTS]
 
@@ -109,6 +112,71 @@ async fn measure(url: &str, token: &str, requests: usize) -> anyhow::Result<serd
     }))
 }
 
+/// The process's resident memory now and at its peak, in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn gateway_to(addr: SocketAddr) -> anyhow::Result<ModelGateway> {
+    Ok(ModelGateway::new(GatewayConfig {
+        api: ModelApi::OpenAi,
+        upstream: format!("http://{addr}"),
+        api_key: KEY.to_owned(),
+        prices: PriceTable::builtin(),
+        budget: Budget::default(),
+    })?)
+}
+
+/// `runs` gateways, each streaming `requests` answers to its own client, all at once.
+async fn runs_at_once(
+    addr: SocketAddr,
+    runs: usize,
+    requests: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let mut gateways = Vec::new();
+    for _ in 0..runs {
+        let gateway = gateway_to(addr)?;
+        gateway.listen("127.0.0.1".parse()?).await?;
+        gateways.push(gateway);
+    }
+    let (rss_before, _) = rss_mib();
+    let started = Instant::now();
+    let streams: Vec<_> = gateways
+        .iter()
+        .map(|gateway| {
+            let (url, token) = (gateway.url().unwrap_or_default(), gateway.token().to_owned());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().no_proxy().build()?;
+                for _ in 0..requests {
+                    call(&client, &url, &token).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for stream in streams {
+        stream.await??;
+    }
+    let (rss_after, peak) = rss_mib();
+    Ok(serde_json::json!({
+        "runs": runs,
+        "requests_per_run": requests,
+        "wall_ms": started.elapsed().as_secs_f64() * 1000.0,
+        "rss_mib_before": rss_before,
+        "rss_mib_after": rss_after,
+        "process_peak_rss_mib": peak,
+        "metered_output_tokens": gateways.iter().map(|g| g.run_usage().tokens.output).sum::<u64>(),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let requests = std::env::args()
@@ -116,13 +184,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(200);
     let addr = upstream().await?;
-    let gateway = ModelGateway::new(GatewayConfig {
-        api: ModelApi::OpenAi,
-        upstream: format!("http://{addr}"),
-        api_key: KEY.to_owned(),
-        prices: PriceTable::builtin(),
-        budget: Budget::default(),
-    })?;
+    let gateway = gateway_to(addr)?;
     gateway.listen("127.0.0.1".parse()?).await?;
     let via = gateway.url().unwrap_or_default();
     let direct = measure(&format!("http://{addr}"), KEY, requests).await?;
@@ -139,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         "added_ttfb_ms_p50": added("ttfb_ms_p50"),
         "added_total_ms_p50": added("total_ms_p50"),
         "metered_output_tokens": gateway.run_usage().tokens.output,
+        "four_runs_streaming_at_once": runs_at_once(addr, 4, requests).await?,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
