@@ -3,6 +3,7 @@
 //! `sqs` are the serverless deployment's bucket and queue.
 
 mod aws_error;
+pub mod batches;
 pub mod branch_locks;
 pub mod fs;
 pub mod retry;

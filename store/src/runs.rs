@@ -86,11 +86,18 @@ pub async fn load_run_versioned(
     store: &dyn BlobStore,
     id: &RunId,
 ) -> Result<Option<(RunRecord, String)>, StoreError> {
-    let key = keys::run_json(id);
-    match store.get_versioned(&key).await {
+    load_json_versioned(store, &keys::run_json(id)).await
+}
+
+/// A state object and its version, or `None` when there is none at `key`.
+pub async fn load_json_versioned<T: serde::de::DeserializeOwned>(
+    store: &dyn BlobStore,
+    key: &str,
+) -> Result<Option<(T, String)>, StoreError> {
+    match store.get_versioned(key).await {
         Ok((bytes, version)) => serde_json::from_slice(&bytes)
             .map(|record| Some((record, version)))
-            .map_err(|e| StoreError::backend(&key, e)),
+            .map_err(|e| StoreError::backend(key, e)),
         Err(StoreError::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
     }

@@ -29,6 +29,7 @@ async fn main() -> Result<(), lambda_http::Error> {
             Ok(_) => None,
             Err(_) => Some(specrun_core::agents_file::AgentRegistry::builtins()),
         },
+        batch_limits: specrun_submit::batch_limits_from_env(),
     };
     let submit = Arc::new(submit);
     specrun_http::run_lambda(move |request| {

@@ -54,6 +54,7 @@ async fn through_submit(
         default_agent: String::new(),
         image: String::new(),
         agents: None,
+        batch_limits: specrun_submit::batch_limits_from_env(),
     };
     let request = http::Request::builder()
         .method(http::Method::POST)

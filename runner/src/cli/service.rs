@@ -148,7 +148,7 @@ async fn check_retention(store: &S3BlobStore, ensure: bool, days: u32) -> anyhow
     Ok(())
 }
 
-async fn backend(
+pub(super) async fn backend(
     args: &BackendArgs,
     state_dir: &Path,
     retention_days: u32,
@@ -183,7 +183,7 @@ async fn backend(
     }
 }
 
-fn worker(
+pub(super) fn worker(
     args: &WorkerArgs,
     backend: &BackendArgs,
     runner: RunnerConfig,
@@ -320,6 +320,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
                 Some(_) => None,
                 None => Some(specrun_core::agents_file::AgentRegistry::builtins()),
             },
+            batch_limits: specrun_submit::batch_limits_from_env(),
         }),
         status: Arc::new(Status {
             store: store.clone(),
