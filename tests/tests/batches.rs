@@ -11,7 +11,7 @@ use specrun_core::batch::BatchRecord;
 use specrun_core::state::RunRecord;
 use specrun_core::RunStatus;
 use specrun_tests::emulator::{http_request, SpecrunProcess};
-use specrun_tests::harness::require_image;
+use specrun_tests::harness::{job_image, require_image, specrun_bin, Harness, CANARY_TOKEN};
 use specrun_tests::world::{eventually, pushes, World, BUCKET};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -262,5 +262,91 @@ async fn bad_batches_are_400s_that_name_the_field_or_the_entry() -> TestResult {
     assert_eq!(code, 404);
     let (code, _) = get_batch(&base, "b-not-a-batch").await?;
     assert_eq!(code, 404);
+    Ok(())
+}
+
+fn specrun_here(h: &Harness, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(specrun_bin()?)
+        .args(args)
+        .env("SPECRUN_STATE_DIR", h.state.path())
+        .env("SPECRUN_WORK_DIR", h.work.path())
+        .env("SPECRUN_IMAGE", job_image())
+        .env("SPECRUN_GIT_TOKEN", CANARY_TOKEN)
+        .env_remove("SPECRUN_BUCKET")
+        .env_remove("SPECRUN_QUEUE_URL")
+        .output()?)
+}
+
+/// `specrun batch` on the embedded store runs the batch in its own process; a repository
+/// that is not there yet fails its run. Once it exists, the same --batch-key runs only
+/// that run again, and `specrun status <batch-id>` shows the counts and each run.
+#[tokio::test(flavor = "multi_thread")]
+async fn specrun_batch_runs_here_and_the_same_key_reruns_only_the_failed_run() -> TestResult {
+    let h = Harness::start().await?;
+    let one = h.git().create_repo("one", "# one\n")?;
+    let two = h.git().create_repo("two", "# two\n")?;
+    let three = one.replace("/one", "/three");
+    let batch = |extra: &[&str]| {
+        let mut args = vec![
+            "batch",
+            "--repo",
+            &one,
+            "--repo",
+            &two,
+            "--repo",
+            &three,
+            "--text",
+            TEXT,
+            "--agent",
+            "scripted",
+            "--publish",
+            "branch",
+            "--batch-key",
+            "cli-batch",
+            "--max-in-flight",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        specrun_here(&h, &args)
+    };
+    let out = batch(&[])?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "one run failed: {stderr}");
+    let first: BatchRecord = serde_json::from_slice(&out.stdout).with_context(|| stderr.clone())?;
+    assert_eq!(
+        (first.counts.succeeded, first.counts.failed),
+        (2, 1),
+        "{first:#?}"
+    );
+    assert_eq!(first.runs[2].status, Some(RunStatus::Failed));
+
+    h.git().create_repo("three", "# three\n")?;
+    let out = batch(&[])?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let second: BatchRecord =
+        serde_json::from_slice(&out.stdout).with_context(|| stderr.clone())?;
+    assert_eq!(second.batch_id, first.batch_id);
+    assert_eq!(second.counts.succeeded, 3, "{second:#?}");
+    let attempts: Vec<u32> = second.runs.iter().map(|r| r.attempt).collect();
+    assert_eq!(attempts, vec![1, 1, 2], "only the failed run ran again");
+    assert_eq!(pushes(h.git(), "one"), 1);
+
+    let out = specrun_here(&h, &["status", first.batch_id.as_str()])?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("3 runs: 3 succeeded"), "{table}");
+    for run in &second.runs {
+        assert!(
+            table.contains(&run.run_id) && table.contains(&run.repository),
+            "{table}"
+        );
+    }
     Ok(())
 }

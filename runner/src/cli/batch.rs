@@ -112,6 +112,7 @@ pub(super) async fn batch(args: BatchArgs, state_dir: &std::path::Path) -> anyho
     let mut worker_args = args.service.worker;
     worker_args.concurrency = record.max_in_flight.max(1);
     let worker = service::worker(
+        true,
         &worker_args,
         &args.service.backend,
         runner,

@@ -183,7 +183,10 @@ pub(super) async fn backend(
     }
 }
 
+/// A queue worker on `store` and `queue`; `trusted` takes any repository a run names (the
+/// operator's own `specrun batch`), otherwise only the allowed hosts.
 pub(super) fn worker(
+    trusted: bool,
     args: &WorkerArgs,
     backend: &BackendArgs,
     runner: RunnerConfig,
@@ -203,7 +206,7 @@ pub(super) fn worker(
         visibility: Duration::from_secs(args.visibility_secs.max(10)),
         policy: RepoPolicy {
             allowed_hosts: backend.allow_repo_hosts.clone(),
-            trusted: false,
+            trusted,
         },
         celery_task: args.celery_task.clone(),
         celery_result_prefix: args.celery_result_prefix.clone(),
@@ -271,6 +274,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
     .await?;
     sweep_at_start(&args.runner.to_config()?, store.clone()).await;
     let worker = worker(
+        false,
         &args.worker,
         &args.backend,
         args.runner.to_config()?,
@@ -341,7 +345,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
     if args.no_runner {
         server.await;
     } else {
-        let worker = worker(&args.worker, &args.backend, config, store, queue)?;
+        let worker = worker(false, &args.worker, &args.backend, config, store, queue)?;
         let worker = with_dead_letters(worker, &args.backend).await;
         tokio::join!(server, worker.run(wait(stopped)));
     }
