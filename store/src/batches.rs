@@ -136,28 +136,37 @@ pub async fn update<T>(
     )))
 }
 
+/// How long a released run's message may stay not known to be sent before another
+/// refresh sends it: the releaser that marked it is taken to have died before sending.
+const UNSENT_GRACE: time::Duration = time::Duration::seconds(60);
+
 /// Brings batch.json's statuses and counts up to date and releases the held runs that
-/// fit under `max_in_flight`, then sends their messages. Released runs still queued whose
-/// message is not known to be sent (a releaser died between its write and its send) are
-/// sent again: a duplicate message is harmless, a runner works a run only under its lease.
-/// Called when a run of the batch ends, when the batch is submitted or resubmitted.
+/// fit under `max_in_flight`, then sends their messages. A released run still queued
+/// whose message has not been known sent for [`UNSENT_GRACE`] (its releaser died between
+/// its write and its send) is sent again: a duplicate message is harmless, a runner works
+/// a run only under its lease. Called when a run of the batch ends, and when the batch is
+/// submitted or resubmitted.
 pub async fn refresh(
     store: &dyn BlobStore,
     queue: &dyn Queue,
     id: &BatchId,
 ) -> Result<Option<BatchRecord>, StoreError> {
-    let Some((record, _)) = update(store, id, |record, _| record.release()).await? else {
+    let Some((record, released)) = update(store, id, |record, _| record.release()).await? else {
         return Ok(None);
     };
-    for run in record
-        .runs
-        .iter()
-        .filter(|r| r.released && r.status == Some(RunStatus::Queued))
-    {
+    let stale = runs::now() - UNSENT_GRACE;
+    for (index, run) in record.runs.iter().enumerate() {
+        if !run.released || run.status != Some(RunStatus::Queued) {
+            continue;
+        }
         let Ok(run_id) = RunId::parse(&run.run_id) else {
             continue;
         };
-        if runs::queue_send(store, &run_id).await? != Some(QueueSend::Pending) {
+        let send = match runs::queue_send_since(store, &run_id).await? {
+            Some((QueueSend::Pending, since)) => released.contains(&index) || since < stale,
+            _ => false,
+        };
+        if !send {
             continue;
         }
         let Some(request) = runs::load_request(store, &run_id).await? else {
@@ -169,4 +178,92 @@ pub async fn refresh(
         tracing::info!(batch_id = %id, %run_id, "released a run of the batch");
     }
     Ok(Some(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FsBlobStore, FsQueue};
+    use specrun_core::batch::BatchRun;
+    use specrun_core::request::{Publish, RunRequest};
+    use specrun_core::state::AgentConfiguration;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A batch of `n` held runs, each recorded as the submit function records them.
+    async fn held_batch(store: &FsBlobStore, n: usize, max: usize) -> Result<BatchId, StoreError> {
+        let mut listed = Vec::new();
+        for i in 0..n {
+            let id = runs::new_run_id();
+            let repository = format!("octo/r{i}");
+            let request = RunRequest {
+                repository: repository.clone(),
+                specify_text: "x".into(),
+                ..RunRequest::default()
+            };
+            runs::pin_request(store, &id, &request).await?;
+            runs::mark_queue_send(store, &id, QueueSend::Pending).await?;
+            let record = RunRecord::queued(
+                id.as_str(),
+                &repository,
+                Publish::Pr,
+                AgentConfiguration::default(),
+                runs::now(),
+            );
+            runs::create_run(store, &record).await?;
+            listed.push(BatchRun {
+                repository,
+                run_id: id.to_string(),
+                released: false,
+                status: Some(RunStatus::Queued),
+                attempt: 0,
+            });
+        }
+        let record = BatchRecord::new(new_batch_id(), String::new(), max, listed, runs::now());
+        create(store, &record).await?;
+        Ok(record.batch_id)
+    }
+
+    async fn sent(queue: &FsQueue) -> Result<usize, StoreError> {
+        Ok(queue
+            .receive(100, Duration::ZERO, Duration::from_secs(60))
+            .await?
+            .len())
+    }
+
+    #[tokio::test]
+    async fn refreshes_at_once_never_release_more_than_max_in_flight() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(FsBlobStore::new(dir.path().join("state")));
+        let queue = Arc::new(FsQueue::new(dir.path().join("queue")));
+        let id = held_batch(&store, 6, 2).await?;
+        let mut refreshes = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (store, queue, id) = (store.clone(), queue.clone(), id.clone());
+            refreshes.spawn(async move { refresh(store.as_ref(), queue.as_ref(), &id).await });
+        }
+        while let Some(done) = refreshes.join_next().await {
+            done??;
+        }
+        assert_eq!(sent(&queue).await?, 2, "two slots, two messages");
+        let record = current(store.as_ref(), &id).await?.ok_or("no batch")?;
+        assert_eq!(record.counts.held, 4);
+
+        // One run ends: one slot frees, one more run is released, and only one.
+        let first = RunId::parse(&record.runs[0].run_id)?;
+        let (mut run, version) = runs::load_run_versioned(store.as_ref(), &first)
+            .await?
+            .ok_or("no run")?;
+        run.start("runner-1", runs::now())?;
+        run.finish(RunStatus::Succeeded, None, runs::now())?;
+        runs::save_run_fenced(store.as_ref(), &run, &version).await?;
+        refresh(store.as_ref(), queue.as_ref(), &id).await?;
+        refresh(store.as_ref(), queue.as_ref(), &id).await?;
+        assert_eq!(sent(&queue).await?, 1);
+        let stored = load(store.as_ref(), &id).await?.ok_or("no batch")?.0;
+        assert_eq!((stored.counts.succeeded, stored.counts.held), (1, 3));
+        Ok(())
+    }
 }

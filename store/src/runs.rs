@@ -224,8 +224,16 @@ pub async fn queue_send(
     store: &dyn BlobStore,
     id: &RunId,
 ) -> Result<Option<QueueSend>, StoreError> {
+    Ok(queue_send_since(store, id).await?.map(|(state, _)| state))
+}
+
+/// [`queue_send`] with when it was recorded.
+pub async fn queue_send_since(
+    store: &dyn BlobStore,
+    id: &RunId,
+) -> Result<Option<(QueueSend, time::OffsetDateTime)>, StoreError> {
     let record: Option<QueueSendRecord> = load_json(store, &queue_send_key(id)).await?;
-    Ok(record.map(|r| r.state))
+    Ok(record.map(|r| (r.state, r.at)))
 }
 
 /// Run ids, newest first, `limit` at a time; pass the returned cursor to continue. The

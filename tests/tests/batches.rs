@@ -3,7 +3,7 @@
 //! one failed, in `GET /batches/{id}` and in batch.json; never more than `max_in_flight`
 //! of its runs are in progress at once although the runner takes four at a time; sending
 //! the same batch again runs only the failed run (a second attempt of the same run) and
-//! leaves the others alone. Bad batches are 400s naming the field or the entry.
+//! leaves the others alone. Two runners take the runs. Bad batches are 400s naming the field or the entry.
 
 use anyhow::Context as _;
 use serde_json::{json, Value};
@@ -83,8 +83,11 @@ async fn a_batch_of_five_with_one_failing_then_resubmitted_runs_only_the_failed_
         ("SPECRUN_BATCH_MAX_REPOSITORIES".to_owned(), "5".to_owned()),
         ("SPECRUN_BATCH_MAX_IN_FLIGHT".to_owned(), "3".to_owned()),
     ]);
-    // The runner takes four runs at a time: the batch's bound is what holds it to two.
+    // Two runners take four runs at a time each: the batch's bound, kept in the store,
+    // is what holds it to two.
     let serve = SpecrunProcess::serve(&env, &["--concurrency", "4"]).await?;
+    let _second =
+        SpecrunProcess::runner(&env.with_runner_id("runner-2"), &["--concurrency", "4"]).await?;
     let base = serve.base_url()?.to_owned();
     let names = ["alpha", "bravo", "charlie", "delta", "echo"];
     let mut urls = Vec::new();
