@@ -11,7 +11,9 @@ use specrun_core::batch::BatchRecord;
 use specrun_core::state::RunRecord;
 use specrun_core::RunStatus;
 use specrun_tests::emulator::{http_request, SpecrunProcess};
-use specrun_tests::harness::{job_image, require_image, specrun_bin, Harness, CANARY_TOKEN};
+use specrun_tests::harness::{
+    job_image, require_image, specrun_bin, write_slow_agents_file, Harness, CANARY_TOKEN,
+};
 use specrun_tests::world::{eventually, pushes, World, BUCKET};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -351,5 +353,71 @@ async fn specrun_batch_runs_here_and_the_same_key_reruns_only_the_failed_run() -
             "{table}"
         );
     }
+    Ok(())
+}
+
+/// The only runner is killed while the batch's one released run is in progress: a new
+/// runner takes the run over when its lease runs out, its end releases the next, and the
+/// batch finishes with every run succeeded, one at a time throughout. `GET /batches/{id}`
+/// is served by a process that runs nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_goes_on_after_its_runner_is_killed() -> TestResult {
+    require_image().await?;
+    let world = World::start(5).await?;
+    let dir = tempfile::tempdir()?;
+    let agents = write_slow_agents_file(dir.path(), "slow", 6)?;
+    let mut env = world.env.clone();
+    env.extra.push(("SPECRUN_AGENTS_FILE".to_owned(), agents));
+    let api = SpecrunProcess::serve(&env, &["--no-runner"]).await?;
+    let base = api.base_url()?.to_owned();
+    let runner_flags = [
+        "--concurrency",
+        "3",
+        "--lease-secs",
+        "6",
+        "--visibility-secs",
+        "10",
+    ];
+    let mut first = SpecrunProcess::runner(&env.with_runner_id("runner-a"), &runner_flags).await?;
+    let mut urls = Vec::new();
+    for name in ["one", "two", "three"] {
+        urls.push(world.git().create_repo(name, &format!("# {name}\n"))?);
+    }
+    let body = json!({
+        "repositories": urls,
+        "specify_text": TEXT,
+        "publish": "branch",
+        "agent": "slow",
+        "max_in_flight": 1,
+    });
+    let (code, created) = post_batch(&base, &body).await?;
+    assert_eq!(code, 202, "{created}");
+    let batch_id = created["batch_id"].as_str().context("batch_id")?.to_owned();
+    eventually(
+        "the first run to start",
+        Duration::from_secs(120),
+        || async {
+            let (_, batch) = get_batch(&base, &batch_id).await?;
+            Ok((batch["counts"]["running"] == 1).then_some(()))
+        },
+    )
+    .await?;
+    first.kill();
+    let (_, batch) = get_batch(&base, &batch_id).await?;
+    assert_eq!(batch["counts"]["succeeded"], 0, "killed mid-run: {batch:#}");
+    assert_eq!(batch["counts"]["held"], 2, "{batch:#}");
+
+    let second = SpecrunProcess::runner(&env.with_runner_id("runner-b"), &runner_flags).await?;
+    let batch = wait_batch_finished(&base, &batch_id, &second).await?;
+    assert_eq!(batch["counts"]["succeeded"], 3, "{batch:#}");
+    let mut spans = Vec::new();
+    for run in batch["runs"].as_array().context("runs")? {
+        let record = world
+            .stored_run(run["run_id"].as_str().unwrap_or_default())
+            .await?;
+        assert_eq!(record.runner_id.as_deref(), Some("runner-b"));
+        spans.push(span(&record)?);
+    }
+    assert_eq!(most_at_once(&spans), 1, "{spans:#?}");
     Ok(())
 }
