@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod agents_file;
 pub mod backoff;
+pub mod batch;
 pub mod branch;
 pub mod branch_lock;
 pub mod celery;

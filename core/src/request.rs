@@ -97,16 +97,21 @@ fn field_error(field: &str, reason: impl Into<String>) -> RequestError {
     }
 }
 
+/// A JSON body parsed strictly (see [`strict_json`]); refusals name the field `body`.
+pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, RequestError> {
+    strict_json::parse(body).map_err(|e| match e {
+        StrictJsonError::DuplicateKey { path } => field_error(
+            "body",
+            format!("the key {path:?} appears twice; give each field once"),
+        ),
+        StrictJsonError::Syntax(e) => field_error("body", format!("not valid JSON: {e}")),
+    })
+}
+
 impl RunRequest {
     /// Parses a JSON body, refusing a key given twice (see [`strict_json`]).
     pub fn parse_json(body: &[u8]) -> Result<RunRequest, RequestError> {
-        let value = strict_json::parse(body).map_err(|e| match e {
-            StrictJsonError::DuplicateKey { path } => field_error(
-                "body",
-                format!("the key {path:?} appears twice; give each field once"),
-            ),
-            StrictJsonError::Syntax(e) => field_error("body", format!("not valid JSON: {e}")),
-        })?;
+        let value = parse_body(body)?;
         serde_json::from_value(value)
             .map_err(|e| field_error("body", format!("not a valid run request: {e}")))
     }

@@ -227,6 +227,10 @@ pub struct RunRecord {
     pub external_ref: Option<String>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The batch this run belongs to (`POST /batches`); its end releases the batch's next
+    /// held run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
     /// Earlier attempts that did not finish (their runner died), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_attempts: Vec<AttemptRecord>,
@@ -372,6 +376,7 @@ impl RunRecord {
             attempt: 0,
             external_ref: None,
             idempotency_key: None,
+            batch_id: None,
             previous_attempts: Vec::new(),
             usage: None,
             waiting_for: None,

@@ -152,7 +152,10 @@ async fn runs_at_once(
     let streams: Vec<_> = gateways
         .iter()
         .map(|gateway| {
-            let (url, token) = (gateway.url().unwrap_or_default(), gateway.token().to_owned());
+            let (url, token) = (
+                gateway.url().unwrap_or_default(),
+                gateway.token().to_owned(),
+            );
             tokio::spawn(async move {
                 let client = reqwest::Client::builder().no_proxy().build()?;
                 for _ in 0..requests {

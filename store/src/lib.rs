@@ -6,6 +6,7 @@
 
 pub mod amqp;
 mod aws_error;
+pub mod batches;
 pub mod branch_locks;
 pub mod fs;
 pub mod postgres_results;

@@ -86,11 +86,18 @@ pub async fn load_run_versioned(
     store: &dyn BlobStore,
     id: &RunId,
 ) -> Result<Option<(RunRecord, String)>, StoreError> {
-    let key = keys::run_json(id);
-    match store.get_versioned(&key).await {
+    load_json_versioned(store, &keys::run_json(id)).await
+}
+
+/// A state object and its version, or `None` when there is none at `key`.
+pub async fn load_json_versioned<T: serde::de::DeserializeOwned>(
+    store: &dyn BlobStore,
+    key: &str,
+) -> Result<Option<(T, String)>, StoreError> {
+    match store.get_versioned(key).await {
         Ok((bytes, version)) => serde_json::from_slice(&bytes)
             .map(|record| Some((record, version)))
-            .map_err(|e| StoreError::backend(&key, e)),
+            .map_err(|e| StoreError::backend(key, e)),
         Err(StoreError::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
     }
@@ -217,8 +224,16 @@ pub async fn queue_send(
     store: &dyn BlobStore,
     id: &RunId,
 ) -> Result<Option<QueueSend>, StoreError> {
+    Ok(queue_send_since(store, id).await?.map(|(state, _)| state))
+}
+
+/// [`queue_send`] with when it was recorded.
+pub async fn queue_send_since(
+    store: &dyn BlobStore,
+    id: &RunId,
+) -> Result<Option<(QueueSend, time::OffsetDateTime)>, StoreError> {
     let record: Option<QueueSendRecord> = load_json(store, &queue_send_key(id)).await?;
-    Ok(record.map(|r| r.state))
+    Ok(record.map(|r| (r.state, r.at)))
 }
 
 /// Run ids, newest first, `limit` at a time; pass the returned cursor to continue. The

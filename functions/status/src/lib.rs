@@ -7,11 +7,12 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, Method, Response, StatusCode};
+use specrun_core::batch::BatchId;
 use specrun_core::keys::{self, RunId};
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::state::RunRecord;
 use specrun_http::{error, json, path, single_query_param, ApiRequest, ApiResponse};
-use specrun_store::runs;
+use specrun_store::{batches, runs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,15 +42,39 @@ impl Status {
         let parts: Vec<&str> = path.trim_start_matches('/').splitn(4, '/').collect();
         match parts.as_slice() {
             ["runs"] => self.list(&request).await,
+            ["batches", id] => self.batch(id).await,
             ["runs", id] => self.run(id).await,
             ["runs", id, "artifacts"] | ["runs", id, "artifacts", ""] => {
                 self.artifacts(id).await
             }
             ["runs", id, "artifacts", rest] => self.artifact(id, rest).await,
             _ => specrun_http::not_found(&format!(
-                "no route {path}; use GET /runs, GET /runs/{{run_id}} or GET /runs/{{run_id}}/artifacts/"
+                "no route {path}; use GET /runs, GET /runs/{{run_id}}, GET /runs/{{run_id}}/artifacts/ or GET /batches/{{batch_id}}"
             )),
         }
+    }
+
+    /// `GET /batches/{id}`: batch.json with every run's status and the counts read from
+    /// the runs themselves now (batch.json's own copy is as of the last run's end), and a
+    /// status URL per run.
+    async fn batch(&self, id: &str) -> ApiResponse {
+        let Ok(batch_id) = BatchId::parse(id) else {
+            return specrun_http::not_found(&format!("no batch {id}"));
+        };
+        let record = match batches::current(self.store.as_ref(), &batch_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return specrun_http::not_found(&format!("no batch {id}")),
+            Err(e) => return store_failure(&e),
+        };
+        let base = self.public_base.trim_end_matches('/');
+        let mut body = serde_json::to_value(&record).unwrap_or_default();
+        if let Some(runs) = body["runs"].as_array_mut() {
+            for run in runs {
+                let run_id = run["run_id"].as_str().unwrap_or_default().to_owned();
+                run["status_url"] = format!("{base}/runs/{run_id}").into();
+            }
+        }
+        json(StatusCode::OK, &body)
     }
 
     async fn load(&self, id: &str) -> Result<RunRecord, ApiResponse> {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use specrun_core::agents_file::AgentRegistry;
+use specrun_core::batch::{BatchId, BatchLimits};
 use specrun_core::keys::RunId;
 use specrun_core::message::RunMessage;
 use specrun_core::ports::{BlobStore, Queue, StoreError};
@@ -18,6 +19,8 @@ use specrun_core::RunStatus;
 use specrun_http::{error, error_with, json, path, ApiRequest, ApiResponse};
 use specrun_store::runs;
 use std::sync::Arc;
+
+mod batch;
 
 /// Largest request body accepted; the text itself is limited to 64 KiB.
 pub const MAX_BODY: usize = 128 * 1024;
@@ -38,6 +41,25 @@ pub struct Submit {
     pub agents: Option<AgentRegistry>,
     /// The operator's model budget: a request may lower it, never raise it.
     pub model_budget: specrun_core::model_usage::Budget,
+    /// How large a batch may be and how many of its runs may be queued at once.
+    pub batch_limits: BatchLimits,
+}
+
+/// Batch limits from `SPECRUN_BATCH_MAX_REPOSITORIES` and `SPECRUN_BATCH_MAX_IN_FLIGHT`,
+/// the defaults where unset or not a positive number.
+pub fn batch_limits_from_env() -> BatchLimits {
+    let read = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default)
+    };
+    let defaults = BatchLimits::default();
+    BatchLimits {
+        max_repositories: read("SPECRUN_BATCH_MAX_REPOSITORIES", defaults.max_repositories),
+        max_in_flight: read("SPECRUN_BATCH_MAX_IN_FLIGHT", defaults.max_in_flight),
+    }
 }
 
 impl Submit {
@@ -73,14 +95,19 @@ impl Submit {
             };
         }
         match (request.method(), route.as_str()) {
+            (&Method::POST, "/batches") => match specrun_http::require_json(&request) {
+                Ok(()) => self.submit_batch(request.into_body()).await,
+                Err(refused) => *refused,
+            },
+            (_, "/batches") => specrun_http::method_not_allowed("POST"),
             (&Method::POST, "/runs") => match specrun_http::require_json(&request) {
                 Ok(()) => self.submit(request.into_body()).await,
                 Err(refused) => *refused,
             },
             (_, "/runs") => specrun_http::method_not_allowed("POST"),
-            (_, other) => {
-                specrun_http::not_found(&format!("no route {other}; submit runs with POST /runs"))
-            }
+            (_, other) => specrun_http::not_found(&format!(
+                "no route {other}; submit runs with POST /runs, batches with POST /batches"
+            )),
         }
     }
 
@@ -214,25 +241,12 @@ impl Submit {
         let Ok(run_id) = RunId::parse(id) else {
             return specrun_http::not_found(&format!("no run {id}"));
         };
-        if body.len() > MAX_BODY {
-            let message = format!("the body is {} bytes; the limit is {MAX_BODY}", body.len());
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &message,
-                Some("body"),
-            );
+        if let Some(refused) = too_large(&body) {
+            return refused;
         }
         let answers = match specrun_core::clarify::parse_answers(&body) {
             Ok(answers) => answers,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &e.to_string(),
-                    Some(&e.field),
-                )
-            }
+            Err(e) => return invalid(&e, &e.field),
         };
         let store = self.store.as_ref();
         let request = match runs::load_request(store, &run_id).await {
@@ -270,26 +284,13 @@ impl Submit {
     }
 
     async fn submit(&self, body: Bytes) -> ApiResponse {
-        if body.len() > MAX_BODY {
-            let message = format!("the body is {} bytes; the limit is {MAX_BODY}", body.len());
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &message,
-                Some("body"),
-            );
+        if let Some(refused) = too_large(&body) {
+            return refused;
         }
         let request =
             match RunRequest::from_json(&body, &self.policy).and_then(|r| self.check_agent(r)) {
                 Ok(request) => request,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        &e.to_string(),
-                        Some(&e.field),
-                    )
-                }
+                Err(e) => return invalid(&e, &e.field),
             };
         let (run_id, fresh) = match self.accept(&request).await {
             Ok(Accepted::New(run_id)) => (run_id, true),
@@ -322,6 +323,30 @@ impl Submit {
     /// key already created it. "The same request" is the validated request's canonical
     /// wire form ([`ValidatedRequest::to_wire`]), every field included.
     async fn accept(&self, request: &ValidatedRequest) -> Result<Accepted, StoreError> {
+        match self.record(request, None).await? {
+            Recorded::Conflict(run_id) => Ok(Accepted::Conflict(run_id)),
+            // A run recorded before requests were stored: answered as it always was.
+            Recorded::Unrecorded(run_id) => Ok(Accepted::Duplicate(run_id)),
+            Recorded::Existing(run_id, record) => {
+                self.requeue_if_pending(&record, run_id, request).await
+            }
+            Recorded::Created(run_id, record) => {
+                let accepted = self.send(run_id, request).await;
+                if let (Accepted::NotQueued(_, e), None) = (&accepted, &request.idempotency_key) {
+                    self.withdraw(*record, e).await;
+                }
+                Ok(accepted)
+            }
+        }
+    }
+
+    /// Records the run without sending it, unless an earlier request with the same
+    /// idempotency key already created it. A run of a batch names its batch.
+    async fn record(
+        &self,
+        request: &ValidatedRequest,
+        batch: Option<&BatchId>,
+    ) -> Result<Recorded, StoreError> {
         let mut run_id = runs::new_run_id();
         let mut claimed_before = false;
         if let Some(key) = &request.idempotency_key {
@@ -335,39 +360,34 @@ impl Submit {
         }
         // The request is stored before run.json, once: a runner executes the stored one.
         match runs::pin_request(self.store.as_ref(), &run_id, &request.to_wire()).await? {
-            runs::Pinned::Different(_) => return Ok(Accepted::Conflict(run_id)),
-            // A run recorded before requests were stored: answered as it always was.
-            runs::Pinned::Unrecorded(_) => return Ok(Accepted::Duplicate(run_id)),
+            runs::Pinned::Different(_) => return Ok(Recorded::Conflict(run_id)),
+            runs::Pinned::Unrecorded(_) => return Ok(Recorded::Unrecorded(run_id)),
             runs::Pinned::Same => {}
         }
         if claimed_before {
             if let Some(record) = runs::load_run(self.store.as_ref(), &run_id).await? {
-                return self.requeue_if_pending(&record, run_id, request).await;
+                return Ok(Recorded::Existing(run_id, Box::new(record)));
             }
         }
         // Otherwise this is a new run, or the first request with this key stopped before
-        // recording it: record and queue it now. With a key, the run is marked not known
-        // to be queued before run.json exists, so a retry after any failure from here on
-        // (the store, the queue, this process) finds it and sends its message.
-        let keyed = request.idempotency_key.is_some();
-        if keyed {
+        // recording it: record it now. With a key, the run is marked not known to be
+        // queued before run.json exists, so a retry after any failure from here on (the
+        // store, the queue, this process) finds it and sends its message.
+        if request.idempotency_key.is_some() {
             runs::mark_queue_send(self.store.as_ref(), &run_id, runs::QueueSend::Pending).await?;
         }
-        let record = RunRecord::for_request(
+        let mut record = RunRecord::for_request(
             run_id.as_str(),
             request,
             AgentConfiguration::requested(request, &self.default_agent, &self.image),
             runs::now(),
         );
+        record.batch_id = batch.map(ToString::to_string);
         match runs::create_run(self.store.as_ref(), &record).await {
             Ok(()) | Err(StoreError::PreconditionFailed(_)) => {}
             Err(e) => return Err(e),
         }
-        let accepted = self.send(run_id, request).await;
-        if let (Accepted::NotQueued(_, e), false) = (&accepted, keyed) {
-            self.withdraw(record, e).await;
-        }
-        Ok(accepted)
+        Ok(Recorded::Created(run_id, Box::new(record)))
     }
 
     /// The idempotency key's earlier request recorded `record`: a run still queued whose
@@ -463,6 +483,41 @@ impl Submit {
             let _ = runs::save_run_fenced(self.store.as_ref(), &record, &version).await;
         }
     }
+}
+
+/// 400 naming the refused field and why.
+fn invalid(e: &impl std::fmt::Display, field: &str) -> ApiResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        &e.to_string(),
+        Some(field),
+    )
+}
+
+/// 413 for a body over [`MAX_BODY`].
+fn too_large(body: &Bytes) -> Option<ApiResponse> {
+    (body.len() > MAX_BODY).then(|| {
+        let message = format!("the body is {} bytes; the limit is {MAX_BODY}", body.len());
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &message,
+            Some("body"),
+        )
+    })
+}
+
+/// What recording a run found.
+enum Recorded {
+    /// A new run, recorded now (not yet sent).
+    Created(RunId, Box<RunRecord>),
+    /// The idempotency key's earlier, equal request made this run.
+    Existing(RunId, Box<RunRecord>),
+    /// The idempotency key made this run for another request.
+    Conflict(RunId),
+    /// The key's run was recorded before requests were stored.
+    Unrecorded(RunId),
 }
 
 /// What a submission did.
@@ -625,6 +680,7 @@ mod tests {
                 },
                 phase: Default::default(),
             },
+            batch_limits: BatchLimits::default(),
         }
     }
 

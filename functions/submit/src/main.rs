@@ -34,6 +34,7 @@ async fn main() -> Result<(), lambda_http::Error> {
                 .map_err(|e| format!("SPECRUN_MODEL_BUDGET is not a budget: {e}"))?,
             Err(_) => Default::default(),
         },
+        batch_limits: specrun_submit::batch_limits_from_env(),
     };
     let submit = Arc::new(submit);
     specrun_http::run_lambda(move |request| {

@@ -17,6 +17,7 @@ use specrun_store::{aws_config, s3_client, FsBlobStore, S3BlobStore};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
+mod batch;
 mod brokers;
 mod report;
 mod retry;
@@ -56,7 +57,7 @@ pub struct Global {
 pub enum Command {
     /// Run one pipeline now, in this process.
     Run(Box<RunArgs>),
-    /// Show a run's status, phase by phase.
+    /// Show a run's status, phase by phase (or, given a batch id, the batch's counts and runs).
     Status {
         run_id: String,
         /// Print run.json instead of the table.
@@ -122,6 +123,11 @@ pub enum Command {
         #[command(flatten)]
         runner: Box<RunnerArgs>,
     },
+    /// Run one specification on many repositories: one run each, at most
+    /// --max-in-flight at once. On the embedded store they run in this process; with
+    /// --bucket and --queue-url they are queued for the runners. The same --batch-key
+    /// again resubmits: only runs that did not succeed run again.
+    Batch(Box<batch::BatchArgs>),
     /// Print a run's logs.
     Logs {
         run_id: String,
@@ -166,12 +172,9 @@ impl StoreArgs {
     }
 }
 
-/// `specrun run` flags.
+/// The flags of a run request besides its repository (`specrun run`, `specrun batch`).
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Repository: a git URL, a local path, or owner/name on the forge.
-    #[arg(long)]
-    pub repo: String,
+pub struct RequestFlags {
     /// The feature description for the specify phase ('-' reads standard input).
     #[arg(long, required_unless_present = "text_file")]
     pub text: Option<String>,
@@ -198,6 +201,50 @@ pub struct RunArgs {
     /// A label for the pull request (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+}
+
+impl RequestFlags {
+    /// The run request these flags make for `repository`.
+    pub fn to_request(&self, repository: &str) -> anyhow::Result<RunRequest> {
+        Ok(RunRequest {
+            repository: repository.to_owned(),
+            specify_text: self.read_text()?,
+            base_branch: self.base_branch.clone(),
+            branch_name: self.branch_name.clone(),
+            agent: self.agent.clone(),
+            agent_options: self
+                .agent_options
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<_, _>>(),
+            publish: self.publish,
+            draft: Some(self.draft),
+            labels: self.labels.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn read_text(&self) -> anyhow::Result<String> {
+        match (&self.text, &self.text_file) {
+            (Some(text), _) if text == "-" => std::io::read_to_string(std::io::stdin())
+                .context("reading the text from standard input"),
+            (Some(text), _) => Ok(text.clone()),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            }
+            (None, None) => bail!("give the feature description with --text or --text-file"),
+        }
+    }
+}
+
+/// `specrun run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Repository: a git URL, a local path, or owner/name on the forge.
+    #[arg(long)]
+    pub repo: String,
+    #[command(flatten)]
+    pub request: RequestFlags,
     /// Print the final run.json on stdout and nothing else there.
     #[arg(long)]
     pub json: bool,
@@ -397,7 +444,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             run_id,
             json,
             store,
+        } if run_id.starts_with("b-") => {
+            batch::status(&run_id, json, store.open(state_dir).await?.store.as_ref()).await
+        }
+        Command::Status {
+            run_id,
+            json,
+            store,
         } => status(&run_id, json, &store.open(state_dir).await?).await,
+        Command::Batch(args) => batch::batch(*args, state_dir).await,
         Command::Logs {
             run_id,
             phase,
@@ -472,40 +527,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn read_text(args: &RunArgs) -> anyhow::Result<String> {
-    match (&args.text, &args.text_file) {
-        (Some(text), _) if text == "-" => std::io::read_to_string(std::io::stdin())
-            .context("reading the text from standard input"),
-        (Some(text), _) => Ok(text.clone()),
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-        }
-        (None, None) => bail!("give the feature description with --text or --text-file"),
-    }
-}
-
 async fn run(
     args: RunArgs,
     store: Arc<dyn BlobStore>,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<i32> {
     let config = args.runner.to_config()?;
-    let request = RunRequest {
-        repository: args.repo.clone(),
-        specify_text: read_text(&args)?,
-        base_branch: args.base_branch.clone(),
-        branch_name: args.branch_name.clone(),
-        agent: args.agent.clone(),
-        agent_options: args
-            .agent_options
-            .iter()
-            .cloned()
-            .collect::<BTreeMap<_, _>>(),
-        publish: args.publish,
-        draft: Some(args.draft),
-        labels: args.labels.clone(),
-        ..Default::default()
-    };
+    let request = args.request.to_request(&args.repo)?;
     let policy = RepoPolicy {
         allowed_hosts: Vec::new(),
         trusted: true,

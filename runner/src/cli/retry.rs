@@ -56,6 +56,7 @@ async fn through_submit(
         agents: None,
         // Only POST /runs reads the operator's budget; retry and answers take none.
         model_budget: Default::default(),
+        batch_limits: specrun_submit::batch_limits_from_env(),
     };
     let request = http::Request::builder()
         .method(http::Method::POST)

@@ -182,7 +182,7 @@ async fn s3_store(
     Ok(store)
 }
 
-async fn backend(
+pub(super) async fn backend(
     args: &BackendArgs,
     state_dir: &Path,
     retention_days: u32,
@@ -225,7 +225,10 @@ async fn backend(
     }
 }
 
-fn worker(
+/// A queue worker on `store` and `queue`; `trusted` takes any repository a run names (the
+/// operator's own `specrun batch`), otherwise only the allowed hosts.
+pub(super) fn worker(
+    trusted: bool,
     args: &WorkerArgs,
     backend: &BackendArgs,
     runner: RunnerConfig,
@@ -242,7 +245,7 @@ fn worker(
         visibility: Duration::from_secs(args.visibility_secs.max(10)),
         policy: RepoPolicy {
             allowed_hosts: backend.allow_repo_hosts.clone(),
-            trusted: false,
+            trusted,
         },
         celery_task: args.celery_task.clone(),
         celery_result_prefix: args.celery_result_prefix.clone(),
@@ -318,6 +321,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
     .await?;
     sweep_at_start(&args.runner.to_config()?, store.clone()).await;
     let worker = worker(
+        false,
         &args.worker,
         &args.backend,
         args.runner.to_config()?,
@@ -370,6 +374,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
                 None => Some(specrun_core::agents_file::AgentRegistry::builtins()),
             },
             model_budget: config.model_budget,
+            batch_limits: specrun_submit::batch_limits_from_env(),
         }),
         status: Arc::new(Status {
             store: store.clone(),
@@ -390,7 +395,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
     if args.no_runner {
         server.await;
     } else {
-        let worker = worker(&args.worker, &args.backend, config, store, queue)?;
+        let worker = worker(false, &args.worker, &args.backend, config, store, queue)?;
         let worker = with_dead_letters(worker, &args.backend).await;
         let worker =
             brokers::with_celery_services(worker, &args.backend, retry_policy(&args.worker))

@@ -270,6 +270,39 @@ impl Worker {
             Ok(queued) => queued,
             Err(disposition) => return disposition,
         };
+        match self.handle_run(message, &queued).await {
+            Disposition::Delete => self.release_batch(&queued.run_id).await,
+            other => other,
+        }
+    }
+
+    /// A run that ended and belongs to a batch releases the batch's next held runs
+    /// before its message goes: if this runner dies first, the message comes back and
+    /// the next delivery (which finds the run final) releases them.
+    async fn release_batch(&self, run_id: &specrun_core::keys::RunId) -> Disposition {
+        let store = self.store();
+        let batch = match specrun_store::runs::load_run(store, run_id).await {
+            Ok(Some(record)) if record.status.is_final() => record.batch_id,
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "could not read the run to release its batch's next runs; the message will be retried");
+                return Disposition::Retry;
+            }
+        };
+        let Some(batch_id) = batch.and_then(|b| specrun_core::batch::BatchId::parse(&b).ok())
+        else {
+            return Disposition::Delete;
+        };
+        match specrun_store::batches::refresh(store, self.queue.as_ref(), &batch_id).await {
+            Ok(_) => Disposition::Delete,
+            Err(e) => {
+                tracing::warn!(%run_id, %batch_id, error = %e, "could not release the batch's next runs; the message will be retried");
+                Disposition::Retry
+            }
+        }
+    }
+
+    async fn handle_run(&self, message: &Received, queued: &QueuedRun) -> Disposition {
         if let Some(task) = &queued.celery {
             if task.is_expired(now()) {
                 self.celery_result(
@@ -284,7 +317,7 @@ impl Worker {
                 return Disposition::Defer(wait);
             }
         }
-        let (unfinished, holder) = match self.execute(&queued).await {
+        let (unfinished, holder) = match self.execute(queued).await {
             Ok(Attempt::Finished(record)) => {
                 if let Some(task) = &queued.celery {
                     self.celery_outcome(task, &record).await;
@@ -296,7 +329,7 @@ impl Worker {
                 // instead of letting the message come back again and again, each time
                 // using up one of its receives while the holder is alive.
                 tracing::info!(run_id = %queued.run_id, %runner_id, "another runner holds the run; waiting for it with this message hidden");
-                let holder = self.wait_for_holder(&queued).await;
+                let holder = self.wait_for_holder(queued).await;
                 if let Holder::Finished(status) = holder {
                     tracing::info!(run_id = %queued.run_id, %status, %runner_id, "the runner holding the run finished it; this delivery is done");
                     return Disposition::Delete;
@@ -320,9 +353,9 @@ impl Worker {
         // Waited for already when the run was found held: not a second time.
         let holder = match holder {
             Some(holder) => holder,
-            None => self.wait_for_holder(&queued).await,
+            None => self.wait_for_holder(queued).await,
         };
-        self.settle_last(&queued, message.receive_count, &unfinished, holder)
+        self.settle_last(queued, message.receive_count, &unfinished, holder)
             .await
     }
 }
