@@ -80,7 +80,7 @@ pub(super) async fn batch(args: BatchArgs, state_dir: &std::path::Path) -> anyho
         default_agent: runner.default_agent.clone(),
         image: runner.image.clone(),
         agents: None,
-        model_budget: runner.model_budget.clone(),
+        model_budget: runner.model_budget,
         batch_limits: specrun_submit::batch_limits_from_env(),
     };
     let request = http::Request::builder()
