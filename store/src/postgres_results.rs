@@ -19,7 +19,6 @@ use specrun_core::celery::CeleryState;
 use specrun_core::pickle::to_pickle;
 use specrun_core::ports::{CeleryResultBackend, StoreError};
 use specrun_core::service_url::redact_url;
-use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -164,26 +163,9 @@ impl CeleryResultBackend for PostgresCeleryResults {
         traceback: Option<&str>,
     ) -> Result<(), StoreError> {
         let pickled = to_pickle(&result);
-        let started = Instant::now();
-        let mut failures = 0;
-        loop {
-            match self
-                .store_once(task_id, state.as_str(), &pickled, traceback)
-                .await
-            {
-                Err(e) if e.is_transient() => {
-                    failures += 1;
-                    let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 1000.0;
-                    match self.retry.wait(failures, started.elapsed(), jitter) {
-                        Some(wait) => {
-                            tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "the result backend is unavailable; retrying");
-                            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
-                        }
-                        None => return Err(e),
-                    }
-                }
-                done => return done,
-            }
-        }
+        crate::retry::retry(&self.retry, "store_result", task_id, || {
+            self.store_once(task_id, state.as_str(), &pickled, traceback)
+        })
+        .await
     }
 }

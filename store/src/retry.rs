@@ -96,7 +96,12 @@ fn jitter() -> f64 {
 }
 
 /// Runs `op` until it succeeds, fails for good, or the policy gives up.
-async fn retry<T, F, Fut>(policy: &Backoff, what: &str, key: &str, op: F) -> Result<T, StoreError>
+pub(crate) async fn retry<T, F, Fut>(
+    policy: &Backoff,
+    what: &str,
+    key: &str,
+    op: F,
+) -> Result<T, StoreError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
