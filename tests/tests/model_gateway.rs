@@ -257,11 +257,9 @@ fn reported_input(requests: &[Value]) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> TestResult {
-    let model = ModelServer::start("127.0.0.1".parse()?, REAL_KEY).await?;
-    let h = codex_harness(&model).await?;
-    let (record, inspections) = run_inspected(&h, pr_request(&h)).await?;
+/// The run succeeded with one pull request, and spec.md, plan.md and tasks.md are on its
+/// branch.
+fn assert_one_pull_request_with_the_documents(h: &Harness, record: &RunRecord) -> TestResult {
     assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
     assert_eq!(h.forge.pulls("octo", "album").len(), 1);
     let branch = record.branch_name.clone().unwrap_or_default();
@@ -272,6 +270,15 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
             "{path}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> TestResult {
+    let model = ModelServer::start("127.0.0.1".parse()?, REAL_KEY).await?;
+    let h = codex_harness(&model).await?;
+    let (record, inspections) = run_inspected(&h, pr_request(&h)).await?;
+    assert_one_pull_request_with_the_documents(&h, &record)?;
     assert!(model.saw_key(), "the gateway sent the real key upstream");
     assert_eq!(model.unauthorized_requests(), 0);
 
@@ -523,16 +530,7 @@ async fn the_real_gemini_cli_runs_through_the_gateway_to_a_pull_request() -> Tes
         .agent_secrets
         .insert(MODEL_KEY_ENV.to_owned(), Secret::new(REAL_KEY));
     let (record, inspections) = run_inspected(&h, pr_request(&h)).await?;
-    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
-    assert_eq!(h.forge.pulls("octo", "album").len(), 1);
-    let branch = record.branch_name.clone().unwrap_or_default();
-    for file in ["spec.md", "plan.md", "tasks.md"] {
-        let path = format!("specs/{branch}/{file}");
-        assert!(
-            h.git().read_file("octo/album", &branch, &path)?.is_some(),
-            "{path}"
-        );
-    }
+    assert_one_pull_request_with_the_documents(&h, &record)?;
     assert!(model.saw_key(), "the gateway sent the real key upstream");
     assert_eq!(model.unauthorized_requests(), 0);
 
