@@ -201,3 +201,73 @@ impl Uploader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::artifacts::LogFile;
+    use specrun_core::keys::RunId;
+    use specrun_core::redact::Redactor;
+    use specrun_core::Phase;
+    use specrun_store::FsBlobStore;
+
+    /// The parts the index names, end to end.
+    async fn live_bytes(store: &dyn BlobStore, keys: &LiveLogKeys) -> anyhow::Result<Vec<u8>> {
+        let index: LiveLogIndex = match store.get(&keys.index()).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(StoreError::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut bytes = Vec::new();
+        for number in 0..index.part_starts.len() {
+            bytes.extend(store.get(&keys.part(number)).await?);
+        }
+        anyhow::ensure!(
+            bytes.len() as u64 == index.size,
+            "the index's size is wrong"
+        );
+        Ok(bytes)
+    }
+
+    #[tokio::test]
+    async fn a_growing_log_reaches_the_store_redacted_before_it_ends() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(dir.path().join("store")));
+        let run = RunId::parse("0193a1b2-0000-7000-8000-000000000000")?;
+        let keys = LiveLogKeys::new(&run, 1, Phase::Specify, "agent.stdout.log");
+        let redactor = Redactor::new(["hunter2-secret"]);
+        let mut log = LogFile::create_capped(dir.path().join("x.log"), &redactor, 1 << 30).await?;
+        let upload = log.stream_live(store.clone(), keys.clone(), Duration::from_millis(100));
+        log.write(b"first line\nthe key is hunter2-").await?;
+        // The line is there while the log is still open; the secret's beginning is not.
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            seen = live_bytes(store.as_ref(), &keys).await?;
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen.starts_with(b"first line\n"), "{seen:?}");
+        assert!(
+            !String::from_utf8_lossy(&seen).contains("hunter2"),
+            "{seen:?}"
+        );
+        log.write(b"secret, then a flood\n").await?;
+        // More than a part's threshold at once, and more than the largest part.
+        let flood = vec![b'x'; 3 * 1024 * 1024];
+        log.write(&flood).await?;
+        let written = log.finish().await?;
+        upload.finish().await;
+        let live = live_bytes(store.as_ref(), &keys).await?;
+        let on_disk = tokio::fs::read(&written.path).await?;
+        assert_eq!(live.len(), on_disk.len());
+        assert!(live == on_disk, "the parts differ from the final log");
+        assert!(!String::from_utf8_lossy(&live).contains("hunter2"));
+        let parts = store
+            .list(&keys.index().replace("index.json", "part-"), None, 100)
+            .await?;
+        assert!(parts.keys.len() >= 4, "{:?}", parts.keys);
+        Ok(())
+    }
+}
