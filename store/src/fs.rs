@@ -553,6 +553,25 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     #[tokio::test]
+    async fn a_range_is_read_without_the_rest() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = FsBlobStore::new(dir.path());
+        let key = "runs/a1/artifacts/plan/agent.stdout.log";
+        store
+            .put(key, Bytes::from_static(b"0123456789"), "text/plain")
+            .await?;
+        assert_eq!(store.get_range(key, 3, 4).await?, b"3456");
+        assert_eq!(store.get_range(key, 8, 100).await?, b"89");
+        assert_eq!(store.get_range(key, 10, 5).await?, b"");
+        assert_eq!(store.get_range(key, 50, 5).await?, b"");
+        assert!(matches!(
+            store.get_range("runs/a1/missing", 0, 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn objects_round_trip_and_list_by_prefix() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = FsBlobStore::new(dir.path());
