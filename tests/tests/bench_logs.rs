@@ -1,10 +1,11 @@
 //! The benchmark behind `scripts/bench-logs.sh` (ignored in test runs): what streaming
 //! logs costs and gives.
 //!
-//! One run per setting of the flush interval (streaming off, then each interval given)
-//! on the real engine and job image with the embedded store, wrapped in a counter of the
-//! store operations the runner makes (each is one S3 request on the bucket, bar a
-//! multipart upload of a log over 8 MiB, which none here is). The agent prints a
+//! One run per store (the embedded one, then a bucket on moto) and setting of the flush
+//! interval (streaming off, then each interval given) on the real engine and job image,
+//! the store wrapped in a counter of the operations the runner makes (each is one S3
+//! request on the bucket, bar a multipart upload of a log over 8 MiB, which none here
+//! is). The agent prints a
 //! timestamped line every quarter second for a while in specify; a reader polls the
 //! status API's handler (`GET /runs/{id}/logs/specify?offset=`, the code the status
 //! function and `specrun serve` run) every 100 ms and, for each line, takes the time
@@ -16,7 +17,10 @@ use specrun_core::ports::{BlobStore, Bytes, KeyPage, StoreError};
 use specrun_runner::progress::TracingProgress;
 use specrun_runner::{Execution, Pipeline};
 use specrun_status::Status;
+use specrun_store::S3BlobStore;
+use specrun_tests::emulator::Moto;
 use specrun_tests::harness::Harness;
+use specrun_tests::world::BUCKET;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -177,10 +181,18 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         )],
         "",
     )?;
+    let moto = Moto::start().await?;
+    moto.create_bucket(BUCKET).await?;
+    let s3: Arc<dyn BlobStore> = Arc::new(S3BlobStore::new(moto.s3().clone(), BUCKET));
+    let fs: Arc<dyn BlobStore> = h.store.clone();
+    let settings = [("fs", fs), ("s3", s3)]
+        .into_iter()
+        .flat_map(|(name, store)| intervals.iter().map(move |ms| (name, store.clone(), *ms)));
     let mut results = Vec::new();
-    for (n, flush_ms) in intervals.iter().enumerate() {
+    for (n, (store_name, base, flush_ms)) in settings.enumerate() {
+        let flush_ms = &flush_ms;
         let store = Arc::new(CountingStore {
-            inner: h.store.clone(),
+            inner: base.clone(),
             counts: Counts::default(),
         });
         let mut config = h.config.clone();
@@ -199,7 +211,7 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         // The reader reads the store directly: its requests are not the runner's.
         let status = Status {
-            store: h.store.clone(),
+            store: base.clone(),
             presign_expiry: Duration::from_secs(60),
             public_base: "http://127.0.0.1".to_owned(),
         };
@@ -219,24 +231,37 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         );
         latencies.sort_by(f64::total_cmp);
         let [put, get, list] = [0, 1, 2].map(|i| after[i] - before[i]);
-        results.push((*flush_ms, put, get, list, latencies));
+        results.push((store_name, *flush_ms, put, get, list, latencies));
     }
-    let baseline = results.iter().find(|r| r.0 == 0).map(|r| (r.1, r.2, r.3));
     let mut rows = Vec::new();
     println!(
-        "\n{:>9} {:>6} {:>6} {:>6} {:>11} {:>8} {:>8} {:>8} {:>6}",
-        "flush_ms", "PUT", "GET", "LIST", "extra_PUT", "p50_ms", "p95_ms", "max_ms", "lines"
+        "\n{:>5} {:>9} {:>6} {:>6} {:>6} {:>11} {:>8} {:>8} {:>8} {:>6}",
+        "store",
+        "flush_ms",
+        "PUT",
+        "GET",
+        "LIST",
+        "extra_PUT",
+        "p50_ms",
+        "p95_ms",
+        "max_ms",
+        "lines"
     );
-    for (flush_ms, put, get, list, latencies) in &results {
-        let extra = baseline.map(|(p, _, _)| *put as i64 - p as i64);
+    for (store_name, flush_ms, put, get, list, latencies) in &results {
+        let baseline = results
+            .iter()
+            .find(|r| r.0 == *store_name && r.1 == 0)
+            .map(|r| r.2);
+        let extra = baseline.map(|p| *put as i64 - p as i64);
         let (p50, p95) = (percentile(latencies, 50.0), percentile(latencies, 95.0));
         let max = latencies.last().copied().unwrap_or(f64::NAN);
         println!(
-            "{flush_ms:>9} {put:>6} {get:>6} {list:>6} {:>11} {p50:>8.0} {p95:>8.0} {max:>8.0} {:>6}",
+            "{store_name:>5} {flush_ms:>9} {put:>6} {get:>6} {list:>6} {:>11} {p50:>8.0} {p95:>8.0} {max:>8.0} {:>6}",
             extra.map(|e| e.to_string()).unwrap_or_default(),
             latencies.len()
         );
         let mut row = BTreeMap::new();
+        row.insert("store", serde_json::json!(store_name));
         row.insert("flush_ms", serde_json::json!(flush_ms));
         row.insert("runner_put", serde_json::json!(put));
         row.insert("runner_get", serde_json::json!(get));
@@ -260,7 +285,7 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         "ticks": ticks,
         "tick_interval_ms": 250,
         "reader_poll_ms": 100,
-        "store": "embedded (fs), operations counted in the runner",
+        "stores": "fs: the embedded store; s3: a bucket on moto; operations counted in the runner",
         "runs": rows,
     });
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
