@@ -190,13 +190,12 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         .flat_map(|(name, store)| intervals.iter().map(move |ms| (name, store.clone(), *ms)));
     let mut results = Vec::new();
     for (n, (store_name, base, flush_ms)) in settings.enumerate() {
-        let flush_ms = &flush_ms;
         let store = Arc::new(CountingStore {
             inner: base.clone(),
             counts: Counts::default(),
         });
         let mut config = h.config.clone();
-        config.log_flush_interval = (*flush_ms > 0).then(|| Duration::from_millis(*flush_ms));
+        config.log_flush_interval = (flush_ms > 0).then(|| Duration::from_millis(flush_ms));
         let mut request = h.request(&url, "Tick away while the log is tailed");
         request.agent = Some("ticker".to_owned());
         request.branch_name = Some(format!("bench-logs-{n}"));
@@ -231,7 +230,7 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         );
         latencies.sort_by(f64::total_cmp);
         let [put, get, list] = [0, 1, 2].map(|i| after[i] - before[i]);
-        results.push((store_name, *flush_ms, put, get, list, latencies));
+        results.push((store_name, flush_ms, put, get, list, latencies));
     }
     let mut rows = Vec::new();
     println!(
