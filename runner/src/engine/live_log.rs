@@ -230,6 +230,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_that_refuses_parts_fails_no_log() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        // A store rooted under a file: every write fails, as a full or broken disk does.
+        let blocker = dir.path().join("not-a-directory");
+        std::fs::write(&blocker, b"")?;
+        let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(blocker.join("store")));
+        let run = RunId::parse("0193a1b2-0000-7000-8000-000000000000")?;
+        let keys = LiveLogKeys::new(&run, 1, Phase::Plan, "agent.stdout.log");
+        let redactor = Redactor::new(["hunter2-secret"]);
+        let mut log = LogFile::create_capped(dir.path().join("x.log"), &redactor, 1 << 20).await?;
+        let upload = log.stream_live(store.clone(), keys.clone(), Duration::from_millis(20));
+        for line in 0..50 {
+            log.write(format!("line {line}\n").as_bytes()).await?;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let written = log.finish().await?;
+        // Given up after a few tries once the log is complete: the phase goes on.
+        tokio::time::timeout(Duration::from_secs(5), upload.finish()).await?;
+        assert_eq!(
+            written.size,
+            tokio::fs::read(&written.path).await?.len() as u64
+        );
+        assert!(matches!(
+            store.get(&keys.index()).await,
+            Err(StoreError::NotFound(_) | StoreError::Backend { .. })
+        ));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn a_growing_log_reaches_the_store_redacted_before_it_ends() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn BlobStore> = Arc::new(FsBlobStore::new(dir.path().join("store")));
