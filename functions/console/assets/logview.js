@@ -47,6 +47,8 @@ export class LogView {
       this.phaseSelect.replaceChildren(...phases.map((p) => h("option", { value: p }, p.replace(/_/g, " "))));
       if (phases.includes(current)) this.phaseSelect.value = current;
     }
+    this.phaseSelect.hidden = phases.length === 0;
+    if (!phases.length) this.setState("waiting for the first phase", "waiting");
     const target = this.chosen ? this.phase : active || this.phase || fallback;
     if (target && target !== this.phase) {
       this.phaseSelect.value = target;

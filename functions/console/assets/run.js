@@ -179,7 +179,7 @@ function timeline(run) {
   return h(
     "section",
     { class: "card" },
-    h("div", { class: "card-head" }, h("h2", {}, "Timeline"), h("span", { class: "muted" }, `total ${formatDuration(end - start)}`)),
+    h("div", { class: "card-head" }, h("h2", {}, "Timeline"), rows.length > 0 && h("span", { class: "muted" }, `total ${formatDuration(end - start)}`)),
     rows.length ? h("div", { class: "timeline", "data-test": "timeline" }, rows) : h("p", { class: "muted" }, "No phase has started yet."),
   );
 }

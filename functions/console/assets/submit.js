@@ -5,8 +5,8 @@ import { api } from "./api.js";
 import { h, replace } from "./dom.js";
 
 const FIELDS = [
-  { name: "repository", label: "Repository", hint: "owner/name, or an https URL of a repository on an allowed host", input: () => h("input", { type: "text", autocomplete: "off", spellcheck: "false" }) },
-  { name: "specify_text", label: "Specification", hint: "what to build, in plain words: the text given to /specify", input: () => h("textarea", { rows: "7" }) },
+  { name: "repository", wide: true, label: "Repository", hint: "owner/name, or an https URL of a repository on an allowed host", input: () => h("input", { type: "text", autocomplete: "off", spellcheck: "false" }) },
+  { name: "specify_text", wide: true, label: "Specification", hint: "what to build, in plain words: the text given to /specify", input: () => h("textarea", { rows: "7" }) },
   {
     name: "publish",
     label: "Publish",
@@ -21,7 +21,7 @@ const FIELDS = [
 export function submitView(root) {
   const inputs = {};
   const errors = {};
-  const formError = h("p", { class: "field-error form-error", hidden: true, "data-error-for": "_form" });
+  const formError = h("p", { class: "field-error form-error wide", hidden: true, "data-error-for": "_form" });
   const button = h("button", { type: "submit", class: "primary" }, "Submit run");
   const form = h(
     "form",
@@ -35,7 +35,7 @@ export function submitView(root) {
       input.setAttribute("aria-describedby", `error-${field.name}`);
       return h(
         "div",
-        { class: "field" },
+        { class: field.wide ? "field wide" : "field" },
         h("label", { for: input.id }, field.label),
         input,
         field.hint && h("p", { class: "hint" }, field.hint),
@@ -43,7 +43,7 @@ export function submitView(root) {
       );
     }),
     formError,
-    h("div", { class: "form-actions" }, button, h("a", { href: "#/" }, "Back to runs")),
+    h("div", { class: "form-actions wide" }, button, h("a", { href: "#/" }, "Back to runs")),
   );
   replace(root, h("h1", {}, "New run"), form);
   inputs.repository.focus();

@@ -268,7 +268,7 @@ fn with_page_headers(mut response: ApiResponse) -> ApiResponse {
             (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            (header::REFERRER_POLICY, "same-origin"),
             (header::CACHE_CONTROL, "no-store"),
         ],
     );
@@ -277,7 +277,7 @@ fn with_page_headers(mut response: ApiResponse) -> ApiResponse {
 
 fn set_headers(headers: &mut http::HeaderMap, values: &[(header::HeaderName, &'static str)]) {
     for (name, value) in values {
-        headers.insert(name.clone(), HeaderValue::from_static(value));
+        headers.insert(name.clone(), HeaderValue::from_static(*value));
     }
 }
 

@@ -186,6 +186,7 @@ impl Status {
             Ok(filter) => filter,
             Err(refused) => return *refused,
         };
+        let filter = &filter;
         let mut summaries = Vec::new();
         let mut scanned = 0;
         loop {
