@@ -183,6 +183,25 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path_of(key)?;
+        let err = |e: std::io::Error| StoreError::backend(key, e);
+        let mut file = match fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(key.to_owned()))
+            }
+            Err(e) => return Err(err(e)),
+        };
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(err)?;
+        let mut bytes = Vec::new();
+        file.take(len).read_to_end(&mut bytes).await.map_err(err)?;
+        Ok(bytes)
+    }
+
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
         let bytes = self.get(key).await?;
         let version = version_of(&bytes);
