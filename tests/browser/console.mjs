@@ -128,6 +128,9 @@ async function flow() {
   const beside = await page.$eval(`[data-error-for="${field}"]`, (el, name) => el.closest(".field")?.querySelector(`[name="${name}"]`) !== null, field);
   assert.ok(beside, `the message sits beside the ${field} field`);
   await page.screenshot({ path: join(shots, "submit-form-error.png") });
+  // The browser logs that deliberate 400 as a failed load; nothing else may fail.
+  assert.ok(problems.every((p) => p.includes("status of 400")), problems.join("\n"));
+  problems.length = 0;
 
   const runId = await submitRun(page, {
     repository: process.env.REPO_URL,

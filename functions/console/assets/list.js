@@ -76,7 +76,7 @@ export function listView(root, params) {
                   "tr",
                   { "data-test": "run-row", dataset: { runId: run.run_id } },
                   h("td", {}, pill(run.status)),
-                  h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(run.run_id)}`, class: "mono" }, run.run_id)),
+                  h("td", { class: "nowrap" }, h("a", { href: `#/runs/${encodeURIComponent(run.run_id)}`, class: "mono" }, run.run_id)),
                   h("td", { class: "wrap" }, run.repository),
                   h("td", { class: "mono" }, run.branch_name || ""),
                   h("td", { title: formatTime(run.created_at) }, ago(run.created_at)),

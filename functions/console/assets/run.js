@@ -36,7 +36,9 @@ export function runView(root, runId) {
     const running = started.find((p) => p.status === "running");
     const logged = (run.artifacts || []).filter((a) => a.phase && a.name.endsWith("stdout.log"));
     const fallback = logged[logged.length - 1]?.phase || started[started.length - 1]?.phase;
-    logView.update(started.map((p) => p.phase), running?.phase, fallback, run.artifacts);
+    // Once the run is over, its last log is the one worth reading (not cleanup's).
+    const active = running?.phase || (FINAL.has(run.status) ? fallback : undefined);
+    logView.update(started.map((p) => p.phase), active, fallback, run.artifacts);
     if (!FINAL.has(run.status)) timer = setTimeout(refresh, REFRESH_MS);
   }
 

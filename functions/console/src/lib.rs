@@ -277,7 +277,7 @@ fn with_page_headers(mut response: ApiResponse) -> ApiResponse {
 
 fn set_headers(headers: &mut http::HeaderMap, values: &[(header::HeaderName, &'static str)]) {
     for (name, value) in values {
-        headers.insert(name.clone(), HeaderValue::from_static(*value));
+        headers.insert(name.clone(), HeaderValue::from_static(value));
     }
 }
 
