@@ -158,6 +158,7 @@ async function flow() {
   assert.equal(stillRunning, "running", "the log grew while the run was still running");
   assert.equal(liveState, "live", "the viewer says it follows the phase live");
   assert.ok(second > first, `${second} > ${first}`);
+  await page.screenshot({ path: join(shots, "run-page-live.png"), fullPage: true });
 
   const final = await waitStatus(page, ["succeeded", "failed", "no_changes", "cancelled"]);
   assert.equal(final, "succeeded", await page.textContent("main"));
