@@ -172,3 +172,28 @@ fn pages_carry_a_strict_policy() -> Result<(), TokenError> {
         .contains("sandbox"));
     Ok(())
 }
+
+#[test]
+fn a_login_posted_from_another_site_gets_no_session() -> Result<(), TokenError> {
+    let console = Console::new(Some(TOKEN))?;
+    let body = format!("token={TOKEN}");
+    // `Origin: null` is what a browser sends for a form on an opaque or hidden origin.
+    for origin in ["http://evil.example", "null"] {
+        let response = answer(
+            &console,
+            request(
+                "POST",
+                "/console/login",
+                &[("host", "h"), ("origin", origin)],
+                &body,
+            ),
+        )
+        .unwrap_or_default();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{origin}");
+        assert!(
+            response.headers().get(header::SET_COOKIE).is_none(),
+            "{origin}"
+        );
+    }
+    Ok(())
+}
