@@ -23,12 +23,14 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 # iptables (the runner's egress firewall rules; docker.io pulls it in too), libfaketime
 # (the soak runs a runner on a skewed clock), RabbitMQ and PostgreSQL (the Celery broker
 # and result backend of the AMQP tests, which start their own server processes; the
-# packages' services are not used).
+# packages' services are not used). Chromium and a font: the web console's browser tests
+# (tests/browser: playwright-core drives this chromium and never downloads one), with the
+# machine's Node.js 20+ and npm.
 TESTS=0
 if [ "${1:-}" = "--tests" ]; then TESTS=1; shift; fi
 packages=(pkg-config libssl-dev git debootstrap iptables)
 if [ "$TESTS" -eq 1 ]; then
-    packages+=(time libcurl4-openssl-dev libfaketime rabbitmq-server postgresql)
+    packages+=(time libcurl4-openssl-dev libfaketime rabbitmq-server postgresql chromium fonts-liberation)
 fi
 missing=()
 for pkg in "${packages[@]}"; do
@@ -38,6 +40,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# The console's browser tests drive chromium with playwright-core, pinned by
+# tests/browser/package-lock.json.
+if [ "$TESTS" -eq 1 ] && [ ! -f "$ROOT/tests/browser/node_modules/playwright-core/package.json" ]; then
+    command -v npm >/dev/null 2>&1 || { echo "setup: ERROR: the browser tests need Node.js 20+ and npm on PATH" >&2; exit 1; }
+    log "installing playwright-core for the console's browser tests (tests/browser)"
+    (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund >&2)
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

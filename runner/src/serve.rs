@@ -1,6 +1,7 @@
 //! `specrun serve`: the submit and status handlers as one plain HTTP server on the
 //! function URL paths (`POST /runs`, `GET /runs`, `GET /runs/{id}`, ...), so the
-//! serverless API runs locally with the embedded store or against S3 and SQS.
+//! serverless API runs locally with the embedded store or against S3 and SQS. The web
+//! console's gate takes every request first (see specrun-console).
 
 use bytes::Bytes;
 use http::Method;
@@ -8,6 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use specrun_console::{Console, Gate};
 use specrun_http::ApiResponse;
 use specrun_status::Status;
 use specrun_submit::Submit;
@@ -15,20 +17,26 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Both handlers behind one listener.
+/// Both handlers behind one listener, and the console's gate in front of them.
 #[derive(Clone)]
 pub struct Api {
     pub submit: Arc<Submit>,
     pub status: Arc<Status>,
+    pub console: Arc<Console>,
 }
 
 impl Api {
     async fn route(&self, request: http::Request<Bytes>) -> ApiResponse {
-        if request.method() == Method::POST {
+        let request = match self.console.gate(request, time::OffsetDateTime::now_utc()) {
+            Gate::Answer(answer) => return answer,
+            Gate::Pass(request) => request,
+        };
+        let response = if request.method() == Method::POST {
             self.submit.handle(request).await
         } else {
             self.status.handle(request).await
-        }
+        };
+        self.console.finish(response)
     }
 }
 

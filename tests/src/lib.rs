@@ -3,6 +3,7 @@
 //! the real job image ([`harness`]).
 
 pub mod anthropic_server;
+pub mod browser;
 pub mod celery;
 pub mod emulator;
 pub mod forge;

@@ -149,7 +149,13 @@ pub fn misconfigured(message: &str) -> ApiResponse {
 
 /// The value of `name` in the request's query string, percent-decoded.
 pub fn query_param(request: &ApiRequest, name: &str) -> Option<String> {
-    request.uri().query()?.split('&').find_map(|pair| {
+    form_param(request.uri().query()?, name)
+}
+
+/// The value of `name` in `form` (a query string or an
+/// `application/x-www-form-urlencoded` body), percent-decoded.
+pub fn form_param(form: &str, name: &str) -> Option<String> {
+    form.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
     })

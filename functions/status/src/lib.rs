@@ -3,7 +3,8 @@
 //! artifacts with those URLs (the "Logs" link of every pull request),
 //! `GET /runs/{id}/artifacts/...` serves an artifact of that run,
 //! `GET /runs/{id}/logs/{phase}?offset=` tails a phase's log while it runs (`logs`), and
-//! `GET /runs?limit=&cursor=` lists recent runs newest first.
+//! `GET /runs?limit=&cursor=&status=&repository=` lists recent runs newest first,
+//! optionally only those of a status or whose repository contains a text.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -189,28 +190,94 @@ impl Status {
         }
     }
 
+    /// `GET /runs?limit=&cursor=&status=&repository=`: newest first; with a filter, pages
+    /// of the index are read until `limit` runs match, at most [`MAX_SCAN`] records a
+    /// request (then `next_cursor` goes on from where the scan stopped).
     async fn list(&self, request: &ApiRequest) -> ApiResponse {
-        let (limit, cursor) = match page_query(request) {
+        let (limit, mut cursor) = match page_query(request) {
             Ok(query) => query,
             Err(refused) => return *refused,
         };
-        let (ids, next) = match runs::list_runs(self.store.as_ref(), cursor.as_deref(), limit).await
-        {
-            Ok(page) => page,
-            Err(e) => return store_failure(&e),
+        let filter = match RunFilter::from_query(request) {
+            Ok(filter) => filter,
+            Err(refused) => return *refused,
         };
-        // The page's records are read a few at a time, in the page's order: a page costs
-        // about as much as its slowest reads, not the sum of them.
-        let summaries: Vec<serde_json::Value> = futures_util::stream::iter(ids)
-            .map(|id| async move { runs::load_run(self.store.as_ref(), &id).await })
-            .buffered(PAGE_READS_AT_ONCE)
-            .filter_map(|loaded| async move { loaded.ok().flatten().map(|r| summary(&r)) })
-            .collect()
-            .await;
+        let filter = &filter;
+        let mut summaries = Vec::new();
+        let mut scanned = 0;
+        loop {
+            // Never more ids than runs still wanted: a page holds at most `limit` runs,
+            // and every page ends on an index entry a cursor can go on from.
+            let want = limit - summaries.len();
+            let (ids, next) =
+                match runs::list_runs(self.store.as_ref(), cursor.as_deref(), want).await {
+                    Ok(page) => page,
+                    Err(e) => return store_failure(&e),
+                };
+            scanned += ids.len();
+            // The page's records are read a few at a time, in the page's order: a page
+            // costs about as much as its slowest reads, not the sum of them.
+            let found: Vec<serde_json::Value> = futures_util::stream::iter(ids)
+                .map(|id| async move { runs::load_run(self.store.as_ref(), &id).await })
+                .buffered(PAGE_READS_AT_ONCE)
+                .filter_map(|loaded| async move {
+                    loaded
+                        .ok()
+                        .flatten()
+                        .filter(|r| filter.matches(r))
+                        .map(|r| summary(&r))
+                })
+                .collect()
+                .await;
+            summaries.extend(found);
+            cursor = next;
+            if summaries.len() >= limit || cursor.is_none() || scanned >= MAX_SCAN {
+                break;
+            }
+        }
         json(
             StatusCode::OK,
-            &serde_json::json!({ "runs": summaries, "next_cursor": next }),
+            &serde_json::json!({ "runs": summaries, "next_cursor": cursor }),
         )
+    }
+}
+
+/// Most run records one filtered listing request reads.
+const MAX_SCAN: usize = 500;
+
+/// `status` and `repository` of `GET /runs`: a run status by name, and a part of the
+/// repository (any case).
+#[derive(Default)]
+struct RunFilter {
+    status: Option<specrun_core::RunStatus>,
+    repository: Option<String>,
+}
+
+impl RunFilter {
+    fn from_query(request: &ApiRequest) -> Result<Self, Box<ApiResponse>> {
+        let status = match single_query_param(request, "status")?.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => Some(serde_json::from_value(text.clone().into()).map_err(|_| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    &format!("status {text:?} is not a run status; use queued, running, succeeded, no_changes, needs_clarification, failed or cancelled"),
+                    Some("status"),
+                ))
+            })?),
+        };
+        let repository = single_query_param(request, "repository")?
+            .map(|r| r.trim().to_lowercase())
+            .filter(|r| !r.is_empty());
+        Ok(RunFilter { status, repository })
+    }
+
+    fn matches(&self, record: &RunRecord) -> bool {
+        self.status.is_none_or(|status| record.status == status)
+            && self
+                .repository
+                .as_deref()
+                .is_none_or(|part| record.repository.to_lowercase().contains(part))
     }
 }
 
@@ -407,6 +474,54 @@ mod tests {
         );
         assert_eq!(rest["runs"][0]["run_id"], "run-aaaa-1");
         assert!(rest["next_cursor"].is_null());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn runs_are_filtered_by_status_and_repository_across_pages(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let status = status_with_runs(dir.path()).await?;
+        let mut other = RunRecord::queued(
+            "run-dddd-4",
+            "octo/Other",
+            Publish::Pr,
+            AgentConfiguration::default(),
+            datetime!(2026-01-09 0:00 UTC),
+        );
+        other.status = specrun_core::RunStatus::Failed;
+        runs::create_run(status.store.as_ref(), &other).await?;
+        let ids = |page: &serde_json::Value| -> Vec<String> {
+            page["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| r["run_id"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        // The only failed run is the newest; the queued ones are found past it, a
+        // page of one at a time.
+        let failed = body(&status.handle(get("/runs?status=failed")).await);
+        assert_eq!(ids(&failed), ["run-dddd-4"]);
+        let hello = body(&status.handle(get("/runs?limit=2&repository=HELLO")).await);
+        assert_eq!(ids(&hello), ["run-cccc-3", "run-bbbb-2"]);
+        let cursor = hello["next_cursor"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('/', "%2F");
+        let rest = body(
+            &status
+                .handle(get(&format!(
+                    "/runs?limit=2&repository=hello&cursor={cursor}"
+                )))
+                .await,
+        );
+        assert_eq!(ids(&rest), ["run-aaaa-1"]);
+        let none = body(&status.handle(get("/runs?status=succeeded")).await);
+        assert_eq!(ids(&none), Vec::<String>::new());
+        let bad = status.handle(get("/runs?status=done")).await;
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body(&bad)["error"]["field"], "status");
         Ok(())
     }
 

@@ -63,6 +63,33 @@ pub fn batch_limits_from_env() -> BatchLimits {
 }
 
 impl Submit {
+    /// The deployment's settings from the environment, on `store` and `queue`: the
+    /// submit function's, and the status function's when it takes the console's posts.
+    pub fn from_env(store: Arc<dyn BlobStore>, queue: Arc<dyn Queue>) -> Result<Submit, String> {
+        Ok(Submit {
+            store,
+            queue,
+            policy: RepoPolicy::allowing(
+                &std::env::var("SPECRUN_ALLOW_REPO_HOSTS").unwrap_or_default(),
+            ),
+            status_base: std::env::var("SPECRUN_STATUS_URL").unwrap_or_default(),
+            default_agent: std::env::var("SPECRUN_DEFAULT_AGENT")
+                .unwrap_or_else(|_| "codex".to_owned()),
+            image: std::env::var("SPECRUN_IMAGE")
+                .unwrap_or_else(|_| "specrun-job:latest".to_owned()),
+            agents: match std::env::var("SPECRUN_AGENTS_FILE") {
+                Ok(_) => None,
+                Err(_) => Some(AgentRegistry::builtins()),
+            },
+            model_budget: match std::env::var("SPECRUN_MODEL_BUDGET") {
+                Ok(text) => serde_json::from_str(&text)
+                    .map_err(|e| format!("SPECRUN_MODEL_BUDGET is not a budget: {e}"))?,
+                Err(_) => Default::default(),
+            },
+            batch_limits: batch_limits_from_env(),
+        })
+    }
+
     /// Answers one HTTP request.
     pub async fn handle(&self, request: ApiRequest) -> ApiResponse {
         let route = path(&request).to_owned();

@@ -347,6 +347,12 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
         &args.worker,
     )
     .await?;
+    let console = specrun_console::Console::from_env().with_context(|| {
+        format!(
+            "{} is not a usable console token; set it to a long random secret, or unset it to turn the console off",
+            specrun_console::TOKEN_ENV
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -381,8 +387,15 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
             presign_expiry: Duration::from_secs(args.presign_expiry_secs),
             public_base: status_base,
         }),
+        console: Arc::new(console.clone()),
     };
     eprintln!("specrun: serving POST /runs and GET /runs on http://{address}");
+    if console.is_enabled() {
+        eprintln!(
+            "specrun: web console on http://{address}/ (log in with {}; the API wants it too)",
+            specrun_console::TOKEN_ENV
+        );
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signal = tokio::spawn(async move {
         shutdown_signal().await;
