@@ -537,6 +537,7 @@ async fn run(
     let policy = RepoPolicy {
         allowed_hosts: Vec::new(),
         trusted: true,
+        callbacks: Default::default(),
     };
     let request = request
         .validate(&policy)
