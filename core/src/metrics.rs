@@ -216,7 +216,11 @@ fn agent(record: &RunRecord) -> (&'static str, String) {
 /// When a runner starts an attempt of `record` (already `running`): the run started,
 /// how long it waited in the queue, and whether it is a retry.
 pub fn run_started(record: &RunRecord) -> Vec<Metric> {
-    let mut metrics = vec![Metric::new(MetricName::RunsStarted, 1.0, vec![agent(record)])];
+    let mut metrics = vec![Metric::new(
+        MetricName::RunsStarted,
+        1.0,
+        vec![agent(record)],
+    )];
     // The wait is from the last time the run was queued (a retried run's requeue).
     let queued = record
         .status_timeline
@@ -269,7 +273,10 @@ pub fn phase_ended(record: &RunRecord, phase: Phase) -> Vec<Metric> {
         ));
     }
     if let Some(usage) = &state.usage {
-        for (kind, tokens) in [("input", usage.tokens.input), ("output", usage.tokens.output)] {
+        for (kind, tokens) in [
+            ("input", usage.tokens.input),
+            ("output", usage.tokens.output),
+        ] {
             metrics.push(Metric::new(
                 MetricName::TokenUsage,
                 tokens as f64,

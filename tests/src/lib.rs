@@ -15,4 +15,6 @@ pub mod outage;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod soak;
+pub mod statsd;
+pub mod webhook;
 pub mod world;

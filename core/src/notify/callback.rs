@@ -64,11 +64,9 @@ impl NotifyUrl {
         match url.0.scheme() {
             "https" => {}
             "http" if policy.allow_http_loopback && is_loopback(&host) => {}
-            "http" => {
-                return Err(refused(
-                    "must be an https URL (plain http only to a loopback address the operator allowed)",
-                ))
-            }
+            "http" => return Err(refused(
+                "must be an https URL (plain http only to a loopback address the operator allowed)",
+            )),
             other => return Err(refused(format!("scheme {other:?} is not https"))),
         }
         if !policy.allows(&host, port) {
@@ -171,11 +169,17 @@ mod tests {
             ("https://evil.example.net/h", "not an allowed callback host"),
             ("http://hooks.example.com/h", "must be an https URL"),
             ("ftp://hooks.example.com/h", "is not https"),
-            ("https://user:pw@hooks.example.com/h", "credentials never go in a URL"),
+            (
+                "https://user:pw@hooks.example.com/h",
+                "credentials never go in a URL",
+            ),
             ("https://hooks.example.com/h#frag", "fragment"),
             ("https://hooks.example.com/h x", "whitespace"),
             ("not-a-url", "is not a URL"),
-            ("http://127.0.0.1:9001/h", "127.0.0.1:9001 is not an allowed"),
+            (
+                "http://127.0.0.1:9001/h",
+                "127.0.0.1:9001 is not an allowed",
+            ),
         ];
         for (text, why) in cases {
             let refused = NotifyUrl::callback(text, &policy()).expect_err(text);

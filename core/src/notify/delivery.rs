@@ -41,7 +41,8 @@ pub struct DeliveryAttempt {
 impl DeliveryAttempt {
     /// A 2xx answer delivers; anything else is tried again.
     pub fn delivered(&self) -> bool {
-        self.status_code.is_some_and(|code| (200..300).contains(&code))
+        self.status_code
+            .is_some_and(|code| (200..300).contains(&code))
     }
 }
 

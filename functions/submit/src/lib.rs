@@ -62,6 +62,19 @@ pub fn batch_limits_from_env() -> BatchLimits {
     }
 }
 
+/// Where a request's `callback_url` may point: the hosts in `SPECRUN_CALLBACK_HOSTS`
+/// (comma-separated `host` or `host:port`), plain http to loopback only with
+/// `SPECRUN_CALLBACK_ALLOW_HTTP_LOOPBACK=1` (tests on one machine). Runners read the same
+/// variables: they validate the stored request again before running it.
+pub fn callback_policy_from_env() -> specrun_core::notify::CallbackPolicy {
+    let loopback = std::env::var("SPECRUN_CALLBACK_ALLOW_HTTP_LOOPBACK")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    specrun_core::notify::CallbackPolicy::allowing(
+        &std::env::var("SPECRUN_CALLBACK_HOSTS").unwrap_or_default(),
+        loopback,
+    )
+}
+
 impl Submit {
     /// Answers one HTTP request.
     pub async fn handle(&self, request: ApiRequest) -> ApiResponse {

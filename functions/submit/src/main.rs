@@ -18,9 +18,10 @@ async fn main() -> Result<(), lambda_http::Error> {
             sqs_client(&config),
             env("SPECRUN_QUEUE_URL")?,
         )),
-        policy: RepoPolicy::allowing(
-            &std::env::var("SPECRUN_ALLOW_REPO_HOSTS").unwrap_or_default(),
-        ),
+        policy: RepoPolicy {
+            callbacks: specrun_submit::callback_policy_from_env(),
+            ..RepoPolicy::allowing(&std::env::var("SPECRUN_ALLOW_REPO_HOSTS").unwrap_or_default())
+        },
         status_base: std::env::var("SPECRUN_STATUS_URL").unwrap_or_default(),
         default_agent: std::env::var("SPECRUN_DEFAULT_AGENT")
             .unwrap_or_else(|_| "codex".to_owned()),
