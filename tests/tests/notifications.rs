@@ -373,7 +373,8 @@ async fn a_callback_url_off_the_allow_list_or_with_credentials_is_refused_at_sub
         ),
         ("https://user:pw@hooks.example.com/hook", "credentials"),
         ("http://hooks.example.com/hook", "https"),
-        ("file:///etc/passwd", "is not https"),
+        ("ftp://hooks.example.com/hook", "is not https"),
+        ("file:///etc/passwd", "has no host"),
     ];
     for (url, why) in cases {
         let mut body = run_request(&repo, "Export invoices as CSV files");
