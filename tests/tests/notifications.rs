@@ -8,6 +8,7 @@
 
 use anyhow::{ensure, Context as _};
 use serde_json::Value;
+use specrun_core::message::RunMessage;
 use specrun_core::metrics::MetricName;
 use specrun_core::state::RunRecord;
 use specrun_core::RunStatus;
@@ -225,6 +226,21 @@ async fn each_final_status_is_sent_once_signed_and_metrics_reach_statsd_and_emf(
         assert_eq!(recorded.attempts.len(), sent.len(), "{recorded:?}");
         assert!(recorded.url.ends_with("?token=***"), "{}", recorded.url);
     }
+
+    // A duplicate message of a finished run (what SQS delivers again after a missed
+    // visibility extension) finds its events delivered: nothing is sent again.
+    let request = world
+        .moto
+        .get_object(BUCKET, &format!("runs/{succeeded}/request.json"))
+        .await?;
+    let message = RunMessage::new(&succeeded, serde_json::from_slice(&request)?);
+    world.send_to_run_queue(message.to_json()).await?;
+    world
+        .wait_queue_empty()
+        .await
+        .with_context(|| runner.stderr_tail(40))?;
+    assert_eq!(webhook.deliveries().len(), deliveries.len());
+    assert_eq!(callback.deliveries().len(), 1);
 
     // The callback: the succeeded run's, once, signed; the failed run's receiver is down:
     // three attempts, each with its error, and not delivered.

@@ -680,6 +680,7 @@ mod tests {
             policy: RepoPolicy {
                 allowed_hosts: vec!["git.example.com".into()],
                 trusted: false,
+                callbacks: Default::default(),
             },
             status_base: "https://status.example".into(),
             default_agent: "scripted".into(),
