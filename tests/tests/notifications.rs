@@ -10,8 +10,11 @@ use anyhow::{ensure, Context as _};
 use serde_json::Value;
 use specrun_core::message::RunMessage;
 use specrun_core::metrics::MetricName;
+use specrun_core::notify::{delivery, NotifyUrl};
 use specrun_core::state::RunRecord;
 use specrun_core::RunStatus;
+use specrun_runner::config::{NotifyConfig, Secret};
+use specrun_runner::notify::Notifier;
 use specrun_tests::emulator::{http_request, SpecrunProcess};
 use specrun_tests::harness::require_image;
 use specrun_tests::statsd::StatsdListener;
@@ -420,5 +423,117 @@ fn the_readme_lists_every_metric() -> TestResult {
             "README.md does not list {name}"
         );
     }
+    Ok(())
+}
+
+/// A finished run in a fresh embedded store, and its id.
+async fn finished_run(
+    store: &specrun_store::FsBlobStore,
+) -> anyhow::Result<specrun_core::keys::RunId> {
+    let run_id = specrun_store::runs::new_run_id();
+    let now = specrun_store::runs::now();
+    let mut record = RunRecord::queued(
+        run_id.as_str(),
+        "https://git.example/a/b",
+        Default::default(),
+        Default::default(),
+        now,
+    );
+    record.start("runner-x", now)?;
+    record.finish(RunStatus::Succeeded, None, now)?;
+    specrun_store::runs::create_run(store, &record).await?;
+    Ok(run_id)
+}
+
+fn notifier(receiver: &WebhookReceiver, runner_id: &str) -> anyhow::Result<Notifier> {
+    let config = NotifyConfig {
+        webhook: Some(NotifyUrl::webhook(&format!(
+            "{}/hook",
+            receiver.base_url()
+        ))?),
+        secret: Some(Secret::new(SECRET)),
+        ..NotifyConfig::default()
+    };
+    Notifier::from_config(&config, runner_id).context("no notifier")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runners_notifying_one_run_at_once_deliver_it_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = specrun_store::FsBlobStore::new(dir.path());
+    let run_id = finished_run(&store).await?;
+    let receiver = WebhookReceiver::start(0)?;
+    let (a, b) = (
+        notifier(&receiver, "runner-a")?,
+        notifier(&receiver, "runner-b")?,
+    );
+    let targets = a.targets(&run_id, None);
+    tokio::join!(
+        a.deliver(&store, &run_id, &targets),
+        b.deliver(&store, &run_id, &targets)
+    );
+    // Once more, as a later duplicate delivery would.
+    b.deliver(&store, &run_id, &targets).await;
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_signed(&deliveries[0])?;
+    let record = specrun_store::runs::load_run(&store, &run_id)
+        .await?
+        .context("run")?;
+    assert_eq!(record.notifications.len(), 1);
+    assert!(record.notifications[0].delivered);
+    assert_eq!(record.notifications[0].attempts.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_runners_lapsed_claim_is_taken_over_and_its_attempts_kept() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = specrun_store::FsBlobStore::new(dir.path());
+    let run_id = finished_run(&store).await?;
+    // Runner-a died after one failed attempt, its claim lapsed.
+    let (mut record, version) = specrun_store::runs::load_run_versioned(&store, &run_id)
+        .await?
+        .context("run")?;
+    let event_id = specrun_core::notify::event::event_id(&record);
+    let then = specrun_store::runs::now() - time::Duration::minutes(5);
+    delivery::claim(
+        &mut record.notifications,
+        "webhook",
+        "http://masked",
+        &event_id,
+        delivery::DeliveryClaim {
+            runner_id: "runner-a".into(),
+            until: then,
+        },
+    );
+    delivery::record_attempt(
+        &mut record.notifications,
+        "webhook",
+        &event_id,
+        delivery::DeliveryAttempt {
+            at: then,
+            runner_id: Some("runner-a".into()),
+            status_code: Some(500),
+            error: None,
+        },
+        false,
+    );
+    specrun_store::runs::save_run_fenced(&store, &record, &version).await?;
+    let receiver = WebhookReceiver::start(0)?;
+    let b = notifier(&receiver, "runner-b")?;
+    b.deliver(&store, &run_id, &b.targets(&run_id, None)).await;
+    assert_eq!(receiver.deliveries().len(), 1);
+    let record = specrun_store::runs::load_run(&store, &run_id)
+        .await?
+        .context("run")?;
+    let kept = &record.notifications[0];
+    assert!(kept.delivered && kept.claim.is_none(), "{kept:?}");
+    let by: Vec<Option<&str>> = kept
+        .attempts
+        .iter()
+        .map(|a| a.runner_id.as_deref())
+        .collect();
+    assert_eq!(by, [Some("runner-a"), Some("runner-b")]);
     Ok(())
 }
