@@ -14,6 +14,8 @@ Standard library only.
            then N runs submitted at once with POST /runs and polled with GET /runs/{id};
         2. the status API's start: `specrun serve --no-runner` (S3 mode) spawned --starts
            times, from spawn to the first 200 answer to GET /runs/<id> (polled every 5 ms);
+        2b. the status Lambda binary itself against a loopback Lambda Runtime API
+           (scripts/lambda_runtime_api.py): spawn -> its answer to the first event;
         3. GET /runs?limit=20 on a warm server, before and after --index-runs older runs
            (each a run.json and its index key, put straight into moto) join the bucket;
       print a plain-text table and write the JSON document to --out.
@@ -41,6 +43,7 @@ import urllib.parse
 from datetime import datetime, timezone
 
 from bench_common import parse_ts, stats
+from lambda_runtime_api import ENV as LAMBDA_ENV, RuntimeApi, function_url_event
 
 FINAL = {"succeeded", "no_changes", "needs_clarification", "failed", "cancelled"}
 FEATURE_TEXT = (
@@ -616,6 +619,42 @@ class Bench:
             })
         return results
 
+    def lambda_starts(self, binary):
+        """The real status Lambda binary, started --starts times against a loopback Runtime
+        API: process start -> its answer to the first event. Two kinds of first event: one
+        the handler refuses without reading the store (process start and the handler alone),
+        and GET /runs/<id> (plus one S3 GET to moto). A second event per process gives the
+        warm answer time."""
+        results = []
+        first_events = {
+            "no_store": function_url_event("GET", "/runs", "limit=bad"),
+            "get_run": function_url_event("GET", f"/runs/{self.sample_run_id}"),
+        }
+        for kind, first in first_events.items():
+            for k in range(1, self.args.starts + 1):
+                api = RuntimeApi([first, function_url_event("GET", f"/runs/{self.sample_run_id}")])
+                env = aws_env(self.endpoint)
+                env.update(LAMBDA_ENV)
+                env.update({"AWS_LAMBDA_RUNTIME_API": api.address, "SPECRUN_BUCKET": self.last_bucket})
+                child = self.spawn(f"lambda-status-{kind}-{k}", [binary], env=env)
+                answers = api.wait_answers(2, timeout=30)
+                child.stop()
+                api.close()
+                first_ok = bool(answers) and answers[0]["kind"] == "response"
+                expected = 400 if kind == "no_store" else 200
+                code = (answers[0]["doc"] or {}).get("statusCode") if answers else None
+                results.append({
+                    "kind": kind,
+                    "attempt": k,
+                    "first_answer_ms": (answers[0]["at"] - child.spawned) * 1000.0 if first_ok else None,
+                    "first_status": code,
+                    "expected_status": expected,
+                    "second_answer_gap_ms": (answers[1]["at"] - answers[0]["at"]) * 1000.0
+                    if len(answers) > 1 else None,
+                    "log_tail": None if first_ok and code == expected else tail(child.log, 20),
+                })
+        return results
+
     # --- 3. GET /runs with many runs in the bucket ---------------------------------------
 
     def put_object(self, key, body):
@@ -699,6 +738,11 @@ class Bench:
             log(f"status API start: {self.args.starts} x serve --no-runner, "
                 f"spawn -> first 200 for GET /runs/<id>")
             start_results = self.starts()
+            status_bin = (self.args.lambda_sizes.get("status") or {}).get("path")
+            if status_bin:
+                log(f"status Lambda start: {self.args.starts} x 2 starts of {status_bin} "
+                    "against a loopback Runtime API")
+                self.lambda_start_results = self.lambda_starts(status_bin)
             if self.args.index_runs > 0:
                 log(f"GET /runs?limit=20 before and after adding {self.args.index_runs} older runs")
                 self.listing_result = self.listing()
@@ -797,6 +841,23 @@ def report(args, levels, starts, setup_s, bench, elapsed_s):
                   f"{fmt(max(warm)):>9}  median of 20 GETs per start", file=out)
     else:
         print("  no start answered", file=out)
+    lambda_starts = getattr(bench, "lambda_start_results", None) or []
+    if lambda_starts:
+        print(file=out)
+        print(f"2b. status Lambda start: the release `status` binary against a loopback Lambda Runtime API, "
+              f"spawn -> its answer to the first event (x{args.starts} each)", file=out)
+        print(f"{'':<26}{'min':>9}{'median':>9}{'max':>9}  (ms)", file=out)
+        for kind, label in (("no_store", "first answer, no S3 call"), ("get_run", "first GET /runs/<id>")):
+            vals = [s["first_answer_ms"] for s in lambda_starts
+                    if s["kind"] == kind and s["first_answer_ms"] is not None
+                    and s["first_status"] == s["expected_status"]]
+            if vals:
+                print(f"{label:<26}{fmt(min(vals)):>9}{fmt(statistics.median(vals)):>9}{fmt(max(vals)):>9}",
+                      file=out)
+        gaps = [s["second_answer_gap_ms"] for s in lambda_starts if s["second_answer_gap_ms"] is not None]
+        if gaps:
+            print(f"{'warm GET /runs/<id>':<26}{fmt(min(gaps)):>9}{fmt(statistics.median(gaps)):>9}"
+                  f"{fmt(max(gaps)):>9}  the second event of each process", file=out)
     listing = getattr(bench, "listing_result", None)
     if listing:
         b, a = listing["get_runs_ms_before"], listing["get_runs_ms_after"]
@@ -825,7 +886,9 @@ def report(args, levels, starts, setup_s, bench, elapsed_s):
 
     failed = [(lv["concurrency"], r) for lv in levels
               for r in ([lv["warmup"]] if lv["warmup"] else []) + lv["runs"] if not r["ok"]]
-    failed_starts = [s for s in starts if s["first_answer_ms"] is None]
+    failed_starts = [s for s in starts if s["first_answer_ms"] is None] + [
+        s for s in (getattr(bench, "lambda_start_results", None) or [])
+        if s["first_answer_ms"] is None or s["first_status"] != s["expected_status"]]
     if failed or failed_starts:
         print(file=out)
     if failed:
@@ -870,6 +933,11 @@ def report(args, levels, starts, setup_s, bench, elapsed_s):
             "first_answer_ms": stats(ok_firsts),
             "attempts": starts,
             "note": "a real Lambda cold start also includes the Lambda runtime's init; not measured here",
+        },
+        "status_lambda_start": {
+            "what": "spawn of the release `status` binary with a loopback Lambda Runtime API -> its answer "
+                    "to the first event (no_store: a request refused before any S3 call; get_run: GET /runs/<id>)",
+            "attempts": getattr(bench, "lambda_start_results", None),
         },
         "listing": getattr(bench, "listing_result", None),
         "lambda_binaries": sizes or None,

@@ -24,6 +24,7 @@ pub mod feature;
 pub mod invisible;
 pub mod keys;
 pub mod lease;
+pub mod live_log;
 pub mod message;
 pub mod metrics;
 pub mod model_api;

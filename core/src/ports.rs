@@ -79,6 +79,19 @@ pub trait BlobStore: Send + Sync {
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
 
+    /// At most `len` bytes of an object from byte `start`: fewer at its end, none from
+    /// its end on. How a log is served from an offset in bounded memory; the fs and S3
+    /// adapters read only the range, this default (for adapters that cannot) reads the
+    /// object and keeps the range.
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let bytes = self.get(key).await?;
+        let from = usize::try_from(start)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let to = from.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        Ok(bytes[from..to.min(bytes.len())].to_vec())
+    }
+
     /// An object and its version tag (an ETag), for [`BlobStore::put_if_version`].
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError>;
 

@@ -26,6 +26,8 @@ pub const MIN_SECRET_LEN: usize = 4;
 pub struct Redactor {
     matcher: Option<Matcher>,
     longest: usize,
+    /// Every form masked, for telling which bytes at a chunk's end may begin one.
+    patterns: std::sync::Arc<Vec<Vec<u8>>>,
 }
 
 /// Finds the leftmost-longest secret form. The automaton is fast; when it cannot be built
@@ -109,12 +111,34 @@ impl Redactor {
         patterns.sort();
         patterns.dedup();
         let longest = patterns.iter().map(String::len).max().unwrap_or(0);
+        let forms = patterns.iter().map(|p| p.as_bytes().to_vec()).collect();
         let matcher = if patterns.is_empty() {
             None
         } else {
             Some(Matcher::new(patterns, automaton))
         };
-        Redactor { matcher, longest }
+        Redactor {
+            matcher,
+            longest,
+            patterns: std::sync::Arc::new(forms),
+        }
+    }
+
+    /// Where the bytes at the end of `pending` that may begin a secret form start: the
+    /// first position from which the rest is a proper beginning of one (its end may be in
+    /// the next chunk); `pending.len()` when there is none. Holding back only these, not
+    /// always the longest form's length, lets a line printed before a pause reach the
+    /// log (and those who tail it) at once.
+    fn hold_from(&self, pending: &[u8]) -> usize {
+        let earliest = pending.len().saturating_sub(self.longest.saturating_sub(1));
+        (earliest..pending.len())
+            .find(|&at| {
+                let rest = &pending[at..];
+                self.patterns
+                    .iter()
+                    .any(|p| p.len() > rest.len() && p.starts_with(rest))
+            })
+            .unwrap_or(pending.len())
     }
 
     /// Masks every secret in a whole text.
@@ -194,10 +218,7 @@ impl RedactingStream {
         self.pending.extend_from_slice(chunk);
         // A match that starts before `safe` is whole in `pending`; later bytes may be the
         // start of a secret whose end has not arrived yet.
-        let safe = self
-            .pending
-            .len()
-            .saturating_sub(self.redactor.longest.saturating_sub(1));
+        let safe = self.redactor.hold_from(&self.pending);
         let mut out = Vec::with_capacity(self.pending.len());
         let mut copied = 0;
         for found in matcher.find_all(&self.pending) {
@@ -307,6 +328,27 @@ mod tests {
         let encoded = STANDARD.encode(format!("user:{SECRET}"));
         assert!(!redactor.redact_str(&encoded).contains(&encoded[8..40]));
         assert_masked_in_every_chunking(&redactor, &text, "start *** middle *** end");
+    }
+
+    #[test]
+    fn only_a_possible_secret_beginning_is_held_back() {
+        let redactor = Redactor::new([SECRET]);
+        let mut stream = redactor.stream();
+        // Nothing at the end could begin the secret: the line goes out whole at once.
+        assert_eq!(stream.push(b"thinking...\n"), b"thinking...\n");
+        // "ghp_S3" may: it waits for what follows.
+        assert_eq!(stream.push(b"token ghp_S3"), b"token ");
+        assert_eq!(stream.push(&SECRET.as_bytes()[6..]), b"***");
+        assert_eq!(stream.push(b" ghp_"), b" ");
+        assert_eq!(stream.push(b"nope\n"), b"ghp_nope\n");
+        assert_eq!(stream.finish(), b"");
+    }
+
+    #[test]
+    fn secrets_that_overlap_their_own_beginnings_are_masked_in_every_chunking() {
+        let redactor = Redactor::new(["aaab-secret", "abab-other"]);
+        let text = "x aaaab-secret y ababab-other z aaa";
+        assert_masked_in_every_chunking(&redactor, text, "x a*** y ab*** z aaa");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct RunnerConfig {
     /// Most bytes kept of each stdout/stderr log of a phase; the agent's output past it is
     /// counted, not stored.
     pub log_cap_bytes: u64,
+    /// How often a running phase's log goes to the store as a live part (also sooner, at
+    /// [`crate::engine::live_log::PART_THRESHOLD_BYTES`] new bytes); None: logs are stored
+    /// only when their command ends.
+    pub log_flush_interval: Option<Duration>,
     /// Size of the tmpfs holding a run's clone, git directory and agent HOME; None: no
     /// quota (the workspace shares the host's disk).
     pub workspace_quota_bytes: Option<u64>,
@@ -204,6 +208,7 @@ impl RunnerConfig {
             phase_timeout: Duration::from_secs(20 * 60),
             run_timeout: Duration::from_secs(60 * 60),
             log_cap_bytes: crate::engine::artifacts::DEFAULT_LOG_CAP_BYTES,
+            log_flush_interval: Some(crate::engine::live_log::DEFAULT_FLUSH_INTERVAL),
             workspace_quota_bytes: Some(DEFAULT_WORKSPACE_QUOTA_MIB * 1024 * 1024),
             git_timeout: Duration::from_secs(600),
             commit_limits: specrun_core::commit_scope::CommitLimits::default(),

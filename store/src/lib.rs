@@ -9,6 +9,7 @@ mod aws_error;
 pub mod batches;
 pub mod branch_locks;
 pub mod fs;
+pub mod log_tail;
 pub mod postgres_results;
 pub mod retry;
 pub mod runs;

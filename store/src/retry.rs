@@ -179,6 +179,13 @@ impl BlobStore for RetryingStore {
         retry(&self.policy, "get", key, || self.inner.get_versioned(key)).await
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        retry(&self.policy, "get", key, || {
+            self.inner.get_range(key, start, len)
+        })
+        .await
+    }
+
     async fn put_if_version(
         &self,
         key: &str,

@@ -109,7 +109,7 @@ pub async fn load_run(store: &dyn BlobStore, id: &RunId) -> Result<Option<RunRec
 }
 
 /// A state object, or `None` when there is none at `key`.
-async fn load_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn load_json<T: serde::de::DeserializeOwned>(
     store: &dyn BlobStore,
     key: &str,
 ) -> Result<Option<T>, StoreError> {

@@ -242,6 +242,46 @@ impl BlobStore for S3BlobStore {
         Ok(bytes.into_bytes().to_vec())
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        Self::check(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let last = start.saturating_add(len - 1);
+        let answer = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{last}"))
+            .send()
+            .await;
+        let object = match answer {
+            Ok(object) => object,
+            // 416: the range starts at or past the object's end, which holds nothing there.
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(classify_s3(&self.bucket, key, e)),
+        };
+        // A store that ignores Range answers the whole object, without Content-Range.
+        let whole = object.content_range().is_none();
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::backend(key, e))?;
+        let mut bytes = bytes.into_bytes().to_vec();
+        if whole {
+            let from = usize::try_from(start)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            bytes.drain(..from);
+        }
+        bytes.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+        Ok(bytes)
+    }
+
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
         Self::check(key)?;
         let object = self

@@ -674,9 +674,15 @@ impl Drop for SpecrunProcess {
 pub struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    pub headers: hyper::HeaderMap,
 }
 
 impl HttpResponse {
+    /// The value of header `name`, if it has one and it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// Panics, showing the body, unless the answer has `status`.
     pub fn assert_status(&self, status: u16) {
         assert_eq!(
@@ -760,6 +766,7 @@ async fn send(
         .await
         .with_context(|| format!("{method} {url}"))?;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
@@ -767,5 +774,9 @@ async fn send(
         .with_context(|| format!("reading the answer to {method} {url}"))?
         .to_bytes()
         .to_vec();
-    Ok(HttpResponse { status, body })
+    Ok(HttpResponse {
+        status,
+        body,
+        headers,
+    })
 }

@@ -1,7 +1,8 @@
 //! The status function: `GET /runs/{id}` returns run.json with a URL for every artifact
 //! (presigned when the store can sign), `GET /runs/{id}/artifacts/` lists the run's
 //! artifacts with those URLs (the "Logs" link of every pull request),
-//! `GET /runs/{id}/artifacts/...` serves an artifact of that run, and
+//! `GET /runs/{id}/artifacts/...` serves an artifact of that run,
+//! `GET /runs/{id}/logs/{phase}?offset=` tails a phase's log while it runs (`logs`), and
 //! `GET /runs?limit=&cursor=` lists recent runs newest first.
 
 use bytes::Bytes;
@@ -15,6 +16,8 @@ use specrun_http::{error, json, path, single_query_param, ApiRequest, ApiRespons
 use specrun_store::{batches, runs};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod logs;
 
 /// Most runs one listing page returns.
 pub const MAX_LIMIT: usize = 100;
@@ -48,8 +51,9 @@ impl Status {
                 self.artifacts(id).await
             }
             ["runs", id, "artifacts", rest] => self.artifact(id, rest).await,
+            ["runs", id, "logs", phase] => self.log(&request, id, phase).await,
             _ => specrun_http::not_found(&format!(
-                "no route {path}; use GET /runs, GET /runs/{{run_id}}, GET /runs/{{run_id}}/artifacts/ or GET /batches/{{batch_id}}"
+                "no route {path}; use GET /runs, GET /runs/{{run_id}}, GET /runs/{{run_id}}/artifacts/, GET /runs/{{run_id}}/logs/{{phase}} or GET /batches/{{batch_id}}"
             )),
         }
     }
@@ -173,6 +177,18 @@ impl Status {
         }
     }
 
+    /// A phase's log from an offset (see [`logs`]).
+    async fn log(&self, request: &ApiRequest, id: &str, phase: &str) -> ApiResponse {
+        let record = match self.load(id).await {
+            Ok(record) => record,
+            Err(response) => return response,
+        };
+        match logs::LogQuery::parse(request, id, phase) {
+            Ok(query) => logs::answer(self.store.as_ref(), &record, query).await,
+            Err(refused) => *refused,
+        }
+    }
+
     async fn list(&self, request: &ApiRequest) -> ApiResponse {
         let (limit, cursor) = match page_query(request) {
             Ok(query) => query,
@@ -212,7 +228,7 @@ fn summary(record: &RunRecord) -> serde_json::Value {
 
 /// The answer to a store failure: a missing bucket is this deployment's setting to fix
 /// (500, naming it), anything else an outage worth retrying (503).
-fn store_failure(e: &StoreError) -> ApiResponse {
+pub(crate) fn store_failure(e: &StoreError) -> ApiResponse {
     match e {
         StoreError::NoSuchBucket(bucket) => specrun_http::misconfigured(&format!(
             "the state bucket {bucket} does not exist: set SPECRUN_BUCKET (specrun serve --bucket) to the deployment's bucket, or create it (infra/specrun.yaml)"

@@ -8,6 +8,7 @@ use crate::engine::{Execution, Pipeline};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use specrun_core::keys::{self, RunId};
+use specrun_core::live_log::LogStream;
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{Publish, RunRequest};
@@ -19,6 +20,7 @@ use std::io::Write as _;
 
 mod batch;
 mod brokers;
+mod follow;
 mod observe;
 mod report;
 mod retry;
@@ -129,12 +131,19 @@ pub enum Command {
     /// --bucket and --queue-url they are queued for the runners. The same --batch-key
     /// again resubmits: only runs that did not succeed run again.
     Batch(Box<batch::BatchArgs>),
-    /// Print a run's logs.
+    /// Print a run's logs; with -f, follow them while the run works.
     Logs {
         run_id: String,
         /// Only this phase's logs.
         #[arg(long)]
         phase: Option<Phase>,
+        /// Follow: print each phase's log as it is written (the running phase, then the
+        /// next ones) until the run is over; Ctrl-C stops.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// With -f: which log of each phase, stdout (the default) or stderr.
+        #[arg(long, default_value = "stdout", value_parser = parse_stream, requires = "follow")]
+        stream: LogStream,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -283,6 +292,11 @@ pub struct RunnerArgs {
     /// Most bytes kept of each phase log (stdout, stderr); the rest is counted, not stored.
     #[arg(long, env = "SPECRUN_LOG_CAP_BYTES", default_value_t = crate::engine::artifacts::DEFAULT_LOG_CAP_BYTES)]
     pub log_cap_bytes: u64,
+    /// How often a running phase's log goes to the store, in milliseconds, so that it can
+    /// be tailed (`specrun logs -f`, `GET /runs/{id}/logs/{phase}`); 64 KiB of new output
+    /// goes at once. 0: logs are stored only when the phase's command ends.
+    #[arg(long, env = "SPECRUN_LOG_FLUSH_MS", default_value_t = 2000)]
+    pub log_flush_ms: u64,
     /// Disk quota of each run's workspace (clone, git directory, agent HOME) in MiB, a
     /// tmpfs of that size; 0 turns the quota off. Needs root.
     #[arg(long, env = "SPECRUN_WORKSPACE_QUOTA_MIB", default_value_t = crate::config::DEFAULT_WORKSPACE_QUOTA_MIB)]
@@ -347,6 +361,10 @@ fn parse_numbered(text: &str) -> Result<(usize, String), String> {
     }
 }
 
+fn parse_stream(text: &str) -> Result<LogStream, String> {
+    LogStream::parse(text).ok_or_else(|| format!("{text:?} is not one of stdout, stderr"))
+}
+
 fn parse_publish(text: &str) -> Result<Publish, String> {
     match text {
         "pr" => Ok(Publish::Pr),
@@ -376,6 +394,8 @@ impl RunnerArgs {
         config.phase_timeout = Duration::from_secs(self.phase_timeout_secs);
         config.run_timeout = Duration::from_secs(self.run_timeout_secs);
         config.log_cap_bytes = self.log_cap_bytes;
+        config.log_flush_interval =
+            (self.log_flush_ms > 0).then(|| Duration::from_millis(self.log_flush_ms));
         config.workspace_quota_bytes =
             (self.workspace_quota_mib > 0).then(|| self.workspace_quota_mib * 1024 * 1024);
         config.git_timeout = Duration::from_secs(self.git_timeout_secs);
@@ -461,7 +481,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs {
             run_id,
             phase,
+            follow: true,
+            stream,
             store,
+        } => follow::follow(&run_id, phase, stream, &store.open(state_dir).await?).await,
+        Command::Logs {
+            run_id,
+            phase,
+            store,
+            ..
         } => logs(&run_id, phase, &store.open(state_dir).await?).await,
         Command::Cancel { run_id, store } => cancel(&run_id, &store.open(state_dir).await?).await,
         Command::Answer {

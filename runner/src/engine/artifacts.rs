@@ -6,9 +6,11 @@
 //! whatever the agent prints past it is still read from the exec (so the command is not
 //! blocked) but only counted. Memory stays flat: a chunk at a time, plus the tail.
 
+use crate::engine::live_log::{LiveFeed, LiveUpload};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use specrun_core::keys::{self, RunId};
+use specrun_core::live_log::LiveLogKeys;
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::redact::{RedactingStream, Redactor};
 use specrun_core::state::ArtifactRef;
@@ -37,6 +39,8 @@ pub struct LogFile {
     /// Most bytes stored; what comes after is counted in `dropped`.
     cap: u64,
     dropped: u64,
+    /// Told how many bytes are on disk when the log streams to the store as it grows.
+    live: Option<LiveFeed>,
 }
 
 /// A finished log: where it is and what it holds.
@@ -68,7 +72,20 @@ impl LogFile {
             tail: Vec::new(),
             cap,
             dropped: 0,
+            live: None,
         })
+    }
+
+    /// Streams this log to the store as it grows (see [`crate::engine::live_log`]).
+    pub fn stream_live(
+        &mut self,
+        store: Arc<dyn BlobStore>,
+        keys: LiveLogKeys,
+        interval: std::time::Duration,
+    ) -> LiveUpload {
+        let (feed, upload) = LiveUpload::start(store, keys, self.path.clone(), interval);
+        self.live = Some(feed);
+        upload
     }
 
     /// Stores redacted bytes up to the cap and counts the rest.
@@ -89,6 +106,11 @@ impl LogFile {
         self.tail.extend_from_slice(bytes);
         if self.tail.len() > TAIL_BYTES * 2 {
             self.tail.drain(..self.tail.len() - TAIL_BYTES);
+        }
+        if let Some(live) = &self.live {
+            // The uploader reads the file: what it is told of must be there.
+            self.file.flush().await?;
+            live.written(self.size);
         }
         Ok(())
     }
@@ -119,6 +141,9 @@ impl LogFile {
             self.store(marker.as_bytes()).await?;
         }
         self.file.flush().await?;
+        if let Some(live) = &self.live {
+            live.finished(self.size);
+        }
         let start = self.tail.len().saturating_sub(TAIL_BYTES);
         Ok(WrittenLog {
             path: self.path,
@@ -203,6 +228,36 @@ impl CommandLogs {
     pub async fn finish(self) -> std::io::Result<(WrittenLog, WrittenLog)> {
         Ok((self.stdout.finish().await?, self.stderr.finish().await?))
     }
+
+    /// Streams both logs to the store under `artifacts`' live keys for `phase`, named as
+    /// their artifacts will be; `interval` is how often new bytes go up.
+    pub fn stream_live(
+        &mut self,
+        artifacts: &ArtifactStore,
+        phase: Phase,
+        stem: &str,
+        interval: std::time::Duration,
+    ) -> LiveUploads {
+        let mut uploads = Vec::new();
+        for (stream, log) in [("stdout", &mut self.stdout), ("stderr", &mut self.stderr)] {
+            let keys = artifacts.live_keys(phase, &format!("{stem}.{stream}.log"));
+            uploads.push(log.stream_live(artifacts.store.clone(), keys, interval));
+        }
+        LiveUploads(uploads)
+    }
+}
+
+/// The uploaders of a command's live logs.
+pub struct LiveUploads(Vec<LiveUpload>);
+
+impl LiveUploads {
+    /// Waits, a bounded time, for the finished logs' last parts to go up.
+    pub async fn finish(self) {
+        // The uploaders run on their own; waiting for one lets the others go on.
+        for upload in self.0 {
+            upload.finish().await;
+        }
+    }
 }
 
 #[async_trait]
@@ -257,6 +312,11 @@ impl ArtifactStore {
             phase,
             expires_at: specrun_store::runs::now() + self.retention,
         }
+    }
+
+    /// Where the live parts of this attempt's log `name` of `phase` go.
+    pub fn live_keys(&self, phase: Phase, name: &str) -> LiveLogKeys {
+        LiveLogKeys::new(&self.run_id, self.attempt, phase, name)
     }
 
     /// Uploads a finished log.

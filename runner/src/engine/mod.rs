@@ -9,6 +9,7 @@
 pub(crate) mod artifacts;
 mod branch_wait;
 mod failure;
+pub(crate) mod live_log;
 mod phases;
 mod pipeline;
 pub mod progress;

@@ -11,6 +11,7 @@ use specrun_core::agent::{AgentProfile, OutputFormat};
 use specrun_core::claude_events::ClaudeSummary;
 use specrun_core::codex_events::CodexSummary;
 use specrun_core::event_summary::EventSummary;
+use specrun_core::live_log::phase_log_stem;
 use specrun_core::state::{ArtifactRef, RunError};
 use specrun_core::{ErrorCode, Phase};
 use specrun_sandbox::{ExecEnd, ExecSpec, Job};
@@ -77,6 +78,14 @@ pub(super) async fn run_command(
     )
     .await
     .map_err(|e| failure::io(phase, "creating the phase logs", &e))?;
+    // The phase's own log streams while the command runs; other commands' logs are
+    // stored when they end.
+    let live = match run.config.log_flush_interval {
+        Some(interval) if phase_log_stem(phase) == Some(stem) => {
+            Some(logs.stream_live(&run.artifacts, phase, stem, interval))
+        }
+        _ => None,
+    };
     let spec = ExecSpec { argv, env };
     let (ended, stalled) = match stall_after {
         None => (job.exec(&spec, &mut logs, limit).await, None),
@@ -98,10 +107,12 @@ pub(super) async fn run_command(
             }
         }
     };
-    let (stdout, stderr) = logs
-        .finish()
-        .await
-        .map_err(|e| failure::io(phase, "writing the phase logs", &e))?;
+    let finished = logs.finish().await;
+    if let Some(live) = live {
+        live.finish().await;
+    }
+    let (stdout, stderr) =
+        finished.map_err(|e| failure::io(phase, "writing the phase logs", &e))?;
     for (stream, log) in [("stdout", &stdout), ("stderr", &stderr)] {
         if let Some(dropped) = log.truncated_bytes {
             tracing::warn!(%phase, stem, stream, dropped, "the command printed more than the log cap; the rest was counted, not stored");
