@@ -415,6 +415,7 @@ mod tests {
         RepoPolicy {
             allowed_hosts: vec!["git.example.com".into()],
             trusted: false,
+            callbacks: Default::default(),
         }
     }
 

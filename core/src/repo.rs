@@ -23,6 +23,8 @@ pub struct RepoPolicy {
     pub allowed_hosts: Vec<String>,
     /// The operator's own command line: local paths, `file://` URLs and any URL host.
     pub trusted: bool,
+    /// Where a request's `callback_url` may point.
+    pub callbacks: crate::notify::CallbackPolicy,
 }
 
 impl RepoPolicy {
@@ -37,6 +39,7 @@ impl RepoPolicy {
                 .map(str::to_owned)
                 .collect(),
             trusted: false,
+            callbacks: Default::default(),
         }
     }
 }
@@ -238,6 +241,7 @@ mod tests {
         RepoPolicy {
             allowed_hosts: vec!["git.example.com".into(), "127.0.0.1:8080".into()],
             trusted: false,
+            callbacks: Default::default(),
         }
     }
 

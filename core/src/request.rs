@@ -63,6 +63,10 @@ pub struct RunRequest {
     /// Model budget maxima for this run: they may lower the operator's, never raise them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<crate::model_usage::Budget>,
+    /// Where this run's final status is also sent (signed like the deployment's
+    /// webhook); its host must be on the operator's callback allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// A request whose every field has been checked.
@@ -80,6 +84,7 @@ pub struct ValidatedRequest {
     pub external_ref: Option<String>,
     pub idempotency_key: Option<String>,
     pub budget: Option<crate::model_usage::Budget>,
+    pub callback_url: Option<crate::notify::NotifyUrl>,
 }
 
 /// A request field that was refused, and why. Shown to the client as is.
@@ -155,6 +160,20 @@ impl RunRequest {
             external_ref: validate_short("external_ref", &self.external_ref, 200)?,
             idempotency_key: validate_idempotency_key(&self.idempotency_key)?,
             budget: validate_budget(&self.budget)?,
+            callback_url: self
+                .callback_url
+                .as_deref()
+                .map(|url| {
+                    // The operator's own input (the command line) is trusted like a
+                    // webhook URL; anything else must be on the callback allow-list.
+                    let checked = if policy.trusted {
+                        crate::notify::NotifyUrl::webhook(url)
+                    } else {
+                        crate::notify::NotifyUrl::callback(url, &policy.callbacks)
+                    };
+                    checked.map_err(|e| field_error("callback_url", e.0))
+                })
+                .transpose()?,
         })
     }
 }
@@ -178,6 +197,7 @@ impl ValidatedRequest {
             external_ref: self.external_ref.clone(),
             idempotency_key: self.idempotency_key.clone(),
             budget: self.budget,
+            callback_url: self.callback_url.as_ref().map(|u| u.expose().to_owned()),
         }
     }
 }

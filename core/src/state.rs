@@ -247,6 +247,9 @@ pub struct RunRecord {
     /// The operator's answers to the run's clarification questions, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<RecordedAnswer>,
+    /// Deliveries of the run's final-status events to its webhook and callback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<crate::notify::NotificationRecord>,
 }
 
 /// An answer as run.json keeps it.
@@ -382,6 +385,7 @@ impl RunRecord {
             waiting_for: None,
             resume: None,
             answers: Vec::new(),
+            notifications: Vec::new(),
         }
     }
 

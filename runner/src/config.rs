@@ -96,6 +96,78 @@ pub struct RunnerConfig {
     pub branch_busy: specrun_core::branch_lock::BranchBusy,
     /// How often a run waiting for its branch looks again.
     pub branch_poll: Duration,
+    /// Where final statuses are sent, signed (see `crate::notify`).
+    pub notify: NotifyConfig,
+    /// Where metrics go (see `crate::metrics`).
+    pub metrics: MetricsConfig,
+}
+
+/// Notifications of final statuses.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// The deployment's webhook (`SPECRUN_WEBHOOK_URL`), sent every final status.
+    pub webhook: Option<specrun_core::notify::NotifyUrl>,
+    /// The HMAC key of `Specrun-Signature` (`SPECRUN_WEBHOOK_SECRET`); nothing is sent
+    /// without it.
+    pub secret: Option<Secret>,
+    /// Where a request's `callback_url` may point (checked again before sending).
+    pub callbacks: specrun_core::notify::CallbackPolicy,
+    /// Attempts per target and event, across runners.
+    pub max_attempts: u32,
+    /// Waits between attempts (its budget bounds how long one runner keeps trying).
+    pub backoff: specrun_core::backoff::Backoff,
+    /// Longest wait for one receiver's answer.
+    pub timeout: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook: None,
+            secret: None,
+            callbacks: Default::default(),
+            max_attempts: 5,
+            backoff: specrun_core::backoff::Backoff {
+                first: Duration::from_secs(1),
+                max_wait: Duration::from_secs(8),
+                budget: Duration::from_secs(30),
+            },
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Metrics sinks; all off by default.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// `host:port` of a StatsD server (UDP).
+    pub statsd: Option<String>,
+    pub tags: specrun_core::metrics::TagStyle,
+    /// Put before specrun's own metric names.
+    pub prefix: String,
+    /// EMF lines to stdout or to a file.
+    pub emf: Option<EmfTarget>,
+    /// The CloudWatch namespace of EMF lines.
+    pub namespace: String,
+}
+
+/// Where EMF lines are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmfTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            statsd: None,
+            tags: Default::default(),
+            prefix: "specrun.".to_owned(),
+            emf: None,
+            namespace: "specrun".to_owned(),
+        }
+    }
 }
 
 impl RunnerConfig {
@@ -151,6 +223,8 @@ impl RunnerConfig {
             stall_timeout: Duration::from_secs(10 * 60),
             branch_busy: specrun_core::branch_lock::BranchBusy::Wait,
             branch_poll: Duration::from_secs(2),
+            notify: NotifyConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -11,6 +11,8 @@
 pub mod cli;
 pub mod config;
 mod engine;
+pub mod metrics;
+pub mod notify;
 mod serve;
 mod worker;
 

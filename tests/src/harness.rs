@@ -95,6 +95,7 @@ impl Harness {
         let policy = RepoPolicy {
             allowed_hosts: Vec::new(),
             trusted: true,
+            callbacks: Default::default(),
         };
         let request = request.validate(&policy)?;
         let pipeline = Pipeline::new(config, self.store.clone(), Arc::new(TracingProgress));

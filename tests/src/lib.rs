@@ -16,4 +16,6 @@ pub mod outage;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod soak;
+pub mod statsd;
+pub mod webhook;
 pub mod world;

@@ -202,6 +202,7 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         let policy = specrun_core::repo::RepoPolicy {
             allowed_hosts: Vec::new(),
             trusted: true,
+            callbacks: Default::default(),
         };
         let request = request.validate(&policy)?;
         let pipeline = Pipeline::new(config, store.clone(), Arc::new(TracingProgress));

@@ -56,6 +56,7 @@ async fn enqueue(h: &Harness, repo: &str, copies: usize) -> anyhow::Result<RunId
     let policy = RepoPolicy {
         allowed_hosts: Vec::new(),
         trusted: true,
+        callbacks: Default::default(),
     };
     let validated = request.validate(&policy)?;
     let run_id = RunId::parse(&uuid_like())?;

@@ -62,6 +62,19 @@ pub fn batch_limits_from_env() -> BatchLimits {
     }
 }
 
+/// Where a request's `callback_url` may point: the hosts in `SPECRUN_CALLBACK_HOSTS`
+/// (comma-separated `host` or `host:port`), plain http to loopback only with
+/// `SPECRUN_CALLBACK_ALLOW_HTTP_LOOPBACK=1` (tests on one machine). Runners read the same
+/// variables: they validate the stored request again before running it.
+pub fn callback_policy_from_env() -> specrun_core::notify::CallbackPolicy {
+    let loopback = std::env::var("SPECRUN_CALLBACK_ALLOW_HTTP_LOOPBACK")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    specrun_core::notify::CallbackPolicy::allowing(
+        &std::env::var("SPECRUN_CALLBACK_HOSTS").unwrap_or_default(),
+        loopback,
+    )
+}
+
 impl Submit {
     /// The deployment's settings from the environment, on `store` and `queue`: the
     /// submit function's, and the status function's when it takes the console's posts.
@@ -69,9 +82,12 @@ impl Submit {
         Ok(Submit {
             store,
             queue,
-            policy: RepoPolicy::allowing(
-                &std::env::var("SPECRUN_ALLOW_REPO_HOSTS").unwrap_or_default(),
-            ),
+            policy: RepoPolicy {
+                callbacks: callback_policy_from_env(),
+                ..RepoPolicy::allowing(
+                    &std::env::var("SPECRUN_ALLOW_REPO_HOSTS").unwrap_or_default(),
+                )
+            },
             status_base: std::env::var("SPECRUN_STATUS_URL").unwrap_or_default(),
             default_agent: std::env::var("SPECRUN_DEFAULT_AGENT")
                 .unwrap_or_else(|_| "codex".to_owned()),
@@ -694,6 +710,7 @@ mod tests {
             policy: RepoPolicy {
                 allowed_hosts: vec!["git.example.com".into()],
                 trusted: false,
+                callbacks: Default::default(),
             },
             status_base: "https://status.example".into(),
             default_agent: "scripted".into(),

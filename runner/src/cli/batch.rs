@@ -75,6 +75,7 @@ pub(super) async fn batch(args: BatchArgs, state_dir: &std::path::Path) -> anyho
         policy: RepoPolicy {
             allowed_hosts: args.service.backend.allow_repo_hosts.clone(),
             trusted: true,
+            callbacks: Default::default(),
         },
         status_base: String::new(),
         default_agent: runner.default_agent.clone(),

@@ -21,6 +21,7 @@ use std::io::Write as _;
 mod batch;
 mod brokers;
 mod follow;
+mod observe;
 mod report;
 mod retry;
 mod service;
@@ -340,6 +341,8 @@ pub struct RunnerArgs {
     /// in run.json as waiting_for) or refuse (fail with branch_busy).
     #[arg(long, env = "SPECRUN_BRANCH_BUSY", default_value = "wait")]
     pub branch_busy: specrun_core::branch_lock::BranchBusy,
+    #[command(flatten)]
+    pub observe: observe::ObserveArgs,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -422,6 +425,8 @@ impl RunnerArgs {
         }
         config.stall_timeout = Duration::from_secs(self.stall_timeout_secs.max(1));
         config.branch_busy = self.branch_busy;
+        config.notify = self.observe.notify_config()?;
+        config.metrics = self.observe.metrics_config()?;
         Ok(config)
     }
 }
@@ -565,6 +570,7 @@ async fn run(
     let policy = RepoPolicy {
         allowed_hosts: Vec::new(),
         trusted: true,
+        callbacks: Default::default(),
     };
     let request = request
         .validate(&policy)

@@ -161,6 +161,7 @@ async fn stored_request(
     let policy = RepoPolicy {
         allowed_hosts: Vec::new(),
         trusted: true,
+        callbacks: Default::default(),
     };
     let request = stored
         .validate(&policy)

@@ -246,6 +246,7 @@ pub(super) fn worker(
         policy: RepoPolicy {
             allowed_hosts: backend.allow_repo_hosts.clone(),
             trusted,
+            callbacks: specrun_submit::callback_policy_from_env(),
         },
         celery_task: args.celery_task.clone(),
         celery_result_prefix: args.celery_result_prefix.clone(),
@@ -371,6 +372,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
             policy: RepoPolicy {
                 allowed_hosts: args.backend.allow_repo_hosts.clone(),
                 trusted: false,
+                callbacks: specrun_submit::callback_policy_from_env(),
             },
             status_base: status_base.clone(),
             default_agent: config.default_agent.clone(),

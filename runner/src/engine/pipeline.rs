@@ -33,6 +33,8 @@ pub struct Pipeline {
     pub(crate) store: Arc<dyn BlobStore>,
     pub(crate) sandbox: Arc<dyn Sandbox>,
     progress: Arc<dyn Progress>,
+    /// Where the run's metrics go (`crate::metrics`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How executing a run ended for this runner.
@@ -93,11 +95,13 @@ impl Pipeline {
         sandbox: Arc<dyn Sandbox>,
         progress: Arc<dyn Progress>,
     ) -> Self {
+        let metrics = Arc::new(crate::metrics::Metrics::from_config(&config.metrics));
         Pipeline {
             config: Arc::new(config),
             store,
             sandbox,
             progress,
+            metrics,
         }
     }
 
@@ -212,7 +216,13 @@ impl Pipeline {
         });
         let mut job = None;
         let (status, reason) = match self.persist(&mut run).await {
-            Ok(()) => self.run_phases(&mut run, &stop, &mut job).await,
+            Ok(()) => {
+                if !run.abandoned {
+                    self.metrics
+                        .emit(&specrun_core::metrics::run_started(&run.record));
+                }
+                self.run_phases(&mut run, &stop, &mut job).await
+            }
             Err(e) => {
                 run.record.error = Some(failure::store(Phase::Prepare, &e));
                 (RunStatus::Failed, Some(e.to_string()))
@@ -230,6 +240,8 @@ impl Pipeline {
         if run.abandoned {
             return Ok(Execution::Abandoned);
         }
+        self.metrics
+            .emit(&specrun_core::metrics::run_finished(&run.record));
         Ok(Execution::Finished(Box::new(run.record)))
     }
 
@@ -511,6 +523,10 @@ impl Pipeline {
         });
         if let Err(e) = self.persist_phase(run, phase).await {
             tracing::warn!(error = %e, %phase, "could not record the phase");
+        }
+        if !run.abandoned {
+            self.metrics
+                .emit(&specrun_core::metrics::phase_ended(&run.record, phase));
         }
     }
 

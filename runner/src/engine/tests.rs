@@ -178,6 +178,7 @@ async fn run_with(
         .validate(&RepoPolicy {
             allowed_hosts: Vec::new(),
             trusted: true,
+            callbacks: Default::default(),
         })
         .unwrap();
     let run_id = specrun_store::runs::new_run_id();

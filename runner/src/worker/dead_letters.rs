@@ -43,7 +43,11 @@ impl Worker {
             return true;
         };
         match runs::load_run(self.store(), &queued.run_id).await {
-            Ok(Some(record)) if record.status.is_final() => return true,
+            Ok(Some(record)) if record.status.is_final() => {
+                // Its notifications too, if a runner died before sending them all.
+                self.notify(&queued).await;
+                return true;
+            }
             Ok(Some(_)) => {}
             // A run never recorded, or a store that cannot be read: look again later.
             _ => return false,
@@ -53,9 +57,13 @@ impl Worker {
         let holder = self.wait_for_holder(&queued).await;
         self.settle_last(&queued, message.receive_count, cause, holder)
             .await;
-        matches!(
+        let settled = matches!(
             runs::load_run(self.store(), &queued.run_id).await,
             Ok(Some(record)) if record.status.is_final()
-        )
+        );
+        if settled {
+            self.notify(&queued).await;
+        }
+        settled
     }
 }

@@ -18,6 +18,7 @@ pub mod run_locks;
 pub mod sweep;
 
 use crate::engine::Pipeline;
+use crate::notify::Notifier;
 use execute::Attempt;
 use last_delivery::Holder;
 use messages::QueuedRun;
@@ -29,7 +30,7 @@ use specrun_store::runs::now;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// How the worker polls and what it accepts.
@@ -92,6 +93,8 @@ pub struct Worker {
     dead_letters: Option<Arc<dyn Queue>>,
     /// Where Celery task results go (the state bucket in Celery's S3 layout by default).
     celery_results: Arc<dyn CeleryResultBackend>,
+    /// Sends final statuses to the webhook and callbacks, when a secret is configured.
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// What to do with a message once handled.
@@ -122,8 +125,12 @@ impl Worker {
             store: pipeline.store.clone(),
             prefix: config.celery_result_prefix.clone(),
         });
+        let notifier =
+            Notifier::from_config(&pipeline.config().notify, &pipeline.config().runner_id)
+                .map(Arc::new);
         Worker {
             celery_results,
+            notifier,
             pipeline,
             queue,
             config: Arc::new(config),
@@ -186,8 +193,7 @@ impl Worker {
                 };
                 let worker = self.clone();
                 running.spawn(async move {
-                    worker.process(message).await;
-                    drop(permit);
+                    worker.process(message, permit).await;
                 });
             }
             while running.try_join_next().is_some() {}
@@ -206,9 +212,13 @@ impl Worker {
     }
 
     /// Handles one message to its disposition, keeping it hidden meanwhile.
-    pub async fn process(&self, message: Received) {
+    ///
+    /// It holds one of the worker's run slots, given back as soon as the run is over:
+    /// notifying its end keeps the message hidden (so a runner dying meanwhile leaves the
+    /// delivery to the next), not a slot another run could use.
+    async fn process(&self, message: Received, slot: OwnedSemaphorePermit) {
         let keepalive = self.keep_hidden(message.receipt.clone());
-        let disposition = self.handle(&message).await;
+        let disposition = self.handle(&message, slot).await;
         drop(keepalive);
         let done = match disposition {
             Disposition::Delete => self.queue.delete(&message.receipt).await,
@@ -265,14 +275,37 @@ impl Worker {
         }))
     }
 
-    async fn handle(&self, message: &Received) -> Disposition {
+    async fn handle(&self, message: &Received, slot: OwnedSemaphorePermit) -> Disposition {
         let queued = match self.queued_run(message).await {
             Ok(queued) => queued,
             Err(disposition) => return disposition,
         };
         match self.handle_run(message, &queued).await {
-            Disposition::Delete => self.release_batch(&queued.run_id).await,
+            Disposition::Delete => match self.release_batch(&queued.run_id).await {
+                Disposition::Delete => {
+                    drop(slot);
+                    self.notify(&queued).await;
+                    Disposition::Delete
+                }
+                other => other,
+            },
             other => other,
+        }
+    }
+
+    /// Sends the run's final status to its webhook and callback if not sent yet (every
+    /// delivery of a finished run's message comes here: the one that finished it, a
+    /// duplicate, the next one after a runner died mid-delivery, and the one of a queued
+    /// run cancelled through the submit function, which no runner ran).
+    async fn notify(&self, queued: &QueuedRun) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let targets = notifier.targets(&queued.run_id, queued.request.callback_url.as_deref());
+        if !targets.is_empty() {
+            notifier
+                .deliver(self.store(), &queued.run_id, &targets)
+                .await;
         }
     }
 
