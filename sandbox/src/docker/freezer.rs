@@ -107,56 +107,44 @@ impl Freezer {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     const ID: &str = "131d33fb70c0f0635de96cf5d5504f586760a6d6efdec11bd984a8888395b44d";
 
-    fn root_with(relative: &str) -> tempfile::TempDir {
-        let root = tempfile::tempdir().unwrap();
+    fn root_with(relative: &str) -> io::Result<tempfile::TempDir> {
+        let root = tempfile::tempdir()?;
         let dir = root.path().join(relative);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("freezer.state"), "THAWED\n").unwrap();
-        root
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("freezer.state"), "THAWED\n")?;
+        Ok(root)
     }
 
     #[test]
-    fn the_freezer_is_the_one_named_for_the_container() {
-        let root = root_with(&format!("docker/{ID}"));
+    fn the_freezer_is_the_one_named_for_the_container() -> TestResult {
+        let root = root_with(&format!("docker/{ID}"))?;
         let cgroups = format!(
             "9:name=systemd:/docker/{ID}\n6:freezer:/docker/{ID}\n4:memory:/docker/{ID}\n0::/\n"
         );
-        let found = Freezer::from_proc_cgroup(root.path(), ID, &cgroups).unwrap();
+        let found = Freezer::from_proc_cgroup(root.path(), ID, &cgroups).ok_or("not found")?;
         assert_eq!(
             found.state,
             root.path().join(format!("docker/{ID}/freezer.state"))
         );
+        Ok(())
     }
 
     #[test]
-    fn another_process_or_a_missing_hierarchy_is_not_taken() {
-        let root = root_with(&format!("docker/{ID}"));
+    fn another_process_or_a_missing_hierarchy_is_not_taken() -> TestResult {
+        let root = root_with(&format!("docker/{ID}"))?;
+        let find = |cgroups: &str| Freezer::from_proc_cgroup(root.path(), ID, cgroups);
         // A pid that is someone else's (another pid namespace, a reused pid).
-        assert!(Freezer::from_proc_cgroup(root.path(), ID, "6:freezer:/\n").is_none());
-        assert!(
-            Freezer::from_proc_cgroup(root.path(), ID, "6:freezer:/user.slice/other\n").is_none()
-        );
+        assert!(find("6:freezer:/\n").is_none());
+        assert!(find("6:freezer:/user.slice/other\n").is_none());
         // cgroup v2 only: no freezer line.
-        assert!(Freezer::from_proc_cgroup(
-            root.path(),
-            ID,
-            &format!("0::/system.slice/docker-{ID}.scope\n")
-        )
-        .is_none());
-        // Named right but not there.
-        assert!(Freezer::from_proc_cgroup(
-            root.path(),
-            ID,
-            &format!("6:freezer:/elsewhere/{ID}\n")
-        )
-        .is_none());
-        assert!(Freezer::from_proc_cgroup(
-            root.path(),
-            ID,
-            &format!("6:freezer:/docker/../docker/{ID}\n")
-        )
-        .is_none());
+        assert!(find(&format!("0::/system.slice/docker-{ID}.scope\n")).is_none());
+        // Named right but not there, or climbing out.
+        assert!(find(&format!("6:freezer:/elsewhere/{ID}\n")).is_none());
+        assert!(find(&format!("6:freezer:/docker/../docker/{ID}\n")).is_none());
+        Ok(())
     }
 }
