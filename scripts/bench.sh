@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark `specrun run` end to end with the scripted agent.
 #
-#   scripts/bench.sh [--runs N] [--concurrency C] [--noisy-mib M] [--keep]
+#   scripts/bench.sh [--runs N] [--concurrency C] [--batch B] [--noisy-mib M] [--keep]
 #
 #   --runs N          counted runs (default 5), after one warm-up run that is not counted
 #   --concurrency C   then C runs started at once (separate `specrun run` processes on one
 #                     engine): the time until the last ends, as a ratio to one run's median
+#   --batch B         then B runs in flight at once in ONE runner process (`specrun batch`
+#                     over B copies of the repository, at most B at once): its wall time
+#                     and peak RSS (with --noisy-mib, each of the B agents is the noisy one)
 #   --noisy-mib M     then one run whose agent prints M MiB of output in the specify phase
 #                     before writing the spec: the runner's peak RSS with that much output
 #                     (logs are streamed and capped, so it should not grow with M)
@@ -22,7 +25,8 @@
 # `git push` of a new branch with one small commit.
 #
 # The report gives the floor of one run (the three floor medians added), the ratio of
-# the run wall's median to it, and each phase's share of the run wall.
+# the run wall's median to it, each phase's share of the run wall, and the requests one
+# run made of the state store and of the Docker API, by kind (`specrun run --counts-file`).
 #
 # Prints a table and writes the same data as JSON to target/bench/latest.json.
 # Exit status: 0 when every run succeeded, 1 when any did not (each failure is
@@ -38,6 +42,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS=5
 CONCURRENCY=0
 NOISY_MIB=0
+BATCH=0
 KEEP=0
 IMAGE="${SPECRUN_IMAGE:-specrun-job:latest}"
 CARGO="${CARGO:-cargo}"
@@ -52,6 +57,8 @@ while [ $# -gt 0 ]; do
         --runs=*) RUNS="${1#*=}"; shift ;;
         --concurrency) [ $# -ge 2 ] || { usage >&2; exit 2; }; CONCURRENCY="$2"; shift 2 ;;
         --concurrency=*) CONCURRENCY="${1#*=}"; shift ;;
+        --batch) [ $# -ge 2 ] || { usage >&2; exit 2; }; BATCH="$2"; shift 2 ;;
+        --batch=*) BATCH="${1#*=}"; shift ;;
         --noisy-mib) [ $# -ge 2 ] || { usage >&2; exit 2; }; NOISY_MIB="$2"; shift 2 ;;
         --noisy-mib=*) NOISY_MIB="${1#*=}"; shift ;;
         --keep) KEEP=1; shift ;;
@@ -68,6 +75,9 @@ case "$NOISY_MIB" in
 esac
 case "$CONCURRENCY" in
     ''|*[!0-9]*) echo "bench: --concurrency needs a whole number, got '$CONCURRENCY'" >&2; exit 2 ;;
+esac
+case "$BATCH" in
+    ''|*[!0-9]*) echo "bench: --batch needs a whole number, got '$BATCH'" >&2; exit 2 ;;
 esac
 
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
@@ -154,7 +164,7 @@ run_one() {
     mkdir -p "$dir"
     /usr/bin/time -f '%M %e' -o "$dir/time.txt" \
         "$SPECRUN" run --repo "$REMOTE" --text "$FEATURE_TEXT" --agent "$agent" \
-        --publish branch --branch-name "$branch" --json \
+        --publish branch --branch-name "$branch" --json --counts-file "$dir/counts.json" \
         --state-dir "$TMP/state" --work-dir "$TMP/work" --image "$IMAGE" \
         >"$dir/run.json" 2>"$dir/stderr.log" </dev/null || rc=$?
     echo "$rc" >"$dir/exit_code"
@@ -187,13 +197,37 @@ if [ "$CONCURRENCY" -gt 0 ]; then
 fi
 
 if [ "$NOISY_MIB" -gt 0 ]; then
-    log "one run whose agent prints $NOISY_MIB MiB"
     cat >"$TMP/agents.toml" <<EOF
 [agents.noisy]
 extends = "scripted"
 [agents.noisy.phases]
 specify = ["sh", "-c", "yes 'a noisy agent prints this line again and again' | head -c \$((\$2 * 1048576)); exec specrun-scripted-agent specify \"\$1\"", "noisy", "{text}", "$NOISY_MIB"]
 EOF
+fi
+
+if [ "$BATCH" -gt 0 ]; then
+    batch_agent=scripted batch_env=()
+    [ "$NOISY_MIB" -eq 0 ] || { batch_agent=noisy; batch_env=(SPECRUN_AGENTS_FILE="$TMP/agents.toml"); }
+    log "$BATCH runs in one process (specrun batch, agent $batch_agent)"
+    mkdir -p "$TMP/batch"
+    batch_repos=()
+    for i in $(seq 1 "$BATCH"); do
+        hgit clone -q --bare "$SEED" "$TMP/batch/remote-$i.git"
+        batch_repos+=(--repo "$TMP/batch/remote-$i.git")
+    done
+    t0="$(now_us)"
+    rc=0
+    env "${batch_env[@]}" /usr/bin/time -f '%M %e' -o "$TMP/batch/time.txt" \
+        "$SPECRUN" --state-dir "$TMP/batch-state" batch "${batch_repos[@]}" \
+        --text "$FEATURE_TEXT" --agent "$batch_agent" --publish branch \
+        --max-in-flight "$BATCH" --json --work-dir "$TMP/work" --image "$IMAGE" \
+        >"$TMP/batch/batch.json" 2>"$TMP/batch/stderr.log" </dev/null || rc=$?
+    echo "$rc" >"$TMP/batch/exit_code"
+    log "$BATCH runs in one process finished, exit $rc ($(elapsed_s "$t0") s)"
+fi
+
+if [ "$NOISY_MIB" -gt 0 ]; then
+    log "one run whose agent prints $NOISY_MIB MiB"
     t0="$(now_us)"
     SPECRUN_AGENTS_FILE="$TMP/agents.toml" run_one "run-1" bench-noisy noisy noisy
     log "noisy run finished, exit $(cat "$TMP/noisy/run-1/exit_code") ($(elapsed_s "$t0") s)"
@@ -244,7 +278,7 @@ report_rc=0
 python3 "$ROOT/scripts/bench_report.py" \
     --tmp "$TMP" --runs "$RUNS" --image "$IMAGE" --image-id "$IMAGE_ID" \
     --repo-files "$REPO_FILES" --specrun-version "$SPECRUN_VERSION" \
-    --concurrency "$CONCURRENCY" --noisy-mib "$NOISY_MIB" \
+    --concurrency "$CONCURRENCY" --batch "$BATCH" --noisy-mib "$NOISY_MIB" \
     --bench-start-us "$BENCH_START_US" --bench-now-us "$(now_us)" \
     --out "$TARGET_DIR/bench/latest.json" || report_rc=$?
 

@@ -4,11 +4,14 @@ table (stdout) and a JSON document (--out). Standard library only.
 
 Layout read under --tmp:
   runs/warmup/, runs/run-1/ .. runs/run-N/   run.json, time.txt, exit_code, branch,
-                                             stderr.log
+                                             stderr.log, counts.json (store and Docker
+                                             requests of the run's process)
   floor/docker_run.txt, floor/git_clone.txt, floor/git_push.txt   one ms value a line
   setup/durations.txt                                             "step seconds" lines
   concurrent/run-1/ .. concurrent/run-C/, concurrent/batch.txt     with --concurrency C: the
                                              C runs started at once, and the batch's wall ms
+  batch/time.txt, batch/exit_code, batch/batch.json                with --batch B: B runs in
+                                             one `specrun batch` process
 
 Exit status: 0 when the warm-up and every counted run succeeded, 1 otherwise.
 """
@@ -61,7 +64,12 @@ def load_run(run_dir):
         "wall_ms": None,
         "in_run_total_ms": None,
         "phases": {},
+        "counts": None,
     }
+    try:
+        run["counts"] = json.loads(read_text(os.path.join(run_dir, "counts.json"), "") or "null")
+    except json.JSONDecodeError:
+        pass
     code = (read_text(os.path.join(run_dir, "exit_code"), "") or "").strip()
     run["exit_code"] = int(code) if code.lstrip("-").isdigit() else None
 
@@ -155,6 +163,31 @@ def phase_shares(phase_stats, wall):
     return shares
 
 
+def request_counts(runs):
+    """The median over `runs` of each count of store and Docker requests per run, e.g.
+    {"store": {"put": 20, ...}, "store_writes": 41, "docker": {"pause": 5, ...}, ...}."""
+    counted = [r["counts"] for r in runs if r.get("counts")]
+    if not counted:
+        return None
+
+    def median_of(get):
+        values = [v for v in (get(c) for c in counted) if v is not None]
+        return statistics.median(values) if values else None
+
+    result = {"runs_counted": len(counted)}
+    for group in ("store", "docker"):
+        kinds = sorted({k for c in counted for k in (c.get(group) or {})})
+        result[group] = {k: median_of(lambda c, k=k: (c.get(group) or {}).get(k, 0)) for k in kinds}
+    for total in ("store_writes", "store_reads"):
+        result[total] = median_of(lambda c, t=total: c.get(t))
+    result["docker_requests"] = median_of(lambda c: sum((c.get("docker") or {}).values()))
+    return result
+
+
+def fmt_counts(counts):
+    return ", ".join(f"{k} {v:g}" for k, v in counts.items() if v)
+
+
 def concurrent_batch(tmp, concurrency):
     """The --concurrency batch: its runs, their wall time from the first start to the last
     end, and the runner processes' peak RSS; None when the batch was not run."""
@@ -177,6 +210,27 @@ def concurrent_batch(tmp, concurrency):
     }
 
 
+def one_process_batch(tmp, size, agent):
+    """The --batch run: B runs in flight in one runner process; None when not run."""
+    if not size:
+        return None
+    result = {"runs": size, "agent": agent, "exit_code": None, "wall_ms": None,
+              "runner_peak_rss_mib": None, "succeeded": None}
+    code = (read_text(os.path.join(tmp, "batch", "exit_code"), "") or "").strip()
+    result["exit_code"] = int(code) if code.lstrip("-").isdigit() else None
+    lines = [l for l in (read_text(os.path.join(tmp, "batch", "time.txt"), "") or "").splitlines() if l.strip()]
+    if lines and len(lines[-1].split()) == 2:
+        rss, wall = lines[-1].split()
+        result["runner_peak_rss_mib"] = int(rss) / 1024.0
+        result["wall_ms"] = float(wall) * 1000.0
+    try:
+        record = json.loads(read_text(os.path.join(tmp, "batch", "batch.json"), "") or "null")
+        result["succeeded"] = ((record or {}).get("counts") or {}).get("succeeded")
+    except json.JSONDecodeError:
+        pass
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tmp", required=True)
@@ -189,6 +243,7 @@ def main():
     ap.add_argument("--bench-now-us", type=int, default=None)
     ap.add_argument("--concurrency", type=int, default=0)
     ap.add_argument("--noisy-mib", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -232,6 +287,8 @@ def main():
         noisy = load_run(os.path.join(args.tmp, "noisy", "run-1"))
         noisy["name"] = "noisy run"
         noisy["agent_output_mib"] = args.noisy_mib
+    counts = request_counts(good)
+    batch = one_process_batch(args.tmp, args.batch, "noisy" if args.noisy_mib else "scripted")
     if concurrent and wall:
         concurrent["ratio_to_one_run"] = concurrent["batch_wall_ms"] / wall["median"]
 
@@ -281,6 +338,14 @@ def main():
             + ", ".join(f"{k} {v * 100:.0f}%" for k, v in shares.items()),
             file=out,
         )
+    if counts:
+        print(
+            f"requests per run (medians of {counts['runs_counted']}): state store "
+            f"{counts['store_writes']:g} writes, {counts['store_reads']:g} reads "
+            f"({fmt_counts(counts['store'])}); Docker API {counts['docker_requests']:g} "
+            f"({fmt_counts(counts['docker'])})",
+            file=out,
+        )
     if concurrent:
         rss = concurrent["runner_peak_rss_mib_max"]
         print(
@@ -293,6 +358,22 @@ def main():
         for r in concurrent["runs"]:
             if not succeeded(r):
                 failed.append(r)
+
+    if batch:
+        rss = batch["runner_peak_rss_mib"]
+        print(
+            f"{batch['runs']} runs in flight in one process ({batch['agent']} agent"
+            + (f", {args.noisy_mib} MiB each" if args.noisy_mib else "")
+            + f"): {batch['succeeded'] if batch['succeeded'] is not None else '-'}/{batch['runs']} succeeded, "
+            f"wall {fmt_ms(batch['wall_ms'])} ms, runner peak RSS "
+            + (f"{rss:.1f} MiB" if rss is not None else "-"),
+            file=out,
+        )
+        if batch["exit_code"] != 0:
+            failed.append({"name": "one-process batch", "branch": "-", "run_id": None,
+                           "status": None, "exit_code": batch["exit_code"],
+                           "error": {"code": "batch_failed",
+                                     "message": "specrun batch did not succeed (see batch/stderr.log with --keep)"}})
 
     if noisy:
         rss = noisy["peak_rss_kib"]
@@ -355,8 +436,10 @@ def main():
         "floor_total_ms": floor,
         "ratio_to_floor": ratio,
         "share_of_wall": shares,
+        "requests_per_run": counts,
         "concurrent": concurrent,
         "noisy": noisy,
+        "one_process_batch": batch,
         "setup_s": setup,
         "bench_elapsed_s_before_report": (
             (args.bench_now_us - args.bench_start_us) / 1e6

@@ -8,6 +8,7 @@ pub mod amqp;
 mod aws_error;
 pub mod batches;
 pub mod branch_locks;
+pub mod counting;
 pub mod fs;
 pub mod log_tail;
 pub mod postgres_results;
@@ -17,6 +18,7 @@ pub mod s3;
 pub mod sqs;
 
 pub use amqp::AmqpQueue;
+pub use counting::{CountingStore, StoreCounts};
 pub use fs::{FsBlobStore, FsQueue};
 pub use postgres_results::PostgresCeleryResults;
 pub use retry::{RetryingQueue, RetryingStore};

@@ -14,7 +14,7 @@ use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{Publish, RunRequest};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
-use specrun_store::{aws_config, s3_client, FsBlobStore, S3BlobStore};
+use specrun_store::{aws_config, s3_client, CountingStore, FsBlobStore, S3BlobStore};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
@@ -258,6 +258,10 @@ pub struct RunArgs {
     /// Print the final run.json on stdout and nothing else there.
     #[arg(long)]
     pub json: bool,
+    /// After the run, write the state store and Docker API requests it made, by kind, as
+    /// JSON to this file (what `scripts/bench.sh` reports per run).
+    #[arg(long)]
+    pub counts_file: Option<PathBuf>,
     #[command(flatten)]
     pub runner: RunnerArgs,
 }
@@ -447,6 +451,19 @@ fn default_runner_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The requests this process made of the store and of Docker, as JSON.
+fn write_counts(path: &std::path::Path, store: &CountingStore) -> anyhow::Result<()> {
+    let store = store.counts();
+    let counts = serde_json::json!({
+        "store": store,
+        "store_writes": store.writes(),
+        "store_reads": store.reads(),
+        "docker": specrun_sandbox::docker::calls::counts(),
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&counts)?)
+        .with_context(|| format!("writing the request counts to {}", path.display()))
+}
+
 /// Exit codes: 0 succeeded or no_changes, 1 failed, 3 needs_clarification, 4 cancelled.
 pub fn exit_code(status: RunStatus) -> i32 {
     match status {
@@ -462,8 +479,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     let state_dir = &cli.global.state_dir;
     match cli.command {
         Command::Run(args) => {
-            let store = Arc::new(FsBlobStore::new(absolute(state_dir)?));
-            run(*args, store, state_dir).await
+            let store = CountingStore::new(Arc::new(FsBlobStore::new(absolute(state_dir)?)));
+            let counts_file = args.counts_file.clone();
+            let code = run(*args, Arc::new(store.clone()), state_dir).await?;
+            if let Some(path) = counts_file {
+                write_counts(&path, &store)?;
+            }
+            Ok(code)
         }
         Command::Status {
             run_id,

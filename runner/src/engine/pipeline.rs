@@ -16,7 +16,7 @@ use crate::engine::progress::{Progress, ProgressEvent};
 use crate::engine::run::Run;
 use crate::engine::stop::{StopReason, StopWatch, StopWatchConfig};
 use specrun_core::keys::{self, RunId};
-use specrun_core::ports::{BlobStore, StoreError};
+use specrun_core::ports::{BlobStore, Bytes, StoreError};
 use specrun_core::redact::Redactor;
 use specrun_core::request::{Publish, ValidatedRequest};
 use specrun_core::state::{AgentConfiguration, ArtifactRef, PhaseOutcome, RunRecord};
@@ -193,6 +193,8 @@ impl Pipeline {
             record,
             record_version: version,
             abandoned: false,
+            unstored: Vec::new(),
+            fetch: None,
             gateway: None,
             restore: None,
         };
@@ -236,7 +238,7 @@ impl Pipeline {
         if let Err(e) = run.record.finish(status, reason, now()) {
             tracing::warn!(error = %e, "unexpected final transition");
         }
-        self.persist(&mut run).await?;
+        self.store_changes(&mut run).await?;
         if run.abandoned {
             return Ok(Execution::Abandoned);
         }
@@ -495,14 +497,22 @@ impl Pipeline {
         if self.begin(run, Phase::Cleanup).await.is_err() {
             tracing::warn!("could not record the cleanup phase's start");
         }
+        // A clone still transferring (the run ended in prepare) must not write into the
+        // workspace while it is removed.
+        if let Some(fetch) = run.fetch.take() {
+            fetch.settle().await;
+        }
         let (status, outcome) = phases::cleanup::run(run, job).await;
         self.end(run, Phase::Cleanup, status, outcome).await;
     }
 
+    /// Records a phase's start, and stores it with what changed since the last write (the
+    /// earlier phases' ends) before the phase's work begins.
     async fn begin(&self, run: &mut Run, phase: Phase) -> Result<(), StoreError> {
         let _ = run.record.begin_phase(phase, now());
         self.progress.event(ProgressEvent::PhaseStarted { phase });
-        self.persist_phase(run, phase).await
+        run.unstored.push(phase);
+        self.store_changes(run).await
     }
 
     async fn end(&self, run: &mut Run, phase: Phase, status: PhaseStatus, outcome: PhaseOutcome) {
@@ -513,6 +523,10 @@ impl Pipeline {
         self.phase_ended(run, phase).await;
     }
 
+    /// A phase ended (or was skipped or restored) in the record. It is stored with the
+    /// next write, which comes before anything else is done: the next phase's start, or
+    /// the run's final state (`store_changes`). One write per phase boundary instead of
+    /// two, and the same record at every point where work happens.
     pub(super) async fn phase_ended(&self, run: &mut Run, phase: Phase) {
         let state = run.record.phase(phase);
         self.progress.event(ProgressEvent::PhaseEnded {
@@ -521,23 +535,45 @@ impl Pipeline {
             duration_ms: state.duration_ms,
             message: state.message.clone(),
         });
-        if let Err(e) = self.persist_phase(run, phase).await {
-            tracing::warn!(error = %e, %phase, "could not record the phase");
-        }
+        run.unstored.push(phase);
         if !run.abandoned {
             self.metrics
                 .emit(&specrun_core::metrics::phase_ended(&run.record, phase));
         }
     }
 
-    async fn persist_phase(&self, run: &mut Run, phase: Phase) -> Result<(), StoreError> {
+    /// Writes the phase JSON of every phase changed since the last write, and run.json,
+    /// at once. A phase JSON that could not be written stays to be written next time.
+    pub(super) async fn store_changes(&self, run: &mut Run) -> Result<(), StoreError> {
         if run.abandoned {
             return Ok(());
         }
-        let key = keys::phase_json(&run.run_id, phase);
-        let state = runs::to_json(run.record.phase(phase));
-        self.store.put(&key, state, "application/json").await?;
-        self.persist(run).await
+        let mut phases = std::mem::take(&mut run.unstored);
+        phases.sort();
+        phases.dedup();
+        let bodies: Vec<(Phase, String, Bytes)> = phases
+            .iter()
+            .map(|&phase| {
+                let key = keys::phase_json(&run.run_id, phase);
+                (phase, key, runs::to_json(run.record.phase(phase)))
+            })
+            .collect();
+        let store = self.store.clone();
+        let phase_writes = futures_util::future::join_all(
+            bodies
+                .iter()
+                .map(|(_, key, body)| store.put(key, body.clone(), "application/json")),
+        );
+        let (written, persisted) = tokio::join!(phase_writes, self.persist(run));
+        let mut failed = None;
+        for ((phase, _, _), result) in bodies.into_iter().zip(written) {
+            if let Err(e) = result {
+                run.unstored.push(phase);
+                failed.get_or_insert(e);
+            }
+        }
+        persisted?;
+        failed.map_or(Ok(()), Err)
     }
 
     /// Writes run.json, conditional on the version this runner last read or wrote; a

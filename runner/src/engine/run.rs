@@ -28,6 +28,12 @@ pub(crate) struct Run {
     pub record_version: String,
     /// Another runner holds the run now: nothing more is recorded by this one.
     pub abandoned: bool,
+    /// Phases changed in `record` since run.json was last written: their phase JSON and
+    /// run.json are written together with the next phase's start or the final state.
+    pub unstored: Vec<specrun_core::Phase>,
+    /// The clone's transfer, started by prepare and awaited by clone (or, when the run
+    /// ends before that, by cleanup before the workspace goes).
+    pub fetch: Option<crate::engine::phases::clone::Fetch>,
     /// For a retried run: the earlier attempt's checkpoint its phases are restored from.
     pub restore: Option<crate::engine::phases::checkpoint::Restore>,
     /// The run's model gateway, from prepare on, for agents that use one.

@@ -3,12 +3,14 @@
 //! remove it. Secrets go into each exec's environment, never the container's, so
 //! `docker inspect` never shows them.
 
+use super::calls::{timed, Call};
 use crate::port::{ExecEnd, ExecSpec, OutputSink, Stream};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -119,8 +121,9 @@ pub struct DockerClient {
 }
 
 impl DockerClient {
-    /// Connects (DOCKER_HOST or the local socket), negotiates the API version (Debian's
-    /// engine speaks 1.41 at most) and pings, all within `timeout`.
+    /// Connects (DOCKER_HOST or the local socket) and negotiates the API version (Debian's
+    /// engine speaks 1.41 at most), within `timeout`. The negotiation is a request the
+    /// engine answers, so it doubles as the check that the engine is there.
     /// `host` is a `unix://` path or an `http://`/`tcp://` address; None means
     /// `DOCKER_HOST` or the local socket.
     pub async fn connect(host: Option<&str>, timeout: Duration) -> Result<Self, DockerError> {
@@ -135,11 +138,9 @@ impl DockerClient {
         }
         .map_err(|e| unreachable(&e))?;
         let connect = async {
-            let client = client
-                .negotiate_version()
+            let client = timed(Call::Version, client.negotiate_version())
                 .await
                 .map_err(|e| unreachable(&e))?;
-            client.ping().await.map_err(|e| unreachable(&e))?;
             Ok(DockerClient { client })
         };
         tokio::time::timeout(timeout, connect)
@@ -149,9 +150,7 @@ impl DockerClient {
 
     /// The engine's version, for the environment report.
     pub async fn engine_version(&self) -> Result<String, DockerError> {
-        let version = self
-            .client
-            .version()
+        let version = timed(Call::Version, self.client.version())
             .await
             .map_err(api("reading the engine version"))?;
         Ok(format!(
@@ -162,7 +161,7 @@ impl DockerClient {
     }
 
     pub async fn image(&self, image: &str) -> Result<ImageInfo, DockerError> {
-        match self.client.inspect_image(image).await {
+        match timed(Call::InspectImage, self.client.inspect_image(image)).await {
             Ok(info) => Ok(ImageInfo {
                 id: info.id.unwrap_or_default(),
                 digest: info.repo_digests.and_then(|d| d.into_iter().next()),
@@ -199,18 +198,18 @@ impl DockerClient {
             ])),
             ..Default::default()
         };
-        self.client
-            .create_network(request)
+        timed(Call::CreateNetwork, self.client.create_network(request))
             .await
             .map_err(api("creating the run's network"))?;
-        let network = self
-            .client
-            .inspect_network(
+        let network = timed(
+            Call::InspectNetwork,
+            self.client.inspect_network(
                 name,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-            .map_err(api("inspecting the run's network"))?;
+            ),
+        )
+        .await
+        .map_err(api("inspecting the run's network"))?;
         network
             .ipam
             .and_then(|ipam| ipam.config)
@@ -224,7 +223,7 @@ impl DockerClient {
 
     /// Removes a network; one that is already gone is fine.
     pub async fn remove_network(&self, name: &str) -> Result<(), DockerError> {
-        match self.client.remove_network(name).await {
+        match timed(Call::RemoveNetwork, self.client.remove_network(name)).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -281,18 +280,20 @@ impl DockerClient {
         let options = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
-        let created = self
-            .client
-            .create_container(Some(options), body)
-            .await
-            .map_err(api("creating the job container"))?;
-        if let Err(e) = self
-            .client
-            .start_container(
+        let created = timed(
+            Call::CreateContainer,
+            self.client.create_container(Some(options), body),
+        )
+        .await
+        .map_err(api("creating the job container"))?;
+        if let Err(e) = timed(
+            Call::StartContainer,
+            self.client.start_container(
                 created.id.as_str(),
                 None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
+            ),
+        )
+        .await
         {
             let _ = self.remove(&created.id).await;
             return Err(api("starting the job container")(e));
@@ -322,18 +323,27 @@ impl DockerClient {
             ..Default::default()
         };
         let exec = self
-            .client
-            .create_exec(container, options)
+            .when_running(container, || {
+                timed(
+                    Call::CreateExec,
+                    self.client.create_exec(container, options.clone()),
+                )
+            })
             .await
             .map_err(|e| self.gone_or(e, container, "creating an exec"))?;
-        let start = StartExecOptions {
-            detach: false,
-            tty: false,
-            output_capacity: None,
+        let start = || {
+            let options = StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: None,
+            };
+            timed(
+                Call::StartExec,
+                self.client.start_exec(&exec.id, Some(options)),
+            )
         };
         let started = self
-            .client
-            .start_exec(&exec.id, Some(start))
+            .when_running(container, start)
             .await
             .map_err(api("starting an exec"))?;
         let StartExecResults::Attached { mut output, .. } = started else {
@@ -360,9 +370,7 @@ impl DockerClient {
             Err(_) => return Ok(ExecEnd::TimedOut),
             Ok(result) => result?,
         }
-        let inspected = self
-            .client
-            .inspect_exec(&exec.id)
+        let inspected = timed(Call::InspectExec, self.client.inspect_exec(&exec.id))
             .await
             .map_err(api("reading the exec's exit code"))?;
         match inspected.exit_code {
@@ -405,7 +413,7 @@ impl DockerClient {
     pub async fn freeze(&self, container: &str) -> Result<(), DockerError> {
         let mut attempt = 0;
         loop {
-            match self.client.pause_container(container).await {
+            match timed(Call::Pause, self.client.pause_container(container)).await {
                 Ok(()) => return Ok(()),
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 500,
@@ -420,16 +428,58 @@ impl DockerClient {
         }
     }
 
-    /// Lets a frozen container's processes run again, for the next agent phase.
+    /// Lets a frozen container's processes run again, for the next agent phase: one
+    /// unpause. (When the engine's own flag lags behind, the exec that follows is refused
+    /// and [`DockerClient::when_running`] waits it out.)
+    pub async fn thaw(&self, container: &str) -> Result<(), DockerError> {
+        match timed(Call::Unpause, self.client.unpause_container(container)).await {
+            Ok(()) => Ok(()),
+            // 500 "not paused": the engine caught up on its own.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message,
+            }) if message.contains("not paused") => Ok(()),
+            Err(e) => Err(self.gone_or(e, container, "thawing the job container")),
+        }
+    }
+
+    /// Runs `request` (an exec's create or start); when the engine refuses it because it
+    /// still records the container as paused, waits until it records it running and asks
+    /// once more.
+    async fn when_running<T, F, Fut>(
+        &self,
+        container: &str,
+        request: F,
+    ) -> Result<T, bollard::errors::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        match request().await {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("paused") => {
+                tracing::info!(%container, "the engine still records the container as paused; waiting for it");
+                if let Err(e) = self.wait_thawed(container).await {
+                    tracing::warn!(%container, error = %e, "the container did not thaw");
+                }
+                request().await
+            }
+            other => other,
+        }
+    }
+
+    /// Waits until the engine records the container as running, not paused.
     ///
     /// The engine records "paused" from containerd's events, which can arrive after the
     /// unpause answered (Docker 20.10 under load): until the engine itself says the
     /// container runs, it refuses execs, so this waits for that and unpauses again if
     /// the late event put the flag back.
-    pub async fn thaw(&self, container: &str) -> Result<(), DockerError> {
+    async fn wait_thawed(&self, container: &str) -> Result<(), DockerError> {
         for attempt in 0..40 {
             if attempt % 10 == 0 {
-                match self.client.unpause_container(container).await {
+                match timed(Call::Unpause, self.client.unpause_container(container)).await {
                     Ok(()) => {}
                     // 500 "not paused": the engine caught up on its own.
                     Err(bollard::errors::Error::DockerResponseServerError {
@@ -450,33 +500,43 @@ impl DockerClient {
         )))
     }
 
+    /// The host pid of the container's init (for its cgroup).
+    pub async fn init_pid(&self, container: &str) -> Result<i64, DockerError> {
+        let state = self
+            .state(container, "reading the job container's pid")
+            .await?;
+        Ok(state.pid.unwrap_or_default())
+    }
+
     /// The container's state as the engine records it.
     async fn state(
         &self,
         container: &str,
         doing: &'static str,
     ) -> Result<bollard::models::ContainerState, DockerError> {
-        let inspected = self
-            .client
-            .inspect_container(
+        let inspected = timed(
+            Call::InspectContainer,
+            self.client.inspect_container(
                 container,
                 None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(|e| self.gone_or(e, container, doing))?;
+            ),
+        )
+        .await
+        .map_err(|e| self.gone_or(e, container, doing))?;
         Ok(inspected.state.unwrap_or_default())
     }
 
     /// Kills every process in the container (frozen or not) and waits until none is
     /// left: its init dies, and the kernel kills the rest of its PID namespace with it.
     pub async fn stop_all(&self, container: &str) -> Result<(), DockerError> {
-        let killed = self
-            .client
-            .kill_container(
+        let killed = timed(
+            Call::Kill,
+            self.client.kill_container(
                 container,
                 None::<bollard::query_parameters::KillContainerOptions>,
-            )
-            .await;
+            ),
+        )
+        .await;
         match killed {
             Ok(()) => {}
             // 409: not running any more, which is what this wants.
@@ -485,18 +545,29 @@ impl DockerClient {
             }) => {}
             Err(e) => return Err(self.gone_or(e, container, "stopping the job container")),
         }
-        for _ in 0..100 {
-            let state = self
-                .state(container, "waiting for the job container to stop")
-                .await?;
-            if state.running != Some(true) && state.paused != Some(true) {
-                return Ok(());
+        self.wait_stopped(container, Duration::from_secs(5)).await
+    }
+
+    /// Waits (one request the engine answers when it happens) until the container no
+    /// longer runs; at most `limit`.
+    async fn wait_stopped(&self, container: &str, limit: Duration) -> Result<(), DockerError> {
+        let options = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut answers = Box::pin(self.client.wait_container(container, Some(options)));
+        let waited = tokio::time::timeout(limit, timed(Call::Wait, answers.next())).await;
+        match waited {
+            Err(_) => Err(DockerError::ContainerGone(format!(
+                "{container} still runs {limit:?} after it was killed"
+            ))),
+            // The answer comes with the container's exit; a non-zero exit (137 when
+            // killed) is an error to bollard, and a stop all the same.
+            Ok(None | Some(Ok(_)))
+            | Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { .. }))) => Ok(()),
+            Ok(Some(Err(e))) => {
+                Err(self.gone_or(e, container, "waiting for the job container to stop"))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(DockerError::ContainerGone(format!(
-            "{container} still runs 5 s after it was killed"
-        )))
     }
 
     /// Force-removes a container and its anonymous volumes; an already-gone one is fine.
@@ -505,7 +576,12 @@ impl DockerClient {
             .force(true)
             .v(true)
             .build();
-        match self.client.remove_container(container, Some(options)).await {
+        match timed(
+            Call::Remove,
+            self.client.remove_container(container, Some(options)),
+        )
+        .await
+        {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -520,13 +596,14 @@ impl DockerClient {
 
     async fn wait_gone(&self, container: &str) -> Result<(), DockerError> {
         for _ in 0..100 {
-            let inspected = self
-                .client
-                .inspect_container(
+            let inspected = timed(
+                Call::InspectContainer,
+                self.client.inspect_container(
                     container,
                     None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await;
+                ),
+            )
+            .await;
             match inspected {
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
@@ -563,10 +640,12 @@ impl DockerClient {
             .all(true)
             .filters(&HashMap::from([("label".to_owned(), labels)]))
             .build();
-        self.client
-            .list_containers(Some(options))
-            .await
-            .map_err(api("listing job containers"))
+        timed(
+            Call::ListContainers,
+            self.client.list_containers(Some(options)),
+        )
+        .await
+        .map_err(api("listing job containers"))
     }
 
     /// IDs of the job containers `which` names, running or not.

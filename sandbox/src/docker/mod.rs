@@ -3,7 +3,9 @@
 //! own environment, the container frozen between commands, and for egress agents the
 //! run's own network behind the allow-list proxy.
 
+pub mod calls;
 pub mod client;
+pub mod freezer;
 
 pub use client::{
     Access, ContainerSpec, Containers, DockerClient, DockerError, ImageInfo, Limits, Mount,
@@ -16,11 +18,12 @@ use crate::port::{
 };
 use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
 use async_trait::async_trait;
+use freezer::Freezer;
 use specrun_core::agent::Network;
 use specrun_core::redact::Redactor;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -122,11 +125,11 @@ fn agent_user() -> String {
 impl Sandbox for DockerSandbox {
     async fn create(&self, request: JobRequest) -> Result<Box<dyn Job>, SandboxError> {
         let docker = self.connect().await?;
-        let image = docker.image(&request.image).await?;
-        let engine_version = docker
-            .engine_version()
-            .await
-            .unwrap_or_else(|e| format!("unknown ({e})"));
+        // Two independent questions, asked at once.
+        let (image, engine_version) =
+            tokio::join!(docker.image(&request.image), docker.engine_version());
+        let image = image?;
+        let engine_version = engine_version.unwrap_or_else(|e| format!("unknown ({e})"));
         let egress = match (&request.network, request.egress.clone()) {
             (Network::Egress, Some(policy)) => Some(
                 RunEgress::set_up(
@@ -156,6 +159,13 @@ impl Sandbox for DockerSandbox {
         };
         match self.start(&docker, &request, &workspace, network).await {
             Ok(container) => Ok(Box::new(DockerJob {
+                freezer: match docker.init_pid(&container).await {
+                    Ok(pid) => Freezer::find(&container, pid),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the job's init pid is unknown; the engine freezes it");
+                        None
+                    }
+                },
                 facts: JobFacts {
                     id: container.clone(),
                     engine_version,
@@ -171,7 +181,7 @@ impl Sandbox for DockerSandbox {
                 docker,
                 workspace,
                 container,
-                frozen: AtomicBool::new(false),
+                frozen: AtomicU8::new(RUNNING),
             })),
             Err(e) => {
                 if let Some(mut egress) = egress {
@@ -255,8 +265,65 @@ struct DockerJob {
     /// model gateway) listens there: reached directly, not through the proxy.
     service_host: Option<String>,
     container: String,
-    /// The container's processes are frozen: the runner may read the worktree.
-    frozen: AtomicBool,
+    /// The container's own freezer, when the runner can write it (else the engine
+    /// pauses the container).
+    freezer: Option<Freezer>,
+    /// Whether, and by whom, the container's processes are frozen (the runner may read
+    /// the worktree): [`RUNNING`], [`FROZEN_HERE`] or [`PAUSED_BY_ENGINE`].
+    frozen: AtomicU8,
+}
+
+const RUNNING: u8 = 0;
+const FROZEN_HERE: u8 = 1;
+const PAUSED_BY_ENGINE: u8 = 2;
+
+impl DockerJob {
+    /// Lets the container's processes run again, the way they were frozen.
+    async fn thaw(&self) -> Result<(), SandboxError> {
+        match self.frozen.load(Ordering::SeqCst) {
+            FROZEN_HERE => {
+                if let Some(freezer) = self.freezer.clone() {
+                    blocking_io(move || freezer.thaw()).await.map_err(|e| {
+                        DockerError::ContainerGone(format!("thawing {}: {e}", self.container))
+                    })?;
+                }
+            }
+            PAUSED_BY_ENGINE => self.docker.thaw(&self.container).await?,
+            _ => {}
+        }
+        self.frozen.store(RUNNING, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Freezes the container's processes: with its own freezer, else (or when that
+    /// freeze does not take) by the engine.
+    async fn freeze(&self) -> Result<(), DockerError> {
+        if let Some(freezer) = self.freezer.clone() {
+            match blocking_io(move || freezer.freeze()).await {
+                Ok(()) => {
+                    self.frozen.store(FROZEN_HERE, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, container = %self.container, "the freezer did not take; the engine pauses the container")
+                }
+            }
+        }
+        let paused = self.docker.freeze(&self.container).await;
+        if paused.is_ok() {
+            self.frozen.store(PAUSED_BY_ENGINE, Ordering::SeqCst);
+        }
+        paused
+    }
+}
+
+/// Runs a short blocking file operation (the freezer's files) off the async threads.
+async fn blocking_io<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 #[async_trait]
@@ -305,10 +372,7 @@ impl Job for DockerJob {
         limit: Duration,
     ) -> Result<ExecEnd, SandboxError> {
         let container = &self.container;
-        if self.frozen.load(Ordering::SeqCst) {
-            self.docker.thaw(container).await?;
-            self.frozen.store(false, Ordering::SeqCst);
-        }
+        self.thaw().await?;
         let process = Process {
             user: agent_user(),
             workdir: REPO_IN_CONTAINER.to_owned(),
@@ -320,14 +384,14 @@ impl Job for DockerJob {
         // Whatever the command left running (a background process waiting for the runner
         // to read or commit) stays frozen until the next command, and is killed before the
         // commit (`stop_all`).
-        let frozen = self.docker.freeze(container).await;
-        self.frozen.store(frozen.is_ok(), Ordering::SeqCst);
+        let frozen = self.freeze().await;
         Ok(ended.and_then(|end| frozen.map(|()| end))?)
     }
 
     async fn stop_all(&self) -> Result<(), SandboxError> {
+        // The kernel delivers the engine's SIGKILL to frozen tasks too.
         self.docker.stop_all(&self.container).await?;
-        self.frozen.store(false, Ordering::SeqCst);
+        self.frozen.store(RUNNING, Ordering::SeqCst);
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! prepare: resolves the agent, makes the run's job (workspace, network, container),
-//! asks the agent its version, and records the environment.
+//! starts the clone's transfer (it needs only the workspace: see `clone`), asks the agent
+//! its version meanwhile, and records the environment.
 
 use super::agent::{self, ResolvedAgent};
+use super::clone::Fetch;
 use super::command::{run_command, Command};
 use super::{json_bytes, short, store_failure, Agent, Failure, Prepared, Step, StepResult};
 use crate::engine::failure;
@@ -52,6 +54,7 @@ pub(crate) async fn run<'j>(
             .await
             .map_err(|e| failure::sandbox(PHASE, &e, &run.record.agent.image))?,
     );
+    run.fetch = Some(Fetch::start(run, job.workspace()));
     let gateway_url = gateway.as_ref().and_then(|g| g.url());
     let token = gateway.as_ref().map(|g| g.token());
     let env = agent::environment(
