@@ -17,6 +17,7 @@ pub struct StoreCounts {
     pub put_file: u64,
     pub put_if_version: u64,
     pub get: u64,
+    pub get_range: u64,
     pub get_versioned: u64,
     pub list: u64,
     pub presign_get: u64,
@@ -30,12 +31,12 @@ impl StoreCounts {
 
     /// Requests that read an object or a listing.
     pub fn reads(&self) -> u64 {
-        self.get + self.get_versioned + self.list
+        self.get + self.get_range + self.get_versioned + self.list
     }
 }
 
 #[derive(Default)]
-struct Counters([AtomicU64; 8]);
+struct Counters([AtomicU64; 9]);
 
 /// `inner`, with every request counted.
 #[derive(Clone)]
@@ -52,6 +53,7 @@ const GET: usize = 4;
 const GET_VERSIONED: usize = 5;
 const LIST: usize = 6;
 const PRESIGN_GET: usize = 7;
+const GET_RANGE: usize = 8;
 
 impl CountingStore {
     pub fn new(inner: Arc<dyn BlobStore>) -> Self {
@@ -70,6 +72,7 @@ impl CountingStore {
             put_file: c(PUT_FILE),
             put_if_version: c(PUT_IF_VERSION),
             get: c(GET),
+            get_range: c(GET_RANGE),
             get_versioned: c(GET_VERSIONED),
             list: c(LIST),
             presign_get: c(PRESIGN_GET),
@@ -101,6 +104,11 @@ impl BlobStore for CountingStore {
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         self.count(GET);
         self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.count(GET_RANGE);
+        self.inner.get_range(key, start, len).await
     }
 
     async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {

@@ -12,99 +12,19 @@
 //! from the agent printing it to the reader having it: the tail latency, p50 and p95.
 //! Prints a table and writes JSON to `$BENCH_LOGS_OUT` (or `target/bench/logs.json`).
 
-use async_trait::async_trait;
-use specrun_core::ports::{BlobStore, Bytes, KeyPage, StoreError};
+use specrun_core::ports::{BlobStore, Bytes};
 use specrun_runner::progress::TracingProgress;
 use specrun_runner::{Execution, Pipeline};
 use specrun_status::Status;
-use specrun_store::S3BlobStore;
+use specrun_store::{CountingStore, S3BlobStore};
 use specrun_tests::emulator::Moto;
 use specrun_tests::harness::Harness;
 use specrun_tests::world::BUCKET;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Store operations by kind, counted.
-#[derive(Default)]
-struct Counts {
-    put: AtomicU64,
-    get: AtomicU64,
-    list: AtomicU64,
-}
-
-/// The embedded store, counting what passes through it.
-struct CountingStore {
-    inner: Arc<dyn BlobStore>,
-    counts: Counts,
-}
-
-impl CountingStore {
-    fn put(&self) {
-        self.counts.put.fetch_add(1, Ordering::Relaxed);
-    }
-    fn get(&self) {
-        self.counts.get.fetch_add(1, Ordering::Relaxed);
-    }
-    fn snapshot(&self) -> [u64; 3] {
-        [
-            self.counts.put.load(Ordering::Relaxed),
-            self.counts.get.load(Ordering::Relaxed),
-            self.counts.list.load(Ordering::Relaxed),
-        ]
-    }
-}
-
-#[async_trait]
-impl BlobStore for CountingStore {
-    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
-        self.put();
-        self.inner.put(key, body, content_type).await
-    }
-    async fn put_new(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
-        self.put();
-        self.inner.put_new(key, body, content_type).await
-    }
-    async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<(), StoreError> {
-        self.put();
-        self.inner.put_file(key, path, content_type).await
-    }
-    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        self.get();
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        self.get();
-        self.inner.get_range(key, start, len).await
-    }
-    async fn get_versioned(&self, key: &str) -> Result<(Vec<u8>, String), StoreError> {
-        self.get();
-        self.inner.get_versioned(key).await
-    }
-    async fn put_if_version(
-        &self,
-        key: &str,
-        body: Bytes,
-        content_type: &str,
-        version: &str,
-    ) -> Result<(), StoreError> {
-        self.put();
-        self.inner
-            .put_if_version(key, body, content_type, version)
-            .await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<KeyPage, StoreError> {
-        self.counts.list.fetch_add(1, Ordering::Relaxed);
-        self.inner.list(prefix, start_after, limit).await
-    }
-}
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -190,10 +110,7 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
         .flat_map(|(name, store)| intervals.iter().map(move |ms| (name, store.clone(), *ms)));
     let mut results = Vec::new();
     for (n, (store_name, base, flush_ms)) in settings.enumerate() {
-        let store = Arc::new(CountingStore {
-            inner: base.clone(),
-            counts: Counts::default(),
-        });
+        let store = Arc::new(CountingStore::new(base.clone()));
         let mut config = h.config.clone();
         config.log_flush_interval = (flush_ms > 0).then(|| Duration::from_millis(flush_ms));
         let mut request = h.request(&url, "Tick away while the log is tailed");
@@ -216,9 +133,9 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
             public_base: "http://127.0.0.1".to_owned(),
         };
         let reader = tokio::spawn(tail(status, run_id.to_string(), stop.clone()));
-        let before = store.snapshot();
+        let before = store.counts();
         let executed = pipeline.execute(record, request).await?;
-        let after = store.snapshot();
+        let after = store.counts();
         stop.store(true, Ordering::Relaxed);
         let mut latencies = reader.await?;
         let Execution::Finished(record) = executed else {
@@ -230,7 +147,9 @@ async fn bench_log_streaming() -> anyhow::Result<()> {
             record.error
         );
         latencies.sort_by(f64::total_cmp);
-        let [put, get, list] = [0, 1, 2].map(|i| after[i] - before[i]);
+        let put = after.writes() - before.writes();
+        let list = after.list - before.list;
+        let get = after.reads() - before.reads() - list;
         results.push((store_name, flush_ms, put, get, list, latencies));
     }
     let mut rows = Vec::new();
