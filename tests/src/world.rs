@@ -79,6 +79,18 @@ impl World {
         Ok(serde_json::from_slice(&bytes)?)
     }
 
+    /// run.json once the run is final (polled until `within`).
+    pub async fn final_run(&self, run_id: &str, within: Duration) -> anyhow::Result<RunRecord> {
+        eventually(&format!("run {run_id} to finish"), within, || async {
+            Ok(self
+                .stored_run(run_id)
+                .await
+                .ok()
+                .filter(|r| r.status.is_final()))
+        })
+        .await
+    }
+
     /// Asserts that nothing is in the bucket and nothing on the run queue (`after` says
     /// what was just done).
     pub async fn assert_nothing_stored(&self, after: &str) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use specrun_core::state::RunRecord;
 use specrun_core::{Phase, PhaseStatus, RunStatus};
 use specrun_runner::config::Secret;
 use specrun_tests::emulator::{aws_env, http_request, HttpResponse, SpecrunProcess};
-use specrun_tests::harness::{specrun_bin, write_agents_file, Harness};
+use specrun_tests::harness::{files_under, specrun_bin, write_agents_file, Harness};
 use specrun_tests::world::{eventually, run_request, submit, wait_final, World, BUCKET};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -235,22 +235,6 @@ async fn follow_while_running(
         assert_no_leak(&part.display().to_string(), &text);
     }
     Ok(follower)
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
 }
 
 fn next_offset(response: &HttpResponse) -> anyhow::Result<u64> {

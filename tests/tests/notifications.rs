@@ -19,7 +19,7 @@ use specrun_tests::emulator::{http_request, SpecrunProcess};
 use specrun_tests::harness::require_image;
 use specrun_tests::statsd::StatsdListener;
 use specrun_tests::webhook::{Delivery, WebhookReceiver};
-use specrun_tests::world::{eventually, post_runs, run_request, submit, World, BUCKET};
+use specrun_tests::world::{post_runs, run_request, submit, World, BUCKET};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -84,21 +84,6 @@ fn by_event(deliveries: &[Delivery]) -> BTreeMap<String, Vec<Delivery>> {
     events
 }
 
-async fn wait_final(world: &World, run_id: &str) -> anyhow::Result<RunRecord> {
-    eventually(
-        &format!("run {run_id} to finish"),
-        Duration::from_secs(180),
-        || async {
-            Ok(world
-                .stored_run(run_id)
-                .await
-                .ok()
-                .filter(|r| r.status.is_final()))
-        },
-    )
-    .await
-}
-
 /// A loopback port nothing listens on.
 fn closed_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -158,7 +143,8 @@ async fn each_final_status_is_sent_once_signed_and_metrics_reach_statsd_and_emf(
     let runner = SpecrunProcess::runner(&env, &[]).await?;
     let mut records = BTreeMap::new();
     for run_id in [&cancelled, &succeeded, &failed] {
-        let record = wait_final(&world, run_id)
+        let record = world
+            .final_run(run_id, Duration::from_secs(180))
             .await
             .with_context(|| runner.stderr_tail(40))?;
         records.insert(run_id.clone(), record);

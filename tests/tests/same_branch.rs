@@ -5,7 +5,6 @@
 //! `SPECRUN_BRANCH_BUSY=refuse` the second fails with `branch_busy` instead.
 
 use anyhow::Context as _;
-use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
 use specrun_tests::emulator::SpecrunProcess;
 use specrun_tests::harness::require_image;
@@ -44,17 +43,6 @@ async fn push_held(held: &mut HeldRequest) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("no push reached the git server")
-}
-
-async fn final_run(world: &World, run_id: &str) -> anyhow::Result<RunRecord> {
-    eventually("the run to finish", Duration::from_secs(150), || async {
-        Ok(world
-            .stored_run(run_id)
-            .await
-            .ok()
-            .filter(|r| r.status.is_final()))
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -105,8 +93,8 @@ async fn a_second_run_for_the_same_branch_waits_for_the_first_across_runners() -
         "the waiting run pushed while the first one's push was in flight"
     );
     held.release(true);
-    let first = final_run(&world, &holder).await?;
-    let second = final_run(&world, &waiter).await?;
+    let first = world.final_run(&holder, Duration::from_secs(150)).await?;
+    let second = world.final_run(&waiter, Duration::from_secs(150)).await?;
     for record in [&first, &second] {
         assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
         assert!(
@@ -183,7 +171,7 @@ async fn with_refuse_a_second_run_for_a_busy_branch_fails_with_branch_busy() -> 
         .context("two runs")?;
     assert!(error.message.contains(other.as_str()), "{}", error.message);
     assert!(error.remediation.contains("SPECRUN_BRANCH_BUSY=wait"));
-    let holder = final_run(&world, other).await?;
+    let holder = world.final_run(other, Duration::from_secs(150)).await?;
     assert_eq!(holder.status, RunStatus::Succeeded, "{:#?}", holder.error);
     assert_eq!(
         pushes(world.git(), repo),
