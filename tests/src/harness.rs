@@ -374,3 +374,23 @@ impl Harness {
         Ok(())
     }
 }
+
+/// Removes the job containers of `run_id` that a runner killed mid-run left behind (a
+/// Celery task's run id is its task id), so a test leaves no agent running.
+pub fn remove_job_containers(run_id: &str) -> anyhow::Result<()> {
+    let label = format!("label=io.specrun.run-id={run_id}");
+    let listed = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &label])
+        .output()?;
+    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        std::process::Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output()?;
+    }
+    Ok(())
+}

@@ -6,7 +6,7 @@ use anyhow::{bail, ensure, Context as _};
 use specrun_core::RunStatus;
 use specrun_tests::celery::{celery_producer, require_celery, succeeded};
 use specrun_tests::emulator::SpecrunProcess;
-use specrun_tests::harness::{require_image, write_slow_agents_file};
+use specrun_tests::harness::{remove_job_containers, require_image, write_slow_agents_file};
 use specrun_tests::world::{eventually, run_request, World, BUCKET, RUN_TIMEOUT};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -165,25 +165,5 @@ async fn a_duplicate_celery_delivery_writes_no_task_state_without_the_lease() ->
     );
     drop(a);
     remove_job_containers(&task_id)?;
-    Ok(())
-}
-
-/// Removes the job containers of `run_id` that a runner killed mid-run left behind (a
-/// Celery task's run id is its task id), so the test leaves no agent running.
-fn remove_job_containers(run_id: &str) -> anyhow::Result<()> {
-    let label = format!("label=io.specrun.run-id={run_id}");
-    let listed = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", &label])
-        .output()?;
-    let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    if !ids.is_empty() {
-        std::process::Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .output()?;
-    }
     Ok(())
 }
