@@ -257,6 +257,31 @@ fn reported_input(requests: &[Value]) -> u64 {
         .sum()
 }
 
+/// The run's usage, after checking that its input tokens are what the scripted server
+/// reported for `requests`, in the record and as stored in run.json under the
+/// OpenTelemetry name.
+fn run_usage_as_reported(
+    h: &Harness,
+    record: &RunRecord,
+    requests: &[Value],
+) -> anyhow::Result<specrun_core::model_usage::Usage> {
+    let run = record
+        .usage
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no run usage"))?;
+    assert_eq!(run.tokens.input, reported_input(requests));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(
+        h.state
+            .path()
+            .join(format!("runs/{}/run.json", record.run_id)),
+    )?)?;
+    assert_eq!(
+        json["usage"]["gen_ai.usage.input_tokens"],
+        reported_input(requests)
+    );
+    Ok(run)
+}
+
 /// The run succeeded with one pull request, and spec.md, plan.md and tasks.md are on its
 /// branch.
 fn assert_one_pull_request_with_the_documents(h: &Harness, record: &RunRecord) -> TestResult {
@@ -305,23 +330,10 @@ async fn the_real_codex_cli_runs_through_the_gateway_to_a_pull_request() -> Test
         );
         cost += expected;
     }
-    let run = record
-        .usage
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no run usage"))?;
+    let run = run_usage_as_reported(&h, &record, &requests)?;
     assert_eq!(run.requests, 6);
-    assert_eq!(run.tokens.input, reported_input(&requests));
     assert_eq!(run.tokens.output, 6 * 42);
     assert!((run.cost_usd - cost).abs() < 1e-9);
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(
-        h.state
-            .path()
-            .join(format!("runs/{}/run.json", record.run_id)),
-    )?)?;
-    assert_eq!(
-        json["usage"]["gen_ai.usage.input_tokens"],
-        reported_input(&requests)
-    );
     let pr = &h.forge.pulls("octo", "album")[0];
     let body = pr.body.clone().unwrap_or_default();
     assert!(
@@ -555,20 +567,7 @@ async fn the_real_gemini_cli_runs_through_the_gateway_to_a_pull_request() -> Tes
         taken += count;
     }
     assert_eq!(taken, requests.len(), "every request belongs to a phase");
-    let run = record
-        .usage
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no run usage"))?;
-    assert_eq!(run.tokens.input, reported_input(&requests));
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(
-        h.state
-            .path()
-            .join(format!("runs/{}/run.json", record.run_id)),
-    )?)?;
-    assert_eq!(
-        json["usage"]["gen_ai.usage.input_tokens"],
-        reported_input(&requests)
-    );
+    run_usage_as_reported(&h, &record, &requests)?;
 
     // No host on the allow-list and none asked for: the CLI called only the gateway.
     let egress = h
