@@ -30,6 +30,16 @@ pub fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>)
     error_with(status, code, message, field, serde_json::Map::new())
 }
 
+/// 400 `invalid_request` naming the refused `field` and why.
+pub fn invalid_request(field: &str, message: &str) -> ApiResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        message,
+        Some(field),
+    )
+}
+
 /// An error answer with more members in `error` (e.g. the `run_id` a conflict is with).
 pub fn error_with(
     status: StatusCode,
@@ -175,11 +185,9 @@ pub fn single_query_param(
         .filter(|pair| pair.split_once('=').map_or(*pair, |(key, _)| key) == name)
         .count();
     if given > 1 {
-        return Err(Box::new(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+        return Err(Box::new(invalid_request(
+            name,
             &format!("{name} is given {given} times; give it once"),
-            Some(name),
         )));
     }
     Ok(query_param(request, name))

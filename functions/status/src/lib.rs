@@ -13,7 +13,9 @@ use specrun_core::batch::BatchId;
 use specrun_core::keys::{self, RunId};
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::state::RunRecord;
-use specrun_http::{error, json, path, single_query_param, ApiRequest, ApiResponse};
+use specrun_http::{
+    error, invalid_request, json, path, single_query_param, ApiRequest, ApiResponse,
+};
 use specrun_store::{batches, runs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,11 +260,9 @@ impl RunFilter {
         let status = match single_query_param(request, "status")?.filter(|s| !s.is_empty()) {
             None => None,
             Some(text) => Some(serde_json::from_value(text.clone().into()).map_err(|_| {
-                Box::new(error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
+                Box::new(invalid_request(
+                    "status",
                     &format!("status {text:?} is not a run status; use queued, running, succeeded, no_changes, needs_clarification, failed or cancelled"),
-                    Some("status"),
                 ))
             })?),
         };
@@ -311,14 +311,6 @@ const DEFAULT_LIMIT: usize = 20;
 /// [`MAX_LIMIT`] in plain digits, no leading zero; `cursor` is empty (the first page) or a `next_cursor`
 /// this API returned: the store is never handed anything else.
 fn page_query(request: &ApiRequest) -> Result<(usize, Option<String>), Box<ApiResponse>> {
-    let refuse = |field: &str, message: String| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            &message,
-            Some(field),
-        ))
-    };
     let limit = match single_query_param(request, "limit")? {
         None => DEFAULT_LIMIT,
         Some(text) => text
@@ -330,18 +322,18 @@ fn page_query(request: &ApiRequest) -> Result<(usize, Option<String>), Box<ApiRe
                     && (1..=MAX_LIMIT).contains(limit)
             })
             .ok_or_else(|| {
-                refuse(
+                Box::new(invalid_request(
                     "limit",
-                    format!("limit must be a whole number from 1 to {MAX_LIMIT}; got {text:?}"),
-                )
+                    &format!("limit must be a whole number from 1 to {MAX_LIMIT}; got {text:?}"),
+                ))
             })?,
     };
     let cursor = single_query_param(request, "cursor")?.filter(|c| !c.is_empty());
     if let Some(cursor) = cursor.as_deref().filter(|c| !keys::is_run_index(c)) {
-        return Err(refuse(
+        return Err(Box::new(invalid_request(
             "cursor",
-            format!("cursor {cursor:?} is not one this API returned; pass next_cursor from the previous page, or none for the first page"),
-        ));
+            &format!("cursor {cursor:?} is not one this API returned; pass next_cursor from the previous page, or none for the first page"),
+        )));
     }
     Ok((limit, cursor))
 }

@@ -10,7 +10,7 @@ use specrun_core::live_log::LogStream;
 use specrun_core::ports::{BlobStore, StoreError};
 use specrun_core::state::RunRecord;
 use specrun_core::Phase;
-use specrun_http::{error, error_with, single_query_param, ApiRequest, ApiResponse};
+use specrun_http::{error_with, invalid_request, single_query_param, ApiRequest, ApiResponse};
 use specrun_store::log_tail::{read_phase_log, LogChunk, TailError, MAX_READ_BYTES};
 
 /// Where the next read starts.
@@ -43,10 +43,10 @@ impl LogQuery {
         let stream = match single_query_param(request, "stream")? {
             None => LogStream::Stdout,
             Some(text) => LogStream::parse(&text).ok_or_else(|| {
-                refuse(
+                Box::new(invalid_request(
                     "stream",
-                    format!("stream must be stdout or stderr; got {text:?}"),
-                )
+                    &format!("stream must be stdout or stderr; got {text:?}"),
+                ))
             })?,
         };
         let offset = number(request, "offset")?.unwrap_or(0);
@@ -62,15 +62,6 @@ impl LogQuery {
     }
 }
 
-fn refuse(field: &str, message: String) -> Box<ApiResponse> {
-    Box::new(error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &message,
-        Some(field),
-    ))
-}
-
 /// A byte count given at most once, in plain digits.
 fn number(request: &ApiRequest, name: &str) -> Result<Option<u64>, Box<ApiResponse>> {
     let Some(text) = single_query_param(request, name)? else {
@@ -82,12 +73,12 @@ fn number(request: &ApiRequest, name: &str) -> Result<Option<u64>, Box<ApiRespon
         .filter(|_| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()));
     match parsed {
         Some(value) => Ok(Some(value)),
-        None => Err(refuse(
+        None => Err(Box::new(invalid_request(
             name,
-            format!(
+            &format!(
                 "{name} must be a whole number of bytes (0 or more, digits only); got {text:?}"
             ),
-        )),
+        ))),
     }
 }
 

@@ -530,12 +530,7 @@ impl Submit {
 
 /// 400 naming the refused field and why.
 fn invalid(e: &impl std::fmt::Display, field: &str) -> ApiResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        &e.to_string(),
-        Some(field),
-    )
+    specrun_http::invalid_request(field, &e.to_string())
 }
 
 /// 413 for a body over [`MAX_BODY`].
