@@ -302,12 +302,7 @@ impl Submit {
         let record = match runs::answer_run(store, &run_id, answers).await {
             Ok(Some(runs::Answered::Queued(record))) => record,
             Ok(Some(runs::Answered::Invalid { field, reason })) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    &format!("{field}: {reason}"),
-                    Some(&field),
-                )
+                return specrun_http::invalid_request(&field, &format!("{field}: {reason}"))
             }
             Ok(Some(runs::Answered::Refused(status))) => {
                 return error_with(
