@@ -92,7 +92,10 @@ impl Credential {
         let expiry = (now.unix_timestamp() + SESSION_SECS).to_string();
         let nonce = uuid::Uuid::now_v7().simple().to_string();
         let mac = self.mac(&[b"session", expiry.as_bytes(), nonce.as_bytes()]);
-        format!("{expiry}.{nonce}.{}", hex(&mac.finalize().into_bytes()))
+        format!(
+            "{expiry}.{nonce}.{}",
+            hex::encode(mac.finalize().into_bytes())
+        )
     }
 
     /// The CSRF token of session cookie `value` when the cookie is genuine and unexpired.
@@ -102,7 +105,7 @@ impl Credential {
         if parts.next().is_some() {
             return None;
         }
-        let signature = unhex(mac)?;
+        let signature = hex::decode(mac).ok()?;
         self.mac(&[b"session", expiry.as_bytes(), nonce.as_bytes()])
             .verify_slice(&signature)
             .ok()?;
@@ -110,7 +113,7 @@ impl Credential {
             return None;
         }
         let csrf = self.mac(&[b"csrf", value.as_bytes()]);
-        Some(hex(&csrf.finalize().into_bytes()))
+        Some(hex::encode(csrf.finalize().into_bytes()))
     }
 
     /// Who sent `request`: its bearer token first, then its session cookie.
@@ -151,20 +154,6 @@ fn session_cookie(headers: &http::HeaderMap) -> Option<&str> {
             let (name, value) = pair.trim().split_once('=')?;
             (name == COOKIE).then_some(value)
         })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
