@@ -192,10 +192,8 @@ fn parse_url(input: &str, policy: &RepoPolicy) -> Result<RepoRef, InvalidRepo> {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     };
-    let allowed = policy.trusted
-        || policy.allowed_hosts.iter().any(|h| {
-            h.eq_ignore_ascii_case(&host_port) || h.eq_ignore_ascii_case(&host.to_string())
-        });
+    let allowed =
+        policy.trusted || host_listed(&policy.allowed_hosts, &host.to_string(), url.port());
     if !allowed {
         return refuse(format!(
             "host {host_port:?} is not on the allow-list of repository hosts"
@@ -225,7 +223,20 @@ fn parse_url(input: &str, policy: &RepoPolicy) -> Result<RepoRef, InvalidRepo> {
     Ok(RepoRef::Url(url))
 }
 
-fn is_loopback(host: &Host<&str>) -> bool {
+/// Whether `host`, or `host:port` when the URL names a port, is an entry of an
+/// operator's allow-list (repository hosts, callback hosts), in any case.
+pub(crate) fn host_listed(list: &[String], host: &str, port: Option<u16>) -> bool {
+    let with_port = port.map(|p| format!("{host}:{p}"));
+    list.iter().any(|entry| {
+        entry.eq_ignore_ascii_case(host)
+            || with_port
+                .as_deref()
+                .is_some_and(|hp| entry.eq_ignore_ascii_case(hp))
+    })
+}
+
+/// `localhost` or a loopback address: where plain http is allowed for tests.
+pub(crate) fn is_loopback(host: &Host<&str>) -> bool {
     match host {
         Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
         Host::Ipv4(ip) => ip.is_loopback(),

@@ -5,8 +5,8 @@
 //! password or fragment. A URL is recorded and logged only [`masked`](NotifyUrl::masked):
 //! every query value is replaced, since a receiver's token often rides there.
 
+use crate::repo::{host_listed, is_loopback};
 use std::fmt;
-use std::net::IpAddr;
 
 /// The longest callback URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
@@ -33,13 +33,6 @@ impl CallbackPolicy {
             allow_http_loopback,
         }
     }
-
-    fn allows(&self, host: &str, port: Option<u16>) -> bool {
-        let with_port = port.map(|p| format!("{host}:{p}"));
-        self.hosts
-            .iter()
-            .any(|entry| entry == host || Some(entry) == with_port.as_ref())
-    }
 }
 
 /// A URL notifications may be sent to.
@@ -63,13 +56,14 @@ impl NotifyUrl {
         let port = url.0.port();
         match url.0.scheme() {
             "https" => {}
-            "http" if policy.allow_http_loopback && is_loopback(&host) => {}
+            "http"
+                if policy.allow_http_loopback && url.0.host().is_some_and(|h| is_loopback(&h)) => {}
             "http" => return Err(refused(
                 "must be an https URL (plain http only to a loopback address the operator allowed)",
             )),
             other => return Err(refused(format!("scheme {other:?} is not https"))),
         }
-        if !policy.allows(&host, port) {
+        if !host_listed(&policy.hosts, &host, port) {
             let shown = match port {
                 Some(p) => format!("{host}:{p}"),
                 None => host,
@@ -141,11 +135,6 @@ impl fmt::Debug for NotifyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "NotifyUrl({})", self.masked())
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
