@@ -17,9 +17,10 @@
 # the tagged image already has the current hash the build is skipped. The
 # inputs hash is the sha256 (hex) of the text `sha256sum` prints for
 #   image/Dockerfile image/specrun-scripted-agent image/specrun-speckit-init
+#   image/specrun-exec-server
 #   scripts/build-image.sh
 # run from the repository root, i.e. of "<hex>  image/Dockerfile\n<hex>  ..."
-# (four lines, in that order). The CA bundle is not part of it: use --force
+# (five lines, in that order). The CA bundle is not part of it: use --force
 # after changing the bundle.
 set -euo pipefail
 
@@ -76,7 +77,7 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 # --- inputs hash -------------------------------------------------------------
-INPUT_FILES=(image/Dockerfile image/specrun-scripted-agent image/specrun-speckit-init scripts/build-image.sh)
+INPUT_FILES=(image/Dockerfile image/specrun-scripted-agent image/specrun-speckit-init image/specrun-exec-server scripts/build-image.sh)
 for f in "${INPUT_FILES[@]}"; do
     [ -f "$ROOT/$f" ] || die "missing input file: $ROOT/$f"
 done
@@ -131,7 +132,8 @@ fi
 # --- job image ---------------------------------------------------------------
 CTX="$(mktemp -d "${TMPDIR:-/tmp}/specrun-image-ctx.XXXXXX")"
 trap 'rm -rf "$CTX"' EXIT
-cp "$ROOT/image/Dockerfile" "$ROOT/image/specrun-scripted-agent" "$ROOT/image/specrun-speckit-init" "$CTX/"
+cp "$ROOT/image/Dockerfile" "$ROOT/image/specrun-scripted-agent" "$ROOT/image/specrun-speckit-init" \
+    "$ROOT/image/specrun-exec-server" "$CTX/"
 if [ -n "$CA_BUNDLE" ]; then
     log "extra CA bundle: $CA_BUNDLE"
     cp "$CA_BUNDLE" "$CTX/extra-ca-bundle.crt"

@@ -20,6 +20,7 @@ pub mod commit_scope;
 pub mod egress;
 pub mod error_code;
 pub mod event_summary;
+pub mod exec_protocol;
 pub mod feature;
 pub mod invisible;
 pub mod keys;

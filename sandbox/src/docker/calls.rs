@@ -18,6 +18,7 @@ pub enum Call {
     RemoveNetwork,
     CreateContainer,
     StartContainer,
+    Attach,
     InspectContainer,
     ListContainers,
     CreateExec,
@@ -30,7 +31,7 @@ pub enum Call {
     Remove,
 }
 
-const ALL: [Call; 17] = [
+const ALL: [Call; 18] = [
     Call::Version,
     Call::InspectImage,
     Call::CreateNetwork,
@@ -38,6 +39,7 @@ const ALL: [Call; 17] = [
     Call::RemoveNetwork,
     Call::CreateContainer,
     Call::StartContainer,
+    Call::Attach,
     Call::InspectContainer,
     Call::ListContainers,
     Call::CreateExec,
@@ -62,6 +64,7 @@ impl Call {
             Call::RemoveNetwork => "remove_network",
             Call::CreateContainer => "create_container",
             Call::StartContainer => "start_container",
+            Call::Attach => "attach",
             Call::InspectContainer => "inspect_container",
             Call::ListContainers => "list_containers",
             Call::CreateExec => "create_exec",

@@ -4,15 +4,17 @@
 //! `docker inspect` never shows them.
 
 use super::calls::{timed, Call};
+use super::exec_server::ExecSession;
 use crate::port::{ExecEnd, ExecSpec, OutputSink, Stream};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use specrun_core::exec_protocol;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +50,9 @@ fn api(doing: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerErro
 pub struct ImageInfo {
     pub id: String,
     pub digest: Option<String>,
+    /// The image's command server speaks a protocol this runner knows
+    /// ([`specrun_core::exec_protocol`]): commands go through it, not an exec each.
+    pub exec_server: bool,
 }
 
 /// How to start a run's container.
@@ -61,6 +66,8 @@ pub struct ContainerSpec {
     pub user: String,
     pub network: specrun_core::agent::Network,
     pub limits: Limits,
+    /// Start the image's command server as the container's main process and attach it.
+    pub exec_server: bool,
 }
 
 /// A host directory bound into the container.
@@ -165,6 +172,11 @@ impl DockerClient {
             Ok(info) => Ok(ImageInfo {
                 id: info.id.unwrap_or_default(),
                 digest: info.repo_digests.and_then(|d| d.into_iter().next()),
+                exec_server: info
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|labels| labels.get(exec_protocol::IMAGE_LABEL).cloned())
+                    .is_some_and(|v| v == exec_protocol::PROTOCOL_VERSION),
             }),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -233,8 +245,13 @@ impl DockerClient {
     }
 
     /// Creates and starts the run's container, hardened: no capabilities, no new
-    /// privileges, read-only root, bounded pids, memory and CPU.
-    pub async fn start_job(&self, spec: &ContainerSpec) -> Result<String, DockerError> {
+    /// privileges, read-only root, bounded pids, memory and CPU. With the image's command
+    /// server, it is the container's main process (its init, so the agent cannot signal
+    /// it), attached before the start so none of what it says is missed.
+    pub async fn start_job(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<(String, Option<ExecSession>), DockerError> {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_RUN.to_owned(), spec.run_id.clone()),
@@ -265,12 +282,29 @@ impl DockerClient {
             memory: Some(spec.limits.memory_bytes),
             nano_cpus: Some(spec.limits.nano_cpus),
             network_mode: Some(network.to_owned()),
-            init: Some(true),
+            init: Some(!spec.exec_server),
+            // The server's frames are not logs: kept, they would cost the engine a copy
+            // of every byte the agent prints.
+            log_config: spec.exec_server.then(|| HostConfigLogConfig {
+                typ: Some("none".to_owned()),
+                config: None,
+            }),
             ..Default::default()
+        };
+        let cmd = match spec.exec_server {
+            true => vec![exec_protocol::SERVER_COMMAND.to_owned()],
+            false => vec!["sleep".to_owned(), "infinity".to_owned()],
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
+            cmd: Some(cmd),
+            // The server reads requests on stdin; when the runner's connection ends,
+            // stdin closes and the server (so the container) ends with it.
+            open_stdin: Some(spec.exec_server),
+            stdin_once: Some(spec.exec_server),
+            attach_stdin: Some(spec.exec_server),
+            attach_stdout: Some(spec.exec_server),
+            attach_stderr: Some(spec.exec_server),
             user: Some(spec.user.clone()),
             labels: Some(labels),
             host_config: Some(host_config),
@@ -286,6 +320,16 @@ impl DockerClient {
         )
         .await
         .map_err(api("creating the job container"))?;
+        let session = match spec.exec_server {
+            true => match self.attach(&created.id).await {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    let _ = self.remove(&created.id).await;
+                    return Err(e);
+                }
+            },
+            false => None,
+        };
         if let Err(e) = timed(
             Call::StartContainer,
             self.client.start_container(
@@ -298,7 +342,24 @@ impl DockerClient {
             let _ = self.remove(&created.id).await;
             return Err(api("starting the job container")(e));
         }
-        Ok(created.id)
+        Ok((created.id, session))
+    }
+
+    /// Attaches the container's stdin and stdout: its command server's session.
+    async fn attach(&self, container: &str) -> Result<ExecSession, DockerError> {
+        let options = AttachContainerOptionsBuilder::new()
+            .stream(true)
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let attached = timed(
+            Call::Attach,
+            self.client.attach_container(container, Some(options)),
+        )
+        .await
+        .map_err(api("attaching the job container's command server"))?;
+        Ok(ExecSession::new(attached.output, attached.input))
     }
 
     /// Runs one command to its end (or `limit`), streaming its output into `sink`.

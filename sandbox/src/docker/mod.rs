@@ -5,6 +5,7 @@
 
 pub mod calls;
 pub mod client;
+pub mod exec_server;
 pub mod freezer;
 
 pub use client::{
@@ -13,6 +14,7 @@ pub use client::{
 };
 
 use crate::egress::{self, RunEgress};
+use exec_server::ExecSession;
 use crate::port::{
     ExecEnd, ExecSpec, Job, JobFacts, JobRequest, OutputSink, Sandbox, SandboxError, Teardown,
 };
@@ -89,7 +91,8 @@ impl DockerSandbox {
         request: &JobRequest,
         workspace: &Workspace,
         network: Network,
-    ) -> Result<String, DockerError> {
+        exec_server: bool,
+    ) -> Result<(String, Option<ExecSession>), DockerError> {
         let mount = |host: &Path, inside: &str, access| Mount {
             host: host.to_path_buf(),
             inside: inside.to_owned(),
@@ -112,6 +115,7 @@ impl DockerSandbox {
             user: agent_user(),
             network,
             limits: self.limits,
+            exec_server,
         };
         docker.start_job(&spec).await
     }
@@ -157,8 +161,12 @@ impl Sandbox for DockerSandbox {
             Some(egress) => Network::Named(egress.network.clone()),
             None => request.network.clone(),
         };
-        match self.start(&docker, &request, &workspace, network).await {
-            Ok(container) => Ok(Box::new(DockerJob {
+        let started = self
+            .start(&docker, &request, &workspace, network, image.exec_server)
+            .await;
+        match started {
+            Ok((container, session)) => Ok(Box::new(DockerJob {
+                session: session.map(Mutex::new),
                 freezer: match docker.init_pid(&container).await {
                     Ok(pid) => Freezer::find(&container, pid),
                     Err(e) => {
@@ -268,6 +276,8 @@ struct DockerJob {
     /// The container's own freezer, when the runner can write it (else the engine
     /// pauses the container).
     freezer: Option<Freezer>,
+    /// The image's command server, attached; `None` runs each command as an exec.
+    session: Option<Mutex<ExecSession>>,
     /// Whether, and by whom, the container's processes are frozen (the runner may read
     /// the worktree): [`RUNNING`], [`FROZEN_HERE`] or [`PAUSED_BY_ENGINE`].
     frozen: AtomicU8,
@@ -377,10 +387,17 @@ impl Job for DockerJob {
             user: agent_user(),
             workdir: REPO_IN_CONTAINER.to_owned(),
         };
-        let ended = self
-            .docker
-            .exec(container, &process, spec, sink, limit)
-            .await;
+        let ended = match &self.session {
+            Some(session) => {
+                let mut session = session.lock().await;
+                session.exec(spec, &process.workdir, sink, limit).await
+            }
+            None => {
+                self.docker
+                    .exec(container, &process, spec, sink, limit)
+                    .await
+            }
+        };
         // Whatever the command left running (a background process waiting for the runner
         // to read or commit) stays frozen until the next command, and is killed before the
         // commit (`stop_all`).
