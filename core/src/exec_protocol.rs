@@ -171,7 +171,11 @@ mod tests {
 
     #[test]
     fn a_request_is_one_line_without_raw_control_bytes() {
-        let argv = vec!["sh".to_owned(), "-c".to_owned(), "printf '\x10\x11\n'".to_owned()];
+        let argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "printf '\x10\x11\n'".to_owned(),
+        ];
         let env = BTreeMap::from([("K".to_owned(), "a\u{10}\u{11}b\r\n".to_owned())]);
         let line = request_line(&argv, &env, "/workspace/repo");
         assert_eq!(line.last(), Some(&b'\n'));

@@ -6,6 +6,7 @@
 //! wrong into a stable code with its remediation; [`stop`] notices cancellation, the run
 //! time limit and a lost lease.
 
+mod agent_versions;
 pub(crate) mod artifacts;
 mod branch_wait;
 mod failure;

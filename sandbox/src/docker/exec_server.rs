@@ -55,7 +55,7 @@ impl ExecSession {
     ) -> Result<ExecEnd, DockerError> {
         if self.in_command {
             return Err(gone(
-                "an earlier command was abandoned before it ended, so the job takes no more",
+                "an earlier command was abandoned before it ended, so it takes no more",
             ));
         }
         self.in_command = true;
@@ -85,11 +85,11 @@ impl ExecSession {
         self.input
             .write_all(&line)
             .await
-            .map_err(|e| gone(&format!("sending a command to its server: {e}")))?;
+            .map_err(|e| gone(&format!("a command could not be sent: {e}")))?;
         self.input
             .flush()
             .await
-            .map_err(|e| gone(&format!("sending a command to its server: {e}")))?;
+            .map_err(|e| gone(&format!("a command could not be sent: {e}")))?;
         loop {
             let (stream, bytes) = match self.next_frame().await? {
                 Frame::Exited(code) => return Ok(code),
@@ -108,7 +108,7 @@ impl ExecSession {
             match self.frames.next_frame() {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
-                Err(e) => return Err(gone(&format!("its command server sent {e}"))),
+                Err(e) => return Err(gone(&format!("it sent {e}"))),
             }
             match self.output.next().await {
                 Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
@@ -119,8 +119,8 @@ impl ExecSession {
                     tracing::warn!(said = %String::from_utf8_lossy(shown), "the job's command server complained");
                 }
                 Some(Ok(LogOutput::StdIn { .. })) => {}
-                Some(Err(e)) => return Err(gone(&format!("reading its command server: {e}"))),
-                None => return Err(gone("its command server ended (the container stopped)")),
+                Some(Err(e)) => return Err(gone(&format!("reading it failed: {e}"))),
+                None => return Err(gone("it ended, and the container with it")),
             }
         }
     }

@@ -14,12 +14,12 @@ pub use client::{
 };
 
 use crate::egress::{self, RunEgress};
-use exec_server::ExecSession;
 use crate::port::{
     ExecEnd, ExecSpec, Job, JobFacts, JobRequest, OutputSink, Sandbox, SandboxError, Teardown,
 };
 use crate::workspace::{Workspace, AGENT_GID, AGENT_UID};
 use async_trait::async_trait;
+use exec_server::ExecSession;
 use freezer::Freezer;
 use specrun_core::agent::Network;
 use specrun_core::redact::Redactor;

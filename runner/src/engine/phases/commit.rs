@@ -1,4 +1,4 @@
-//! commit: stops the agent for good, then commits what it changed inside the run's
+//! commit: stops the agent for good while it commits what the agent changed inside the run's
 //! commit paths on the feature branch (staged from a link-safe walk, so git never reads
 //! the worktree), or stops with no_changes.
 
@@ -21,12 +21,6 @@ pub(crate) async fn run(
     prepared: &Prepared<'_>,
     specified: &Specified,
 ) -> StepResult<Committed> {
-    // From here on nothing of the agent's can change the worktree the runner reads.
-    prepared
-        .job
-        .stop_all()
-        .await
-        .map_err(|e| failure::sandbox(PHASE, &e, &run.record.agent.image))?;
     let profile = &prepared.agent.profile;
     let scope = CommitScope::new(
         profile.commit_paths.iter().map(String::as_str),
@@ -66,7 +60,15 @@ pub(crate) async fn run(
             Ok::<_, RunError>((changes, Some((sha, summary))))
         }
     };
-    let (changes, committed) = bounded_git(PHASE, run.config.git_timeout, work).await??;
+    // The agent's processes are frozen since its last command returned (the port's
+    // contract), so nothing of theirs can change the worktree while it is read; they are
+    // killed for good meanwhile, and the phase fails if that did not happen.
+    let (stopped, committed) = tokio::join!(
+        prepared.job.stop_all(),
+        bounded_git(PHASE, run.config.git_timeout, work)
+    );
+    stopped.map_err(|e| failure::sandbox(PHASE, &e, &run.record.agent.image))?;
+    let (changes, committed) = committed??;
     let sha = committed.as_ref().map(|c| c.0.as_str());
     let mut artifacts = vec![store_commit_json(run, specified, &changes, sha).await?];
     let left_out = changes.left_out().count();

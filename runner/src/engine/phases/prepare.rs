@@ -1,11 +1,12 @@
 //! prepare: resolves the agent, makes the run's job (workspace, network, container),
 //! starts the clone's transfer (it needs only the workspace: see `clone`), asks the agent
-//! its version meanwhile, and records the environment.
+//! its version meanwhile (once per image: `agent_versions`), and records the environment.
 
 use super::agent::{self, ResolvedAgent};
 use super::clone::Fetch;
 use super::command::{run_command, Command};
 use super::{json_bytes, short, store_failure, Agent, Failure, Prepared, Step, StepResult};
+use crate::engine::agent_versions::AgentVersions;
 use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::agent::Network;
@@ -174,11 +175,18 @@ impl HostService for GatewayService {
     }
 }
 
+/// The agent's version: remembered for the job's image by an earlier run, or else asked
+/// (its version command's first line) and remembered.
 async fn agent_version(
     run: &Run,
     job: &dyn Job,
     agent: &Agent,
 ) -> Result<(Option<String>, Vec<ArtifactRef>), Failure> {
+    let versions = AgentVersions::under(&run.config.work_root);
+    let (image_id, argv) = (&job.facts().image_id, &agent.profile.version_command);
+    if let Some(version) = versions.get(image_id, argv).await {
+        return Ok((Some(version), Vec::new()));
+    }
     let command = Command {
         phase: PHASE,
         stem: "agent-version",
@@ -195,6 +203,9 @@ async fn agent_version(
             .and_then(|out| out.lines().next().map(|l| l.trim().to_owned())),
         _ => None,
     };
+    if let Some(version) = &version {
+        versions.put(image_id, argv, version).await;
+    }
     Ok((version, done.artifacts))
 }
 
