@@ -122,9 +122,16 @@ pub enum SandboxError {
 /// Where runs' jobs are made.
 #[async_trait]
 pub trait Sandbox: Send + Sync {
-    /// Checks the engine and the image, then makes the run's workspace, network and job.
-    /// On an error nothing of it is left behind.
-    async fn create(&self, request: JobRequest) -> Result<Box<dyn Job>, SandboxError>;
+    /// Checks the engine and the image, makes the run's workspace and hands it to
+    /// `on_workspace` (work that needs nothing else, the clone's transfer, may start there
+    /// while the job is made around it), then makes the run's network and job. On an
+    /// error nothing of the job is left behind; a workspace already handed over is the
+    /// caller's to remove ([`Workspace::remove`]) once nothing writes into it.
+    async fn create(
+        &self,
+        request: JobRequest,
+        on_workspace: &mut (dyn for<'w> FnMut(&'w Workspace) + Send),
+    ) -> Result<Box<dyn Job>, SandboxError>;
 
     /// Removes the jobs of `run_id`, which ends whatever command runs in them: all of
     /// them, or only those `started_by` made (a runner that lost the run's lease leaves

@@ -75,7 +75,7 @@ async fn what_a_command_leaves_running_is_frozen_between_commands_and_stopped_fo
         home_files: BTreeMap::new(),
         host_service: None,
     };
-    let job = sandbox.create(request).await?;
+    let job = sandbox.create(request, &mut |_| {}).await?;
     let result = async {
         job.workspace().hand_to_agent()?;
         // A background process that outlives its command, ticking every 10 ms.

@@ -51,11 +51,16 @@ struct ScriptedJob {
 
 #[async_trait]
 impl Sandbox for ScriptedSandbox {
-    async fn create(&self, request: JobRequest) -> Result<Box<dyn Job>, SandboxError> {
+    async fn create(
+        &self,
+        request: JobRequest,
+        on_workspace: &mut (dyn for<'w> FnMut(&'w Workspace) + Send),
+    ) -> Result<Box<dyn Job>, SandboxError> {
         if self.script.engine_down {
             return Err(DockerError::Unreachable("no engine in this test".to_owned()).into());
         }
         let workspace = Workspace::create(&self.work_root, &request.run_id, None)?;
+        on_workspace(&workspace);
         Ok(Box::new(ScriptedJob {
             facts: JobFacts {
                 id: format!("job-{}", request.run_id),

@@ -51,17 +51,26 @@ impl DockerSandbox {
         DockerClient::connect(self.docker_host.as_deref(), self.docker_timeout).await
     }
 
-    /// The run's workspace with the agent's configuration files in its HOME.
-    async fn make_workspace(
-        &self,
-        request: &JobRequest,
-        service_url: Option<&str>,
-    ) -> Result<Workspace, SandboxError> {
+    /// A fresh workspace for the run, made off the async threads.
+    async fn make_workspace(&self, run_id: &str) -> Result<Workspace, SandboxError> {
         let (work_root, run_id, quota) = (
             self.work_root.clone(),
-            request.run_id.clone(),
+            run_id.to_owned(),
             self.workspace_quota_bytes,
         );
+        tokio::task::spawn_blocking(move || Workspace::create(&work_root, &run_id, quota))
+            .await
+            .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))?
+            .map_err(SandboxError::from)
+    }
+
+    /// Writes the agent's configuration files into the workspace's HOME.
+    async fn write_home(
+        &self,
+        request: &JobRequest,
+        workspace: &Workspace,
+        service_url: Option<&str>,
+    ) -> Result<(), SandboxError> {
         let home_files: BTreeMap<String, String> = request
             .home_files
             .iter()
@@ -73,16 +82,11 @@ impl DockerSandbox {
                 (path.clone(), text)
             })
             .collect();
-        tokio::task::spawn_blocking(move || {
-            let workspace = Workspace::create(&work_root, &run_id, quota)?;
-            if let Err(e) = write_home_files(&workspace.home, &home_files) {
-                let _ = workspace.remove();
-                return Err(SandboxError::HomeFiles(e));
-            }
-            Ok(workspace)
-        })
-        .await
-        .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))?
+        let home = workspace.home.clone();
+        tokio::task::spawn_blocking(move || write_home_files(&home, &home_files))
+            .await
+            .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))?
+            .map_err(SandboxError::HomeFiles)
     }
 
     async fn start(
@@ -127,13 +131,19 @@ fn agent_user() -> String {
 
 #[async_trait]
 impl Sandbox for DockerSandbox {
-    async fn create(&self, request: JobRequest) -> Result<Box<dyn Job>, SandboxError> {
+    async fn create(
+        &self,
+        request: JobRequest,
+        on_workspace: &mut (dyn for<'w> FnMut(&'w Workspace) + Send),
+    ) -> Result<Box<dyn Job>, SandboxError> {
         let docker = self.connect().await?;
         // Two independent questions, asked at once.
         let (image, engine_version) =
             tokio::join!(docker.image(&request.image), docker.engine_version());
         let image = image?;
         let engine_version = engine_version.unwrap_or_else(|e| format!("unknown ({e})"));
+        let workspace = self.make_workspace(&request.run_id).await?;
+        on_workspace(&workspace);
         let egress = match (&request.network, request.egress.clone()) {
             (Network::Egress, Some(policy)) => Some(
                 RunEgress::set_up(
@@ -148,15 +158,15 @@ impl Sandbox for DockerSandbox {
             _ => None,
         };
         let service_url = egress.as_ref().and_then(|e| e.service_url.clone());
-        let workspace = match self.make_workspace(&request, service_url.as_deref()).await {
-            Ok(workspace) => workspace,
-            Err(e) => {
-                if let Some(mut egress) = egress {
-                    egress.tear_down(&docker).await;
-                }
-                return Err(e);
+        if let Err(e) = self
+            .write_home(&request, &workspace, service_url.as_deref())
+            .await
+        {
+            if let Some(mut egress) = egress {
+                egress.tear_down(&docker).await;
             }
-        };
+            return Err(e);
+        }
         let network = match &egress {
             Some(egress) => Network::Named(egress.network.clone()),
             None => request.network.clone(),
@@ -195,7 +205,6 @@ impl Sandbox for DockerSandbox {
                 if let Some(mut egress) = egress {
                     egress.tear_down(&docker).await;
                 }
-                let _ = remove_workspace(workspace).await;
                 Err(e.into())
             }
         }
@@ -429,12 +438,8 @@ impl Job for DockerJob {
             }
             teardown.egress_log = Some(egress.proxy.log(redactor));
         }
-        let workspace = self.workspace.clone();
-        match tokio::task::spawn_blocking(move || workspace.remove()).await {
-            Ok(Ok(())) => teardown.done.push("workspace removed"),
-            Ok(Err(e)) => teardown
-                .problems
-                .push(format!("workspace not removed: {e}")),
+        match remove_workspace(self.workspace.clone()).await {
+            Ok(()) => teardown.done.push("workspace removed"),
             Err(e) => teardown
                 .problems
                 .push(format!("workspace not removed: {e}")),

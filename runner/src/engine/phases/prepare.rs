@@ -5,7 +5,9 @@
 use super::agent::{self, ResolvedAgent};
 use super::clone::Fetch;
 use super::command::{run_command, Command};
-use super::{json_bytes, short, store_failure, Agent, Failure, Prepared, Step, StepResult};
+use super::{
+    blocking, json_bytes, short, store_failure, Agent, Failure, Prepared, Step, StepResult,
+};
 use crate::engine::agent_versions::AgentVersions;
 use crate::engine::failure;
 use crate::engine::run::Run;
@@ -49,13 +51,27 @@ pub(crate) async fn run<'j>(
     if let Some(gateway) = &gateway {
         request.host_service = Some(Arc::new(GatewayService(gateway.clone())));
     }
-    let job: &'j dyn Job = &**slot.insert(
-        sandbox
-            .create(request)
-            .await
-            .map_err(|e| failure::sandbox(PHASE, &e, &run.record.agent.image))?,
-    );
-    run.fetch = Some(Fetch::start(run, job.workspace()));
+    // The clone's transfer needs only the workspace: it runs while the job is made.
+    let mut fetch = None;
+    let created = sandbox
+        .create(request, &mut |workspace| {
+            fetch = Some((Fetch::start(run, workspace), workspace.clone()));
+        })
+        .await;
+    let job = match created {
+        Ok(job) => job,
+        Err(e) => {
+            if let Some((fetch, workspace)) = fetch {
+                fetch.settle().await;
+                if let Err(removing) = blocking(PHASE, move || workspace.remove()).await? {
+                    tracing::warn!(error = %removing, "the run's workspace was not removed");
+                }
+            }
+            return Err(failure::sandbox(PHASE, &e, &run.record.agent.image).into());
+        }
+    };
+    let job: &'j dyn Job = &**slot.insert(job);
+    run.fetch = fetch.map(|(fetch, _)| fetch);
     let gateway_url = gateway.as_ref().and_then(|g| g.url());
     let token = gateway.as_ref().map(|g| g.token());
     let env = agent::environment(
