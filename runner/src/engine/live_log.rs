@@ -26,6 +26,11 @@ pub const PART_THRESHOLD_BYTES: u64 = 64 * 1024;
 /// The largest part: what one upload reads into memory.
 const PART_MAX_BYTES: u64 = 1024 * 1024;
 
+/// A log's first bytes go up this long after it opened (or at the interval, if that is
+/// shorter): a command that ends sooner never streams, and its final artifact is all a
+/// reader needs.
+const FIRST_UPLOAD_AFTER: Duration = Duration::from_millis(250);
+
 /// How long the end of a command waits for its log's last part to go up.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -124,15 +129,25 @@ struct Uploader {
 
 impl Uploader {
     async fn run(mut self, mut watched: watch::Receiver<OnDisk>) {
-        // None: nothing went up for an interval, so new bytes go at once.
+        // The first upload is due a moment after the log opened, the others an interval
+        // after the one before.
+        let first_due = Instant::now() + FIRST_UPLOAD_AFTER.min(self.interval);
         let mut last_upload: Option<Instant> = None;
         let mut failures = 0u32;
         let mut closed = false;
         loop {
             let on_disk = *watched.borrow_and_update();
             let finished = on_disk.finished || closed;
+            if finished && self.index.part_starts.is_empty() {
+                // Nothing went up while it ran: readers go to the final artifact.
+                return;
+            }
             let pending = on_disk.bytes.saturating_sub(self.index.size);
-            let rested = last_upload.is_none_or(|at| at.elapsed() >= self.interval);
+            let due = match last_upload {
+                None => first_due,
+                Some(at) => at + self.interval,
+            };
+            let rested = Instant::now() >= due;
             if pending > 0 && (finished || rested || pending >= PART_THRESHOLD_BYTES) {
                 match self.put_part(pending.min(PART_MAX_BYTES)).await {
                     Ok(()) => {
@@ -152,10 +167,9 @@ impl Uploader {
             } else if finished && pending == 0 {
                 return;
             }
-            let wait = match last_upload {
-                Some(at) if pending > 0 => self.interval.saturating_sub(at.elapsed()),
-                _ if pending > 0 => Duration::ZERO,
-                _ => Duration::from_secs(3600),
+            let wait = match pending {
+                0 => Duration::from_secs(3600),
+                _ => due.saturating_duration_since(Instant::now()),
             };
             if closed {
                 tokio::time::sleep(wait).await;
