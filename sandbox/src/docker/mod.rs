@@ -295,6 +295,8 @@ struct DockerJob {
 const RUNNING: u8 = 0;
 const FROZEN_HERE: u8 = 1;
 const PAUSED_BY_ENGINE: u8 = 2;
+/// After `stop_all`: no process of the container is left.
+const STOPPED: u8 = 3;
 
 impl DockerJob {
     /// Lets the container's processes run again, the way they were frozen.
@@ -333,6 +335,29 @@ impl DockerJob {
             self.frozen.store(PAUSED_BY_ENGINE, Ordering::SeqCst);
         }
         paused
+    }
+}
+
+impl DockerJob {
+    /// Removes the container, then the run's network; keeps the egress proxy's log.
+    async fn remove_container_and_network(&self, redactor: &Redactor) -> Teardown {
+        let mut teardown = Teardown::default();
+        match self.docker.remove(&self.container).await {
+            Ok(()) => teardown.done.push("container removed"),
+            Err(e) => teardown
+                .problems
+                .push(format!("container {} not removed: {e}", self.container)),
+        }
+        if let Some(mut egress) = self.egress.lock().await.take() {
+            match egress.tear_down(&self.docker).await[..] {
+                [] => teardown.done.push("network removed"),
+                ref failed => teardown
+                    .problems
+                    .push(format!("network not removed: {}", failed.join("; "))),
+            }
+            teardown.egress_log = Some(egress.proxy.log(redactor));
+        }
+        teardown
     }
 }
 
@@ -417,28 +442,23 @@ impl Job for DockerJob {
     async fn stop_all(&self) -> Result<(), SandboxError> {
         // The kernel delivers the engine's SIGKILL to frozen tasks too.
         self.docker.stop_all(&self.container).await?;
-        self.frozen.store(RUNNING, Ordering::SeqCst);
+        self.frozen.store(STOPPED, Ordering::SeqCst);
         Ok(())
     }
 
     async fn tear_down(self: Box<Self>, redactor: &Redactor) -> Teardown {
-        let mut teardown = Teardown::default();
-        match self.docker.remove(&self.container).await {
-            Ok(()) => teardown.done.push("container removed"),
-            Err(e) => teardown
-                .problems
-                .push(format!("container {} not removed: {e}", self.container)),
-        }
-        if let Some(mut egress) = self.egress.lock().await.take() {
-            match egress.tear_down(&self.docker).await[..] {
-                [] => teardown.done.push("network removed"),
-                ref failed => teardown
-                    .problems
-                    .push(format!("network not removed: {}", failed.join("; "))),
+        // With every process gone, nothing holds the workspace: it goes meanwhile.
+        let (mut teardown, removed) = match self.frozen.load(Ordering::SeqCst) {
+            STOPPED => tokio::join!(
+                self.remove_container_and_network(redactor),
+                remove_workspace(self.workspace.clone())
+            ),
+            _ => {
+                let teardown = self.remove_container_and_network(redactor).await;
+                (teardown, remove_workspace(self.workspace.clone()).await)
             }
-            teardown.egress_log = Some(egress.proxy.log(redactor));
-        }
-        match remove_workspace(self.workspace.clone()).await {
+        };
+        match removed {
             Ok(()) => teardown.done.push("workspace removed"),
             Err(e) => teardown
                 .problems
