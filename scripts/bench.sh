@@ -25,7 +25,8 @@
 # `git push` of a new branch with one small commit.
 #
 # The report gives the floor of one run (the three floor medians added), the ratio of
-# the run wall's median to it, each phase's share of the run wall, and the requests one
+# the run wall's median to it, the host's busy CPU time per run and per floor container
+# (all processes, from /proc/stat: with C cores, C runs at once cannot beat that), each phase's share of the run wall, and the requests one
 # run made of the state store and of the Docker API, by kind (`specrun run --counts-file`).
 #
 # Prints a table and writes the same data as JSON to target/bench/latest.json.
@@ -178,11 +179,19 @@ run_one warmup bench-warmup
 WARMUP_RC="$(cat "$TMP/runs/warmup/exit_code")"
 log "warm-up finished, exit $WARMUP_RC ($(elapsed_s "$t0") s)"
 
+# The machine's busy CPU time (every process: the runner, dockerd, containerd, runc, the
+# agent) in ms, from /proc/stat: what one run costs the host, which bounds how many runs
+# the cores can take at once.
+busy_ms() {
+    awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1000 / hz }' /proc/stat
+}
+CPU_BEFORE="$(busy_ms)"
 for i in $(seq 1 "$RUNS"); do
     t0="$(now_us)"
     run_one "run-$i" "bench-$i"
     log "run $i/$RUNS finished, exit $(cat "$TMP/runs/run-$i/exit_code") ($(elapsed_s "$t0") s)"
 done
+echo $(( ($(busy_ms) - CPU_BEFORE) / RUNS )) >"$TMP/runs/host_cpu_ms_per_run.txt"
 
 if [ "$CONCURRENCY" -gt 0 ]; then
     log "$CONCURRENCY runs at once"
@@ -251,9 +260,11 @@ time_ms() {
 
 log "floor: docker run --rm --network none $IMAGE true (x$RUNS)"
 : >"$TMP/floor/docker_run.txt"
+CPU_BEFORE="$(busy_ms)"
 for i in $(seq 1 "$RUNS"); do
     time_ms "$TMP/floor/docker_run.txt" docker run --rm --network none "$IMAGE" true
 done
+echo $(( ($(busy_ms) - CPU_BEFORE) / RUNS )) >"$TMP/floor/host_cpu_ms_per_docker_run.txt"
 
 log "floor: git clone (x$RUNS)"
 : >"$TMP/floor/git_clone.txt"

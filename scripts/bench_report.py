@@ -119,6 +119,15 @@ def succeeded(run):
     return run["exit_code"] == 0 and run["status"] == "succeeded"
 
 
+def read_number(path):
+    """A number written alone in a file, or None."""
+    text = read_text(path)
+    try:
+        return float(text.strip()) if text else None
+    except ValueError:
+        return None
+
+
 def read_floor(path):
     values = []
     for line in (read_text(path, "") or "").splitlines():
@@ -291,6 +300,12 @@ def main():
     batch = one_process_batch(args.tmp, args.batch, "noisy" if args.noisy_mib else "scripted")
     if concurrent and wall:
         concurrent["ratio_to_one_run"] = concurrent["batch_wall_ms"] / wall["median"]
+    host_cpu = {
+        "per_run": read_number(os.path.join(args.tmp, "runs", "host_cpu_ms_per_run.txt")),
+        "per_floor_docker_run": read_number(
+            os.path.join(args.tmp, "floor", "host_cpu_ms_per_docker_run.txt")
+        ),
+    }
 
     image_short = args.image_id.split(":", 1)[-1][:12]
     out = sys.stdout
@@ -346,6 +361,19 @@ def main():
             f"({fmt_counts(counts['docker'])})",
             file=out,
         )
+    if host_cpu["per_run"] is not None:
+        cores = os.cpu_count() or 1
+        at_once = args.concurrency or cores
+        line = f"host CPU (all processes, /proc/stat): {host_cpu['per_run']:g} ms per run"
+        if host_cpu["per_floor_docker_run"] is not None:
+            line += f", {host_cpu['per_floor_docker_run']:g} ms per floor `docker run`"
+        if wall:
+            bound = at_once * host_cpu["per_run"] / cores / wall["median"]
+            line += (
+                f"; {at_once} runs at once on {cores} cores need at least {bound:.2f}x "
+                "one run's wall"
+            )
+        print(line, file=out)
     if concurrent:
         rss = concurrent["runner_peak_rss_mib_max"]
         print(
@@ -436,6 +464,7 @@ def main():
         "floor_total_ms": floor,
         "ratio_to_floor": ratio,
         "share_of_wall": shares,
+        "host_cpu_ms": host_cpu,
         "requests_per_run": counts,
         "concurrent": concurrent,
         "noisy": noisy,
