@@ -22,9 +22,10 @@ else
 fi
 
 # The debug profile compiles in a fraction of the release build's time and is fast enough
-# for one run. Without default features: the embedded store needs neither the AWS SDK nor
-# the broker adapters (the bulk of the build). No incremental state: a one-off build
-# is faster without writing it. Built while the job image builds.
+# for one run. Without default features: a run on the embedded store that pushes a branch
+# needs neither the AWS SDK, the broker clients nor octocrab (the pull request's client):
+# about half the build. No incremental state: a one-off build is faster without writing
+# it. Built while the job image builds.
 echo "demo: setting up, and building specrun (the first time about DEMO_MIN minutes, with progress below)" >&2
 CARGO_INCREMENTAL=0 scripts/setup.sh --with cargo build -p specrun-runner --no-default-features
 SPECRUN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/specrun"
