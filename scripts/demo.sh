@@ -26,7 +26,7 @@ fi
 # needs neither the AWS SDK, the broker clients nor octocrab (the pull request's client):
 # about half the build. No incremental state: a one-off build is faster without writing
 # it. Built while the job image builds.
-echo "demo: setting up, and building specrun (the first time about DEMO_MIN minutes, with progress below)" >&2
+echo "demo: setting up, and building specrun (the first time 2 to 3 minutes, with progress below)" >&2
 CARGO_INCREMENTAL=0 scripts/setup.sh --with cargo build -p specrun-runner --no-default-features
 SPECRUN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/specrun"
 

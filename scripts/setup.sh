@@ -157,9 +157,9 @@ fi
 
 # What a first build takes on an idle 2-core machine of this kind (README, first-run times).
 if [ "${SPECRUN_IMAGE_TARGET:-full}" = scripted ]; then
-    image_estimate="about SCRIPTED_MIN min the first time"
+    image_estimate="about 2 min the first time"
 else
-    image_estimate="about FULL_MIN min the first time"
+    image_estimate="about 5 min the first time"
 fi
 IMAGE_LOG="${TMPDIR:-/tmp}/specrun-build-image.log"
 build_images >"$IMAGE_LOG" 2>&1 &
