@@ -7,10 +7,12 @@
 #
 # --tests also installs what only the tests need (moto, the AWS CLI, RabbitMQ, PostgreSQL,
 # two Celery releases, libfaketime); the demo needs none of it.
-# --with runs COMMAND (the build that comes next, e.g. cargo's) while the job image is
-# built, and waits for both: on a fresh machine the image (about 5 minutes, mostly
-# downloads) and the Rust build (mostly CPU) take about as long as the longer of the two.
-# The image build's output goes to a log file; its progress is printed every 30 s.
+# --with runs COMMAND (the build that comes next, e.g. cargo's) while the rest of the
+# set-up runs: it starts as soon as the packages a Rust build needs are there, so the
+# other packages, Docker and the job image (mostly downloads) are installed and built
+# while it compiles (mostly CPU); setup waits for both. The image build's output goes
+# to a log file; its progress is printed every 30 s. SPECRUN_IMAGE_TARGET and
+# SPECRUN_IMAGE choose the image built (scripts/build-image.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "setup: $*" >&2; }
@@ -28,19 +30,47 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 # machine's Node.js 20+ and npm.
 TESTS=0
 if [ "${1:-}" = "--tests" ]; then TESTS=1; shift; fi
-packages=(pkg-config libssl-dev git debootstrap iptables)
+WITH=()
+if [ "${1:-}" = "--with" ]; then
+    shift
+    [ $# -gt 0 ] || { echo "setup: --with needs a command" >&2; exit 2; }
+    WITH=("$@")
+fi
+build_packages=(pkg-config libssl-dev git)
+packages=(debootstrap iptables)
 if [ "$TESTS" -eq 1 ]; then
     packages+=(time libcurl4-openssl-dev libfaketime rabbitmq-server postgresql chromium fonts-liberation)
 fi
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+apt_updated=0
+# Installs those of the given Debian packages that are missing.
+install_missing() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    local started=$SECONDS
     log "installing ${missing[*]}"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    if [ "$apt_updated" -eq 0 ]; then
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        apt_updated=1
+    fi
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    log "installed ${missing[*]} in $(( SECONDS - started )) s"
+}
+install_missing "${build_packages[@]}"
+
+# The build starts now, beside everything below.
+command_pid=""
+if [ ${#WITH[@]} -gt 0 ]; then
+    log "running beside the rest of the set-up: ${WITH[*]}"
+    "${WITH[@]}" &
+    command_pid=$!
+    # A set-up step that fails ends this script: the build goes with it.
+    trap '[ -z "$command_pid" ] || kill "$command_pid" 2>/dev/null || true' EXIT
 fi
+
+install_missing "${packages[@]}"
 
 # The console's browser tests drive chromium with playwright-core, pinned by
 # tests/browser/package-lock.json.
@@ -89,7 +119,9 @@ python_for_tests() {
     fi
 }
 
+docker_started=$SECONDS
 "$ROOT/scripts/ensure-docker.sh"
+[ $(( SECONDS - docker_started )) -lt 2 ] || log "Docker ready after $(( SECONDS - docker_started )) s"
 
 PY_LOG="${TMPDIR:-/tmp}/specrun-setup-python.log"
 py_pid=""
@@ -108,16 +140,29 @@ wait_python() {
     fi
 }
 
-if [ "${1:-}" != "--with" ]; then
-    "$ROOT/scripts/build-image.sh"
+# The job image; with --tests also the demo's scripted image, which the tests check: its
+# layers are the full image's, so it takes seconds after it.
+build_images() {
+    "$ROOT/scripts/build-image.sh" || return
+    if [ "$TESTS" -eq 1 ]; then
+        "$ROOT/scripts/build-image.sh" --target scripted --tag "${SPECRUN_SCRIPTED_IMAGE:-specrun-job:scripted}"
+    fi
+}
+
+if [ -z "$command_pid" ]; then
+    build_images
     wait_python
     exit 0
 fi
-shift
-[ $# -gt 0 ] || { echo "setup: --with needs a command" >&2; exit 2; }
 
+# What a first build takes on an idle 2-core machine of this kind (README, first-run times).
+if [ "${SPECRUN_IMAGE_TARGET:-full}" = scripted ]; then
+    image_estimate="about 2 min the first time"
+else
+    image_estimate="about 5 min the first time"
+fi
 IMAGE_LOG="${TMPDIR:-/tmp}/specrun-build-image.log"
-"$ROOT/scripts/build-image.sh" >"$IMAGE_LOG" 2>&1 &
+build_images >"$IMAGE_LOG" 2>&1 &
 image_pid=$!
 # Tell what the image build is doing while the other command prints its own progress.
 (
@@ -125,14 +170,15 @@ image_pid=$!
     while sleep 30; do
         kill -0 "$image_pid" 2>/dev/null || exit 0
         step="$(grep -E '^(Step [0-9]+/[0-9]+|build-image:)' "$IMAGE_LOG" | tail -n 1 | cut -c1-100)"
-        log "job image still building ($(( $(date +%s) - started )) s; about 5 min the first time): ${step:-starting}"
+        log "job image still building ($(( $(date +%s) - started )) s; $image_estimate): ${step:-starting}"
     done
 ) &
 reporter_pid=$!
-log "building the job image in the background (log: $IMAGE_LOG) while running: $*"
+log "building the job image in the background (log: $IMAGE_LOG)"
 
 command_status=0
-"$@" || command_status=$?
+wait "$command_pid" || command_status=$?
+command_pid=""
 image_status=0
 wait "$image_pid" || image_status=$?
 kill "$reporter_pid" 2>/dev/null || true

@@ -1,9 +1,13 @@
 //! The forge: open or update the run's pull request through GitHub's REST API (or GitHub
 //! Enterprise's, at a configurable base URL) with octocrab. Only the runner talks to it,
-//! with the forge token; the job container never does.
+//! with the forge token; the job container never does. Without the `forge` feature (the
+//! demo's build) there is no client: [`SUPPORTED`] is false and [`Forge::new`] says why.
 
-use octocrab::params::State;
-use octocrab::Octocrab;
+#[cfg(feature = "forge")]
+use octocrab::{params::State, Octocrab};
+
+/// Whether this build can open pull requests (the `forge` feature).
+pub const SUPPORTED: bool = cfg!(feature = "forge");
 
 /// A pull request as specrun needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,7 @@ pub struct ForgeError {
     pub message: String,
 }
 
+#[cfg(feature = "forge")]
 impl From<octocrab::Error> for ForgeError {
     fn from(e: octocrab::Error) -> Self {
         match e {
@@ -64,11 +69,37 @@ impl From<octocrab::Error> for ForgeError {
 }
 
 /// A client for one forge API.
+#[cfg(feature = "forge")]
 #[derive(Debug, Clone)]
 pub struct Forge {
     client: Octocrab,
 }
 
+/// No client in a build without the `forge` feature: none can be made.
+#[cfg(not(feature = "forge"))]
+#[derive(Debug, Clone)]
+pub enum Forge {}
+
+#[cfg(not(feature = "forge"))]
+impl Forge {
+    pub fn new(_api_url: &str, _token: &str) -> Result<Self, ForgeError> {
+        Err(ForgeError {
+            status: 0,
+            message: "this specrun was built without pull request support: build it with \
+                      --features forge (a default feature), or publish with branch"
+                .to_owned(),
+        })
+    }
+
+    pub async fn open_or_update(
+        &self,
+        _spec: &PullRequestSpec,
+    ) -> Result<(PullRequest, bool), ForgeError> {
+        match *self {}
+    }
+}
+
+#[cfg(feature = "forge")]
 impl Forge {
     /// `api_url` is e.g. `https://api.github.com` or `https://ghe.example/api/v3`.
     pub fn new(api_url: &str, token: &str) -> Result<Self, ForgeError> {

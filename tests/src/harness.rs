@@ -23,6 +23,12 @@ pub fn job_image() -> String {
     std::env::var("SPECRUN_IMAGE").unwrap_or_else(|_| "specrun-job:latest".to_owned())
 }
 
+/// The demo's job image, the `scripted` target (`scripts/build-image.sh --target
+/// scripted`; `scripts/setup.sh --tests` builds it beside the full one).
+pub fn scripted_image() -> String {
+    std::env::var("SPECRUN_SCRIPTED_IMAGE").unwrap_or_else(|_| "specrun-job:scripted".to_owned())
+}
+
 /// A token that must never show up anywhere but in the git server's checks.
 pub const CANARY_TOKEN: &str = "specrun-canary-token-5f1d2c9e7a";
 

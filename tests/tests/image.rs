@@ -1,8 +1,10 @@
 //! The job image: the Spec Kit scaffolding it prepares at build time is what `specify
 //! init` itself writes, so a run that copies it (`specrun-speckit-init`) commits the same
-//! files as one that runs init; Gemini CLI runs on its own Node.
+//! files as one that runs init; Gemini CLI runs on its own Node. The demo's image (the
+//! `scripted` target, without the agent CLIs) runs the demo.
 
-use specrun_tests::harness::job_image;
+use specrun_core::RunStatus;
+use specrun_tests::harness::{job_image, scripted_image, Harness};
 use std::process::Command;
 
 type TestResult = anyhow::Result<()>;
@@ -117,5 +119,38 @@ fn gemini_cli_runs_on_its_own_node_and_leaves_the_others_alone() -> TestResult {
     assert!(major(lines[1]).is_some_and(|m| m >= 20), "{out}");
     assert!(major(lines[2]).is_some_and(|m| m < 20), "{out}");
     assert!(lines[3].starts_with("codex-cli "), "{out}");
+    Ok(())
+}
+
+/// The demo's image (`scripts/build-image.sh --target scripted`, what `scripts/demo.sh`
+/// builds on a machine without a current full image) holds everything a run with the
+/// scripted agent needs: the run succeeds and pushes the spec, plan and tasks with Spec
+/// Kit's scaffolding, as on the full image.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scripted_image_runs_the_demo() -> TestResult {
+    let h = Harness::start().await?;
+    let mut config = h.config.clone();
+    config.image = scripted_image();
+    let url = h.git().create_repo("demo", "# Sample app\n")?;
+    let text = "Let members reset a forgotten password by email";
+    let record = h.run_with(config, h.request(&url, text)).await?;
+
+    assert_eq!(record.status, RunStatus::Succeeded, "{:#?}", record.error);
+    let branch = record.branch_name.clone().unwrap_or_default();
+    assert_eq!(
+        h.git().branches("demo")?,
+        vec![branch.clone(), "main".to_owned()]
+    );
+    for file in [
+        format!("specs/{branch}/spec.md"),
+        format!("specs/{branch}/plan.md"),
+        format!("specs/{branch}/tasks.md"),
+        ".specify/templates/spec-template.md".to_owned(),
+    ] {
+        assert!(
+            h.git().read_file("demo", &branch, &file)?.is_some(),
+            "{file} missing on {branch}"
+        );
+    }
     Ok(())
 }

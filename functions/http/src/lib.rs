@@ -1,12 +1,11 @@
 //! What the submit and status functions share: JSON responses, error bodies that say
 //! what to fix, query-string parsing, and the adapter that runs a handler as a Lambda
-//! behind a function URL. Handlers take `http::Request<Bytes>` so that `specrun serve`
+//! behind a function URL (feature `lambda`). Handlers take `http::Request<Bytes>` so that `specrun serve`
 //! runs exactly the same code as the Lambda.
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use serde::Serialize;
-use std::future::Future;
 
 /// A request as every handler sees it.
 pub type ApiRequest = Request<Bytes>;
@@ -212,10 +211,11 @@ pub fn path(request: &ApiRequest) -> &str {
 }
 
 /// Runs `handler` as a Lambda behind a function URL, logging to stderr (CloudWatch).
+#[cfg(feature = "lambda")]
 pub async fn run_lambda<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
 where
     F: Fn(ApiRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ApiResponse> + Send,
+    Fut: std::future::Future<Output = ApiResponse> + Send,
 {
     tracing_subscriber::fmt()
         .with_env_filter(

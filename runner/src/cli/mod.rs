@@ -14,10 +14,11 @@ use specrun_core::repo::RepoPolicy;
 use specrun_core::request::{Publish, RunRequest};
 use specrun_core::state::RunRecord;
 use specrun_core::{Phase, RunStatus};
-use specrun_store::{aws_config, s3_client, CountingStore, FsBlobStore, S3BlobStore};
+use specrun_store::{CountingStore, FsBlobStore};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 
+mod aws;
 mod batch;
 mod brokers;
 mod follow;
@@ -168,7 +169,7 @@ impl StoreArgs {
     async fn open(&self, state_dir: &std::path::Path) -> anyhow::Result<StateStore> {
         Ok(match &self.bucket {
             Some(bucket) => StateStore {
-                store: Arc::new(S3BlobStore::new(s3_client(&aws_config().await), bucket)),
+                store: aws::bucket(bucket).await?,
                 place: format!("bucket {bucket} (--bucket / SPECRUN_BUCKET)"),
             },
             None => StateStore {

@@ -4,7 +4,7 @@
 //! `/answers` do (the same handler answers); on the embedded store the new attempt runs
 //! in this process.
 
-use super::execute_here;
+use super::{aws, execute_here};
 use crate::engine::Pipeline;
 use anyhow::{bail, Context};
 use specrun_core::clarify::Answer;
@@ -12,7 +12,6 @@ use specrun_core::keys::RunId;
 use specrun_core::ports::BlobStore;
 use specrun_core::repo::RepoPolicy;
 use specrun_store::runs::{self, Answered, Retried};
-use specrun_store::{aws_config, sqs_client, SqsQueue};
 use specrun_submit::Submit;
 use std::sync::Arc;
 
@@ -45,10 +44,7 @@ async fn through_submit(
 ) -> anyhow::Result<i32> {
     let submit = Submit {
         store,
-        queue: Arc::new(SqsQueue::new(
-            sqs_client(&aws_config().await),
-            queue_url.to_owned(),
-        )),
+        queue: aws::queue(queue_url).await?,
         policy: RepoPolicy::default(),
         status_base: String::new(),
         default_agent: String::new(),

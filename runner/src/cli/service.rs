@@ -1,7 +1,7 @@
 //! `specrun serve` and `specrun runner`: the serverless path run as long-lived processes,
 //! on the embedded store and queue or on S3 and SQS.
 
-use super::{absolute, brokers, RunnerArgs};
+use super::{absolute, aws, brokers, RunnerArgs};
 use crate::config::RunnerConfig;
 use crate::engine::Pipeline;
 use crate::progress::TracingProgress;
@@ -13,10 +13,7 @@ use specrun_core::backoff::Backoff;
 use specrun_core::ports::{BlobStore, Queue};
 use specrun_core::repo::RepoPolicy;
 use specrun_status::Status;
-use specrun_store::{
-    aws_config, s3_client, sqs_client, FsBlobStore, FsQueue, RetryingQueue, RetryingStore,
-    S3BlobStore, SqsQueue,
-};
+use specrun_store::{FsBlobStore, FsQueue, RetryingQueue, RetryingStore};
 use specrun_submit::Submit;
 use std::path::Path;
 use std::sync::Arc;
@@ -130,58 +127,6 @@ pub struct WorkerCommandArgs {
 
 type Backend = (Arc<dyn BlobStore>, Arc<dyn Queue>);
 
-/// SC-002: run objects stay readable for at least seven days and then expire. The bucket's
-/// lifecycle rule does the expiring; say so when it is missing or disagrees.
-async fn check_retention(store: &S3BlobStore, ensure: bool, days: u32) -> anyhow::Result<()> {
-    if ensure {
-        store
-            .ensure_retention(days)
-            .await
-            .with_context(|| format!("putting the lifecycle rules on bucket {}", store.bucket()))?;
-        eprintln!(
-            "specrun: bucket {}: run objects expire after {days} days",
-            store.bucket()
-        );
-        return Ok(());
-    }
-    match store.retention_days().await {
-        Ok(None) => eprintln!(
-            "specrun: warning: bucket {} has no lifecycle rule expiring runs/: artifacts are kept forever and their recorded expires_at is not enforced. Fix: specrun runner --ensure-retention, or deploy infra/specrun.yaml",
-            store.bucket()
-        ),
-        Ok(Some(found)) if found < crate::config::MIN_RETENTION_DAYS => eprintln!(
-            "specrun: warning: bucket {} expires runs/ after {found} days, less than the 7 days operators are promised. Fix: specrun runner --ensure-retention",
-            store.bucket()
-        ),
-        Ok(Some(found)) if found != days => eprintln!(
-            "specrun: warning: bucket {} expires runs/ after {found} days but this runner records {days} (SPECRUN_RETENTION_DAYS); make them agree",
-            store.bucket()
-        ),
-        Ok(Some(_)) => {}
-        Err(e) => eprintln!("specrun: warning: could not read bucket {}'s lifecycle rules: {e}", store.bucket()),
-    }
-    Ok(())
-}
-
-/// The state bucket; its lifecycle rules put (`--ensure-retention`) or checked.
-async fn s3_store(
-    config: &specrun_store::SdkConfig,
-    bucket: &str,
-    ensure: bool,
-    retention_days: u32,
-) -> anyhow::Result<S3BlobStore> {
-    let store = S3BlobStore::new(s3_client(config), bucket.to_owned());
-    if ensure {
-        check_retention(&store, true, retention_days).await?;
-    } else {
-        // Only a warning: read in the background, so that serving (the status
-        // function's first answer) does not wait for a store round trip.
-        let store = store.clone();
-        tokio::spawn(async move { check_retention(&store, false, retention_days).await });
-    }
-    Ok(store)
-}
-
 pub(super) async fn backend(
     args: &BackendArgs,
     state_dir: &Path,
@@ -191,27 +136,17 @@ pub(super) async fn backend(
     let max_receives = worker.max_receives;
     if let Some(queue) = brokers::broker_queue(args, worker.concurrency, max_receives).await? {
         let store: Arc<dyn BlobStore> = match &args.bucket {
-            Some(bucket) => Arc::new(
-                s3_store(
-                    &aws_config().await,
-                    bucket,
-                    args.ensure_retention,
-                    retention_days,
-                )
-                .await?,
-            ),
+            Some(bucket) => {
+                aws::runner_bucket(bucket, args.ensure_retention, retention_days).await?
+            }
             None => Arc::new(FsBlobStore::new(&absolute(state_dir)?)),
         };
-        return Ok((store, Arc::new(queue)));
+        return Ok((store, queue));
     }
     match (&args.bucket, &args.queue_url) {
         (Some(bucket), Some(queue_url)) => {
-            let config = aws_config().await;
-            let store = s3_store(&config, bucket, args.ensure_retention, retention_days).await?;
-            Ok((
-                Arc::new(store),
-                Arc::new(SqsQueue::new(sqs_client(&config), queue_url.clone())),
-            ))
+            aws::runner_bucket_and_queue(bucket, queue_url, args.ensure_retention, retention_days)
+                .await
         }
         _ => {
             let root = absolute(state_dir)?;
@@ -268,14 +203,11 @@ fn retry_policy(args: &WorkerArgs) -> Backoff {
 }
 
 /// The worker watching the dead-letter queue too, when one is named.
-async fn with_dead_letters(worker: Worker, backend: &BackendArgs) -> Worker {
-    match &backend.dead_letter_queue_url {
-        Some(url) => {
-            let config = aws_config().await;
-            worker.with_dead_letters(Arc::new(SqsQueue::new(sqs_client(&config), url.clone())))
-        }
+async fn with_dead_letters(worker: Worker, backend: &BackendArgs) -> anyhow::Result<Worker> {
+    Ok(match &backend.dead_letter_queue_url {
+        Some(url) => worker.with_dead_letters(aws::queue(url).await?),
         None => worker,
-    }
+    })
 }
 
 /// Leftovers of runs that are over or long abandoned on this host (a runner killed
@@ -329,7 +261,7 @@ pub(super) async fn runner(args: WorkerCommandArgs, state_dir: &Path) -> anyhow:
         store,
         queue,
     )?;
-    let worker = with_dead_letters(worker, &args.backend).await;
+    let worker = with_dead_letters(worker, &args.backend).await?;
     let worker =
         brokers::with_celery_services(worker, &args.backend, retry_policy(&args.worker)).await?;
     eprintln!(
@@ -411,7 +343,7 @@ pub(super) async fn serve_command(args: ServeArgs, state_dir: &Path) -> anyhow::
         server.await;
     } else {
         let worker = worker(false, &args.worker, &args.backend, config, store, queue)?;
-        let worker = with_dead_letters(worker, &args.backend).await;
+        let worker = with_dead_letters(worker, &args.backend).await?;
         let worker =
             brokers::with_celery_services(worker, &args.backend, retry_policy(&args.worker))
                 .await?;

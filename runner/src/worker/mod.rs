@@ -145,7 +145,9 @@ impl Worker {
         self
     }
 
-    /// Writes Celery task results to `backend` instead of the state bucket.
+    /// Writes Celery task results to `backend` instead of the state bucket (the only
+    /// other backend is PostgreSQL's: `--result-backend`, feature `brokers`).
+    #[cfg(feature = "brokers")]
     pub fn with_celery_results(mut self, backend: Arc<dyn CeleryResultBackend>) -> Self {
         self.celery_results = backend;
         self

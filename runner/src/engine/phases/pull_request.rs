@@ -5,7 +5,7 @@ use super::{message, Specified, Step, StepResult};
 use crate::engine::failure;
 use crate::engine::run::Run;
 use specrun_core::{ErrorCode, Phase};
-use specrun_publish::forge::{Forge, PullRequestSpec};
+use specrun_publish::forge::{self, Forge, PullRequestSpec};
 use std::collections::BTreeMap;
 
 const PHASE: Phase = Phase::PullRequest;
@@ -22,6 +22,15 @@ pub(crate) async fn run(run: &mut Run, specified: &Specified) -> StepResult<()> 
             run.record.repository
         ), ()));
     };
+    if !forge::SUPPORTED {
+        return Err(failure::error(
+            PHASE,
+            ErrorCode::ForgeError,
+            "this specrun was built without pull request support (the forge feature); the branch was pushed",
+            "Build specrun with --features forge (a default feature), or submit with publish: branch.",
+        )
+        .into());
+    }
     let Some(token) = run.config.forge_token.clone() else {
         return Err(failure::error(
             PHASE,
