@@ -25,8 +25,8 @@
 # `git push` of a new branch with one small commit.
 #
 # The report gives the floor of one run (the three floor medians added), the ratio of
-# the run wall's median to it, the host's busy CPU time per run and per floor container
-# (all processes, from /proc/stat: with C cores, C runs at once cannot beat that), each phase's share of the run wall, and the requests one
+# the run wall's median to it, the host's busy CPU time per run (one at a time, and at
+# --concurrency) and per floor container (all processes, from /proc/stat), each phase's share of the run wall, and the requests one
 # run made of the state store and of the Docker API, by kind (`specrun run --counts-file`).
 #
 # Prints a table and writes the same data as JSON to target/bench/latest.json.
@@ -197,10 +197,12 @@ if [ "$CONCURRENCY" -gt 0 ]; then
     log "$CONCURRENCY runs at once"
     mkdir -p "$TMP/concurrent"
     t0="$(now_us)"
+    CPU_BEFORE="$(busy_ms)"
     for i in $(seq 1 "$CONCURRENCY"); do
         run_one "run-$i" "bench-c$i" concurrent &
     done
     wait
+    echo $(( ($(busy_ms) - CPU_BEFORE) / CONCURRENCY )) >"$TMP/concurrent/host_cpu_ms_per_run.txt"
     awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >"$TMP/concurrent/batch.txt"
     log "$CONCURRENCY runs at once finished ($(elapsed_s "$t0") s)"
 fi

@@ -211,6 +211,7 @@ def concurrent_batch(tmp, concurrency):
     rss = [r["peak_rss_kib"] / 1024.0 for r in runs if r["peak_rss_kib"] is not None]
     return {
         "concurrency": concurrency,
+        "host_cpu_ms_per_run": read_number(os.path.join(tmp, "concurrent", "host_cpu_ms_per_run.txt")),
         "runs_succeeded": sum(1 for r in runs if succeeded(r)),
         "batch_wall_ms": batch_ms[0],
         "runner_peak_rss_mib_max": max(rss) if rss else None,
@@ -362,17 +363,12 @@ def main():
             file=out,
         )
     if host_cpu["per_run"] is not None:
-        cores = os.cpu_count() or 1
-        at_once = args.concurrency or cores
-        line = f"host CPU (all processes, /proc/stat): {host_cpu['per_run']:g} ms per run"
+        line = (
+            f"host CPU (all processes, /proc/stat): {host_cpu['per_run']:g} ms per run one "
+            "at a time"
+        )
         if host_cpu["per_floor_docker_run"] is not None:
             line += f", {host_cpu['per_floor_docker_run']:g} ms per floor `docker run`"
-        if wall:
-            bound = at_once * host_cpu["per_run"] / cores / wall["median"]
-            line += (
-                f"; {at_once} runs at once on {cores} cores need at least {bound:.2f}x "
-                "one run's wall"
-            )
         print(line, file=out)
     if concurrent:
         rss = concurrent["runner_peak_rss_mib_max"]
@@ -383,6 +379,15 @@ def main():
             + (f"; peak RSS per runner process max {rss:.1f} MiB" if rss is not None else ""),
             file=out,
         )
+        per_run = concurrent.get("host_cpu_ms_per_run")
+        if per_run is not None:
+            cores = os.cpu_count() or 1
+            busy = per_run * concurrent["concurrency"] / (cores * concurrent["batch_wall_ms"])
+            print(
+                f"concurrency {concurrent['concurrency']}: host CPU {per_run:g} ms per run; "
+                f"the {cores} cores were {busy * 100:.0f}% busy while they ran",
+                file=out,
+            )
         for r in concurrent["runs"]:
             if not succeeded(r):
                 failed.append(r)
