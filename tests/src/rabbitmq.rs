@@ -34,12 +34,30 @@ pub struct RabbitMq {
 }
 
 impl RabbitMq {
-    /// Starts a node and waits until it accepts AMQP connections.
+    /// Starts a node and waits until it accepts AMQP connections. Its ports are free when
+    /// chosen, but another process may take one before the node binds it (tests run side
+    /// by side): the node is then started again on new ports, a few times.
     pub async fn start() -> anyhow::Result<Self> {
         anyhow::ensure!(
             Path::new(SERVER).exists(),
             "{SERVER} is missing: run scripts/setup.sh (it installs Debian's rabbitmq-server)"
         );
+        let mut attempt = 1;
+        loop {
+            let mut node = Self::configure()?;
+            match node.spawn().await {
+                Ok(()) => return Ok(node),
+                Err(e) if attempt < 3 && lost_a_port(&node.log()) => {
+                    tracing::warn!(error = %e, attempt, "rabbitmq-server lost a port; trying new ones");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A node's directory, configuration and ports, not started.
+    fn configure() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("specrun-rabbitmq-")
             .tempdir()?;
@@ -58,16 +76,14 @@ impl RabbitMq {
         )?;
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n")?;
         std::fs::write(dir.path().join("rabbitmq-env.conf"), "")?;
-        let mut node = RabbitMq {
+        Ok(RabbitMq {
             child: None,
             port,
             dist_port,
             password,
             node,
             dir,
-        };
-        node.spawn().await?;
-        Ok(node)
+        })
     }
 
     fn log(&self) -> PathBuf {
@@ -224,4 +240,10 @@ impl Drop for RabbitMq {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether a node's log says one of its ports was taken before it could bind it.
+fn lost_a_port(log: &Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.contains("dist_port_already_used") || text.contains("eaddrinuse")
 }

@@ -70,12 +70,14 @@ async fn the_functions_answer_through_the_lambda_runtime() -> TestResult {
     let log = logs.path().join("cargo-lambda.log");
     let _watch = cargo_lambda_watch(port, &env, &log)?;
 
-    // The first invocation builds and starts the function.
+    // The first invocation builds and starts the function: from a fresh target directory
+    // that is a build of its own feature set (minutes on a fresh machine), so it may take
+    // up to ten minutes.
     let body =
         br#"{"repository":"octo/hello","specify_text":"Add login","idempotency_key":"nightly-1"}"#
             .to_vec();
     let mut submitted = None;
-    for _ in 0..90 {
+    for _ in 0..300 {
         match http_request("POST", &format!("{base}/submit/runs"), Some(body.clone())).await {
             Ok(answer) if answer.status == 202 => {
                 submitted = Some(answer);
