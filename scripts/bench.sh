@@ -286,6 +286,21 @@ for i in $(seq 1 "$RUNS"); do
     time_ms "$TMP/floor/git_push.txt" hgit -C "$PUSHER" push -q origin "floor-push-$i"
 done
 
+# The floor of --concurrency C: C bare containers started at once (what the engine alone
+# needs for C jobs), three times.
+if [ "$CONCURRENCY" -gt 0 ]; then
+    log "floor: $CONCURRENCY bare containers at once (x3)"
+    : >"$TMP/floor/docker_run_at_once.txt"
+    for _ in 1 2 3; do
+        t0="$(now_us)"
+        for i in $(seq 1 "$CONCURRENCY"); do
+            docker run --rm --network none "$IMAGE" true >/dev/null 2>"$TMP/floor/at-once-$i.err" </dev/null &
+        done
+        wait
+        awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.3f\n", (b - a) / 1000 }' >>"$TMP/floor/docker_run_at_once.txt"
+    done
+fi
+
 # --- report -------------------------------------------------------------------
 report_rc=0
 python3 "$ROOT/scripts/bench_report.py" \

@@ -379,6 +379,16 @@ def main():
             + (f"; peak RSS per runner process max {rss:.1f} MiB" if rss is not None else ""),
             file=out,
         )
+        at_once = stats(read_floor(os.path.join(args.tmp, "floor", "docker_run_at_once.txt")))
+        if at_once and wall:
+            concurrent["bare_containers_at_once_ms"] = at_once
+            print(
+                f"concurrency {concurrent['concurrency']}: {concurrent['concurrency']} bare "
+                f"`docker run`s at once took {fmt_ms(at_once['median'])} ms (median of 3), "
+                f"{at_once['median'] / wall['median']:.2f}x one run: the engine's own floor for "
+                "this ratio",
+                file=out,
+            )
         per_run = concurrent.get("host_cpu_ms_per_run")
         if per_run is not None:
             cores = os.cpu_count() or 1
