@@ -130,9 +130,8 @@ struct Uploader {
 impl Uploader {
     async fn run(mut self, mut watched: watch::Receiver<OnDisk>) {
         // The first upload is due a moment after the log opened, the others an interval
-        // after the one before.
-        let first_due = Instant::now() + FIRST_UPLOAD_AFTER.min(self.interval);
-        let mut last_upload: Option<Instant> = None;
+        // after the one before (whether it went up or not).
+        let mut due = Instant::now() + FIRST_UPLOAD_AFTER.min(self.interval);
         let mut failures = 0u32;
         let mut closed = false;
         loop {
@@ -143,16 +142,12 @@ impl Uploader {
                 return;
             }
             let pending = on_disk.bytes.saturating_sub(self.index.size);
-            let due = match last_upload {
-                None => first_due,
-                Some(at) => at + self.interval,
-            };
             let rested = Instant::now() >= due;
             if pending > 0 && (finished || rested || pending >= PART_THRESHOLD_BYTES) {
                 match self.put_part(pending.min(PART_MAX_BYTES)).await {
                     Ok(()) => {
                         failures = 0;
-                        last_upload = Some(Instant::now());
+                        due = Instant::now() + self.interval;
                         continue;
                     }
                     Err(e) => {
@@ -161,7 +156,7 @@ impl Uploader {
                         if finished && failures >= FINAL_ATTEMPTS {
                             return;
                         }
-                        last_upload = Some(Instant::now());
+                        due = Instant::now() + self.interval;
                     }
                 }
             } else if finished && pending == 0 {
