@@ -83,9 +83,8 @@ impl DockerSandbox {
             })
             .collect();
         let home = workspace.home.clone();
-        tokio::task::spawn_blocking(move || write_home_files(&home, &home_files))
+        blocking_io(move || write_home_files(&home, &home_files))
             .await
-            .map_err(|e| SandboxError::HomeFiles(std::io::Error::other(e)))?
             .map_err(SandboxError::HomeFiles)
     }
 
@@ -288,7 +287,8 @@ struct DockerJob {
     /// The image's command server, attached; `None` runs each command as an exec.
     session: Option<Mutex<ExecSession>>,
     /// Whether, and by whom, the container's processes are frozen (the runner may read
-    /// the worktree): [`RUNNING`], [`FROZEN_HERE`] or [`PAUSED_BY_ENGINE`].
+    /// the worktree): [`RUNNING`], [`FROZEN_HERE`] or [`PAUSED_BY_ENGINE`]; [`STOPPED`]
+    /// once none is left.
     frozen: AtomicU8,
 }
 
@@ -336,9 +336,7 @@ impl DockerJob {
         }
         paused
     }
-}
 
-impl DockerJob {
     /// Removes the container, then the run's network; keeps the egress proxy's log.
     async fn remove_container_and_network(&self, redactor: &Redactor) -> Teardown {
         let mut teardown = Teardown::default();
@@ -433,7 +431,7 @@ impl Job for DockerJob {
             }
         };
         // Whatever the command left running (a background process waiting for the runner
-        // to read or commit) stays frozen until the next command, and is killed before the
+        // to read or commit) stays frozen until the next command, and is killed at the
         // commit (`stop_all`).
         let frozen = self.freeze().await;
         Ok(ended.and_then(|end| frozen.map(|()| end))?)

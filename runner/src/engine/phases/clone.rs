@@ -3,9 +3,10 @@
 //!
 //! The transfer needs nothing but the workspace, so prepare starts it ([`Fetch::start`])
 //! as soon as the workspace exists, and it runs while the job's container starts (and
-//! the agent reports its version); this phase waits for it and hands the worktree over. Until then the worktree and HOME
-//! belong to root, so the agent (its version command) can read them but change nothing,
-//! and `specs/` is listed before the agent can write there.
+//! the agent reports its version); this phase waits for it and hands the worktree over.
+//! Until then the worktree and HOME belong to root, so the agent (its version command)
+//! can read them but change nothing, and `specs/` is listed before the agent can write
+//! there.
 
 use super::command::bounded_git;
 use super::{blocking, message, short, Cloned, Failure, Step, StepResult};

@@ -61,10 +61,17 @@ pub(crate) async fn run<'j>(
     let job = match created {
         Ok(job) => job,
         Err(e) => {
+            // The job's error is the run's; a workspace left behind is only logged.
             if let Some((fetch, workspace)) = fetch {
                 fetch.settle().await;
-                if let Err(removing) = blocking(PHASE, move || workspace.remove()).await? {
-                    tracing::warn!(error = %removing, "the run's workspace was not removed");
+                match blocking(PHASE, move || workspace.remove()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(removing)) => {
+                        tracing::warn!(error = %removing, "the run's workspace was not removed")
+                    }
+                    Err(removing) => {
+                        tracing::warn!(error = %removing.message, "the run's workspace was not removed")
+                    }
                 }
             }
             return Err(failure::sandbox(PHASE, &e, &run.record.agent.image).into());
