@@ -88,6 +88,14 @@ impl Harness {
         }
     }
 
+    /// A request like [`Harness::request`]'s for the agent `agent` (of the agents file).
+    pub fn request_for_agent(&self, repo_url: &str, text: &str, agent: &str) -> RunRequest {
+        RunRequest {
+            agent: Some(agent.to_owned()),
+            ..self.request(repo_url, text)
+        }
+    }
+
     /// Validates the request as the operator's CLI would and runs it to its end.
     pub async fn run(&self, request: RunRequest) -> anyhow::Result<RunRecord> {
         self.run_with(self.config.clone(), request).await

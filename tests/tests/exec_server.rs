@@ -10,9 +10,7 @@ use std::process::Command;
 type TestResult = anyhow::Result<()>;
 
 fn request(h: &Harness, url: &str, agent: &str) -> specrun_core::request::RunRequest {
-    let mut request = h.request(url, "Let members export their data as a CSV file");
-    request.agent = Some(agent.to_owned());
-    request
+    h.request_for_agent(url, "Let members export their data as a CSV file", agent)
 }
 
 async fn agent_stdout(h: &Harness, record: &RunRecord, phase: Phase) -> anyhow::Result<String> {

@@ -69,9 +69,7 @@ fn uuid_like() -> String {
 }
 
 fn request(h: &Harness, url: &str, agent: &str) -> specrun_core::request::RunRequest {
-    let mut request = h.request(url, "Let members reset their password by email");
-    request.agent = Some(agent.to_owned());
-    request
+    h.request_for_agent(url, "Let members reset their password by email", agent)
 }
 
 async fn commit_json(h: &Harness, record: &RunRecord) -> anyhow::Result<serde_json::Value> {
